@@ -1,0 +1,47 @@
+"""/datasets: numeric tables to cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+
+from kmeans import csvio
+from kmeans.api import media, service
+
+
+def create(name: str | None = None, file: Any = None) -> Any:
+    """Create a dataset from a multipart file, a raw CSV body or JSON rows."""
+    if file is not None:
+        record = service().create_dataset_from_stream(file.stream, name or file.filename)
+    elif flask.request.mimetype == media.JSON:
+        body = flask.request.get_json()
+        record = service().create_dataset_from_rows(body["data"], body.get("columns"), name or body.get("name"))
+    else:
+        record = service().create_dataset_from_stream(media.raw_body(), name)
+    return media.json(record, 201, Location=media.location(record["id"]))
+
+
+def search(offset: int = 0, limit: int = 100) -> Any:
+    """A page of datasets, newest first."""
+    return media.json(service().list_datasets(offset, limit))
+
+
+def get(dataset_id: str) -> Any:
+    """One dataset."""
+    return media.json(service().get_dataset(dataset_id))
+
+
+def delete(dataset_id: str) -> Any:
+    """Delete a dataset (409 while a fit on it is still running)."""
+    service().delete_dataset(dataset_id)
+    return None, 204
+
+
+def rows(dataset_id: str, offset: int = 0, limit: int = 100) -> Any:
+    """A page of a dataset's rows, as JSON or CSV."""
+    values, record = service().dataset_rows(dataset_id, offset, limit)
+    if media.wants_csv():
+        return media.csv_response(csvio.format_table(values, record["columns"]))
+    page = {"offset": offset, "limit": limit, "total": record["rows"], "columns": record["columns"]}
+    return media.json({"items": values.tolist(), **page})

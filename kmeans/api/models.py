@@ -1,0 +1,56 @@
+"""/models: fits of datasets, their results, and predictions with them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+
+from kmeans import csvio
+from kmeans.api import media, service
+
+
+def create(body: dict) -> Any:
+    """Queue a fit; 202 with the queued model."""
+    model = service().create_model(body["dataset_id"], body.get("params"))
+    return media.json(model, 202, Location=media.location(model["id"]))
+
+
+def search(offset: int = 0, limit: int = 100, dataset_id: str | None = None, status: str | None = None) -> Any:
+    """A page of models, newest first."""
+    return media.json(service().list_models(offset, limit, dataset_id, status))
+
+
+def get(model_id: str) -> Any:
+    """One model and the state of its fit."""
+    return media.json(service().get_model(model_id))
+
+
+def delete(model_id: str) -> Any:
+    """Delete a model."""
+    service().delete_model(model_id)
+    return None, 204
+
+
+def labels(model_id: str) -> Any:
+    """Labels of the training rows."""
+    return media.labels(service().model_labels(model_id), model_id)
+
+
+def centers(model_id: str) -> Any:
+    """The cluster centers."""
+    values, columns = service().model_centers(model_id)
+    if media.wants_csv():
+        return media.csv_response(csvio.format_table(values, columns))
+    return media.json({"model_id": model_id, "columns": columns, "centers": values.tolist()})
+
+
+def predict(model_id: str, file: Any = None) -> Any:
+    """Labels for points sent as a multipart file, raw CSV or JSON."""
+    if file is not None:
+        result = service().predict_stream(model_id, file.stream)
+    elif flask.request.mimetype == media.JSON:
+        result = service().predict_rows(model_id, flask.request.get_json()["data"])
+    else:
+        result = service().predict_stream(model_id, media.raw_body())
+    return media.labels(result, model_id)

@@ -1,0 +1,50 @@
+"""Settings of the service, read from ``KMEANS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "kmeans-data"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs to know about its environment."""
+
+    data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
+    # Bodies larger than this are refused with 413 while they stream in.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_concurrent_fits: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The classic /fit answers synchronously; it gives up waiting after this long.
+    fit_wait_seconds: int = 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``KMEANS_*`` variables, then ``overrides`` on top."""
+        env = os.environ if env is None else env
+        base = cls(
+            data_dir=Path(env.get("KMEANS_DATA_DIR") or DEFAULT_DATA_DIR),
+            max_upload_bytes=_int(env, "KMEANS_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_concurrent_fits=_int(env, "KMEANS_MAX_CONCURRENT_FITS", os.cpu_count() or 1),
+            fit_wait_seconds=_int(env, "KMEANS_FIT_WAIT_SECONDS", cls.fit_wait_seconds),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(given["data_dir"])  # type: ignore[arg-type]
+        return replace(base, **given)  # type: ignore[arg-type]

@@ -1,0 +1,60 @@
+"""Errors that carry their HTTP status; one handler turns them into problem documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProblemError(Exception):
+    """An error a client caused or can act on, rendered as ``application/problem+json``."""
+
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = {k: v for k, v in extra.items() if v is not None}
+        self.headers: dict[str, str] = {}
+
+    def to_problem(self) -> dict[str, Any]:
+        """The RFC 7807 body for this error."""
+        return {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+class BadRequest(ProblemError):
+    status, title = 400, "Bad Request"
+
+
+class NotFound(ProblemError):
+    status, title = 404, "Not Found"
+
+
+class Conflict(ProblemError):
+    status, title = 409, "Conflict"
+
+
+class PayloadTooLarge(ProblemError):
+    status, title = 413, "Content Too Large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, title = 415, "Unsupported Media Type"
+
+
+class Unprocessable(ProblemError):
+    status, title = 422, "Unprocessable Content"
+
+
+class FitFailed(ProblemError):
+    status, title = 500, "Fit Failed"
+
+
+class Unavailable(ProblemError):
+    status, title = 503, "Service Unavailable"

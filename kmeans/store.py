@@ -1,0 +1,307 @@
+"""Persistent state: SQLite for metadata, ``.npy`` files for arrays, all under one data dir.
+
+Every process (each gunicorn worker, each restart) opens the same files, so nothing lives
+only in memory. Arrays are written to a temporary file and renamed into place before the
+row that points at them is committed, so a crash never leaves a row without its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmeans.errors import Conflict, Unavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    n_features INTEGER NOT NULL,
+    columns TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    dataset_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    fit_seconds REAL,
+    rows INTEGER NOT NULL,
+    n_features INTEGER NOT NULL,
+    columns TEXT NOT NULL,
+    inertia REAL,
+    n_iter INTEGER,
+    cluster_sizes TEXT,
+    worker TEXT
+);
+CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
+CREATE INDEX IF NOT EXISTS models_status ON models (status);
+CREATE TABLE IF NOT EXISTS uploads (
+    job_id INTEGER PRIMARY KEY,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    model_id TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_file ON uploads (filename, sha256);
+"""
+
+JSON_FIELDS = ("columns", "params", "error", "cluster_sizes")
+ACTIVE = ("queued", "running")
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_id(prefix: str) -> str:
+    """A random resource id such as ``ds_3f2a9c1e5b7d4a60``."""
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    for key in JSON_FIELDS:
+        if key in record and record[key] is not None:
+            record[key] = json.loads(record[key])
+    return record
+
+
+def _encode(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+class Store:
+    """Datasets, models and classic uploads under ``data_dir``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir)
+        for sub in ("datasets", "models", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "kmeans.sqlite3"
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)  # idempotent; executescript manages its own commit
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread and process: sqlite3 objects must not cross either.
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (no upgrade deadlocks)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple = ()) -> dict[str, Any] | None:
+        row = self._conn().execute(sql, args).fetchone()
+        return _decode(row) if row is not None else None
+
+    def _page(self, table: str, where: dict[str, Any], offset: int, limit: int) -> tuple[list[dict], int]:
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
+        args = tuple(where.values())
+        conn = self._conn()
+        total = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {clause}", args).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT * FROM {table} WHERE {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        return [_decode(r) for r in rows], total
+
+    def temp_path(self, suffix: str = "") -> Path:
+        """A fresh path in the data dir's tmp folder (same file system, so rename is atomic)."""
+        return self.root / "tmp" / f"{secrets.token_hex(12)}{suffix}"
+
+    def dataset_path(self, dataset_id: str) -> Path:
+        return self.root / "datasets" / f"{dataset_id}.npy"
+
+    def centers_path(self, model_id: str) -> Path:
+        return self.root / "models" / f"{model_id}.centers.npy"
+
+    def labels_path(self, model_id: str) -> Path:
+        return self.root / "models" / f"{model_id}.labels.npy"
+
+    def save_array(self, path: Path, array: np.ndarray) -> None:
+        """Write ``array`` to ``path`` atomically: temp file, fsync, rename."""
+        tmp = self.temp_path(".npy")
+        try:
+            with open(tmp, "wb") as out:
+                np.save(out, array, allow_pickle=False)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            with suppress(FileNotFoundError):
+                tmp.unlink()
+
+    @staticmethod
+    def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+        """Read an array written by ``save_array``; never unpickles."""
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def add_dataset(self, record: dict[str, Any], values: np.ndarray) -> None:
+        """Store the array, then the row that makes it visible."""
+        path = self.dataset_path(record["id"])
+        self.save_array(path, values)
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO datasets (id, name, rows, n_features, columns, sha256,"
+                    " size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    tuple(_encode(record[k]) for k in (
+                        "id", "name", "rows", "n_features", "columns", "sha256",
+                        "size_bytes", "created_at")),
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
+
+    def list_datasets(self, offset: int, limit: int) -> tuple[list[dict], int]:
+        return self._page("datasets", {}, offset, limit)
+
+    def delete_dataset(self, dataset_id: str) -> bool:
+        """Remove a dataset unless a fit on it is still queued or running."""
+        with self.transaction() as db:
+            busy = db.execute(
+                "SELECT id FROM models WHERE dataset_id = ? AND status IN (?, ?) LIMIT 1",
+                (dataset_id, *ACTIVE),
+            ).fetchone()
+            if busy is not None:
+                raise Conflict(
+                    f"dataset {dataset_id} is in use by model {busy['id']}, which is still fitting"
+                )
+            gone = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
+        if gone:
+            self.dataset_path(dataset_id).unlink(missing_ok=True)
+        return bool(gone)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def add_model(self, record: dict[str, Any]) -> None:
+        keys = list(record)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO models ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                tuple(_encode(record[k]) for k in keys),
+            )
+
+    def get_model(self, model_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM models WHERE id = ?", (model_id,))
+
+    def list_models(
+        self, offset: int, limit: int, dataset_id: str | None = None, status: str | None = None
+    ) -> tuple[list[dict], int]:
+        where = {k: v for k, v in (("dataset_id", dataset_id), ("status", status)) if v}
+        return self._page("models", where, offset, limit)
+
+    def update_model(self, model_id: str, only_if_status: tuple[str, ...] = (), **fields: Any) -> bool:
+        """Set ``fields`` on a model (if it still exists and is in one of ``only_if_status``)."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE models SET {sets} WHERE id = ?"
+        args: tuple = (*(_encode(v) for v in fields.values()), model_id)
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
+            args += only_if_status
+        with self.transaction() as db:
+            return db.execute(sql, args).rowcount > 0
+
+    def finish_model(self, model_id: str, centers: np.ndarray, labels: np.ndarray, **fields: Any) -> bool:
+        """Store a fit's arrays, then mark it succeeded; discard them if it was deleted meanwhile."""
+        self.save_array(self.centers_path(model_id), centers)
+        self.save_array(self.labels_path(model_id), labels)
+        if self.update_model(model_id, only_if_status=ACTIVE, status="succeeded", **fields):
+            return True
+        self._remove_model_files(model_id)
+        return False
+
+    def active_models(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT * FROM models WHERE status IN (?, ?)", ACTIVE
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def delete_model(self, model_id: str) -> bool:
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
+            db.execute("UPDATE uploads SET model_id = NULL WHERE model_id = ?", (model_id,))
+        if gone:
+            self._remove_model_files(model_id)
+        return bool(gone)
+
+    def _remove_model_files(self, model_id: str) -> None:
+        self.centers_path(model_id).unlink(missing_ok=True)
+        self.labels_path(model_id).unlink(missing_ok=True)
+
+    # -- classic uploads ------------------------------------------------------------------
+
+    def find_upload(self, filename: str, sha256: str) -> dict[str, Any] | None:
+        """The newest upload of the same name and content whose dataset still exists."""
+        return self._one(
+            "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
+            " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1",
+            (filename, sha256),
+        )
+
+    def add_upload(self, filename: str, sha256: str, dataset_id: str) -> int:
+        """Number a new upload: 0, 1, 2, … (one statement, so concurrent workers never collide)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO uploads (job_id, filename, sha256, dataset_id, created_at)"
+                " SELECT COALESCE(MAX(job_id) + 1, 0), ?, ?, ?, ? FROM uploads",
+                (filename, sha256, dataset_id, now()),
+            )
+            return db.execute("SELECT MAX(job_id) FROM uploads").fetchone()[0]
+
+    def get_upload(self, job_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM uploads WHERE job_id = ?", (job_id,))
+
+    def set_upload_model(self, job_id: int, model_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE uploads SET model_id = ? WHERE job_id = ?", (model_id, job_id))
+
+    # -- health ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise Unavailable unless the database answers."""
+        try:
+            self._conn().execute("SELECT 1 FROM datasets LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the data directory's database cannot be read: {exc}") from None

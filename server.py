@@ -1,0 +1,120 @@
+"""The one place that wires the app: ``build_app(settings)``; ``server:app`` for gunicorn.
+
+Run the embedded server with ``python server.py`` (127.0.0.1:8080), or in production
+``gunicorn -k uvicorn_worker.UvicornWorker server:app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import connexion
+from connexion.jsonifier import Jsonifier
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware import MiddlewarePosition
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kmeans.config import Settings
+from kmeans.errors import BadRequest, PayloadTooLarge, ProblemError
+from kmeans.service import KMeansService
+
+ROOT = Path(__file__).resolve().parent
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("kmeans")
+# connexion warns on every request to an operation that takes several content types; ours do
+# so on purpose (multipart, raw CSV and JSON), so the warning is only noise.
+logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
+
+
+def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    """Render a ProblemError (or any unexpected error, without its traceback) as problem+json."""
+    if not isinstance(exc, ProblemError):
+        log.error("unhandled error", exc_info=exc)
+        exc = ProblemError("the server hit an unexpected error; it has been logged")
+    return ConnexionResponse(
+        status_code=exc.status,
+        body=json.dumps(exc.to_problem()),
+        content_type=PROBLEM_JSON,
+        headers=exc.headers,
+    )
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, counting them as they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest("the Content-Length header is not a number")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
+    """The connexion app for ``settings`` (from the environment when not given)."""
+    settings = settings or Settings.from_env()
+    service = KMeansService(settings)
+    service.recover_orphans()
+    app = connexion.FlaskApp(
+        __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":"))
+    )
+    app.add_api("api.yaml", strict_validation=True, validate_responses=False)
+    app.app.extensions["kmeans"] = service
+    app.add_error_handler(ProblemError, problem_response)
+    app.add_error_handler(Exception, problem_response)
+    app.add_middleware(
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
+    )
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``server:app`` is built on first access, so importing this module has no side effects.
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve with the embedded uvicorn server."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Run kmeans-service.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    parser.add_argument("--data-dir", help="where state is kept (default $KMEANS_DATA_DIR or ./kmeans-data)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env(data_dir=args.data_dir)
+    log.info("data dir %s; Swagger UI at http://%s:%d/kmeans/ui/", settings.data_dir.resolve(), args.host, args.port)
+    uvicorn.run(build_app(settings), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
