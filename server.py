@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
+
+# connexion imports Starlette's test client, which warns about httpx at import time.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 import connexion
 from connexion.jsonifier import Jsonifier

@@ -42,4 +42,6 @@ def location(resource_id: str) -> str:
 
 def raw_body() -> BinaryIO:
     """The request body as a stream, read in chunks by the caller (never buffered whole)."""
-    return flask.request.stream
+    # The server's input stream ends with the body, also for chunked uploads without a
+    # Content-Length, where Werkzeug's request.stream would read nothing.
+    return flask.request.environ["wsgi.input"]

@@ -1,0 +1,81 @@
+"""End to end: the Dockerfile's gunicorn command and ``python server.py`` as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(args: list[str], url: str) -> str:
+    """Run an examples/ script against ``url``; fail the test with its output if it fails."""
+    env = {**os.environ, "KMEANS_URL": url}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def sections(output: str) -> list[list[str]]:
+    """The non-blank lines under each ``== title`` line of an example's output."""
+    parts: list[list[str]] = []
+    for line in output.splitlines():
+        if line.startswith("== "):
+            parts.append([])
+        elif line.strip():
+            parts[-1].append(line.strip())
+    return parts
+
+
+def classic_predict(url: str, job_id: int) -> list[str]:
+    files = {"file": ("predict.csv", (EXAMPLES / "predict.csv").read_bytes(), "text/csv")}
+    response = httpx.post(
+        f"{url}/kmeans/predict", data={"job_id": str(job_id)}, files=files, headers={"accept": "text/csv"}
+    )
+    assert response.status_code == 200, response.text
+    return response.text.split()
+
+
+def test_gunicorn_runs_examples_shares_state_across_workers_and_restarts(gunicorn_server, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    with gunicorn_server(data_dir) as url:
+        upload, fit_labels, predicted = sections(run_example(["bash", "examples/classic.sh"], url))
+        upload = json.loads(upload[0])
+        assert upload["job_id"] == 0 and upload["filename"] == "model.csv"
+        assert len(fit_labels) == 6 and all(label.isdigit() for label in fit_labels)
+        assert len(predicted) == 2 and all(label.isdigit() for label in predicted)
+        # (0, 0) is nearest to the training point (1, 0): it gets that point's label.
+        assert predicted[0] == fit_labels[2]
+
+        run_example([sys.executable, "examples/resource_api.py"], url)
+
+        # Fresh connections land on either of the two workers: all must see the same model.
+        for _ in range(20):
+            assert classic_predict(url, 0) == predicted
+
+    with gunicorn_server(data_dir) as url:
+        assert classic_predict(url, 0) == predicted
+        files = {"file": ("other.csv", b"5,5\n6,6\n7,7\n", "text/csv")}
+        again = httpx.post(f"{url}/kmeans/upload", files=files)
+        assert again.json()["job_id"] == 1
+        models = httpx.get(f"{url}/kmeans/models").json()
+        assert models["total"] == 2 and {m["status"] for m in models["items"]} == {"succeeded"}
+
+
+def test_embedded_server_serves_the_classic_flow(embedded_server, tmp_path: Path):
+    with embedded_server(tmp_path / "data") as url:
+        upload, fit_labels, predicted = sections(run_example(["bash", "examples/classic.sh"], url))
+        assert json.loads(upload[0])["job_id"] == 0
+        assert len(fit_labels) == 6 and len(predicted) == 2
+        assert httpx.get(f"{url}/kmeans/ui/").status_code == 200
+        spec = httpx.get(f"{url}/kmeans/openapi.json").json()
+        assert "/datasets/{dataset_id}/rows" in spec["paths"]
