@@ -20,10 +20,10 @@ import connexion
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kmeans.api.validation import RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings
-from kmeans.errors import BadRequest, PayloadTooLarge, ProblemError
+from kmeans.errors import ProblemError
 from kmeans.service import KMeansService
 
 ROOT = Path(__file__).resolve().parent
@@ -47,38 +47,6 @@ def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionRes
     )
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413, counting them as they stream in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise BadRequest("the Content-Length header is not a number")
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     """The connexion app for ``settings`` (from the environment when not given)."""
     settings = settings or Settings.from_env()
@@ -87,12 +55,17 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     app = connexion.FlaskApp(
         __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":"))
     )
-    app.add_api("api.yaml", strict_validation=True, validate_responses=False)
+    app.add_api(
+        "api.yaml",
+        strict_validation=True,
+        validate_responses=False,
+        validator_map=validator_map(service.store.root / "tmp"),
+    )
     app.app.extensions["kmeans"] = service
     app.add_error_handler(ProblemError, problem_response)
     app.add_error_handler(Exception, problem_response)
     app.add_middleware(
-        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
+        RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
     )
     return app
 

@@ -38,6 +38,13 @@ def fit(values: np.ndarray, params: dict[str, Any]) -> FitResult:
     )
 
 
+# Below this many row-center pairs, plain numpy beats scikit-learn's input checks and chunking.
+SMALL_PREDICT = 65536
+
+
 def predict(centers: np.ndarray, values: np.ndarray) -> np.ndarray:
     """The index of the nearest center (Euclidean) for each row, as KMeans.predict does."""
+    if len(values) * len(centers) <= SMALL_PREDICT:
+        distances = ((values[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        return distances.argmin(axis=1).astype(np.int32)
     return pairwise_distances_argmin(values, centers).astype(np.int32, copy=False)

@@ -27,6 +27,7 @@ from kmeans.errors import (
     Unprocessable,
 )
 from kmeans.jobs import LocalRunner, worker_alive, worker_name
+from kmeans.multipart import SpooledFile
 from kmeans.store import ACTIVE, Store, new_id, now
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ CHUNK_BYTES = 1024 * 1024
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker",)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
+Upload = SpooledFile | BinaryIO
 
 
 def display_name(filename: str | None, fallback: str = "upload.csv") -> str:
@@ -66,55 +69,62 @@ class KMeansService:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def _spool(self, stream: BinaryIO) -> tuple[Path, str, int]:
+    def _spool(self, stream: BinaryIO) -> SpooledFile:
         """Copy a body to a temp file in bounded chunks, hashing it and enforcing the size limit."""
         limit = self.settings.max_upload_bytes
         digest = hashlib.sha256()
-        size = 0
-        path = self.store.temp_path(".csv")
+        spooled = SpooledFile(path=self.store.temp_path(".csv"))
         try:
-            with open(path, "wb") as out:
+            with open(spooled.path, "wb") as out:
                 while chunk := stream.read(CHUNK_BYTES):
-                    size += len(chunk)
-                    if size > limit:
+                    spooled.size += len(chunk)
+                    if spooled.size > limit:
                         raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
                     digest.update(chunk)
                     out.write(chunk)
         except BaseException:
-            path.unlink(missing_ok=True)
+            spooled.path.unlink(missing_ok=True)
             raise
-        return path, digest.hexdigest(), size
+        spooled.sha256 = digest.hexdigest()
+        return spooled
 
-    def read_table(self, stream: BinaryIO) -> tuple[csvio.Table, str, int]:
-        """Parse an uploaded CSV stream: (table, sha256 of the bytes, size in bytes)."""
-        path, sha, size = self._spool(stream)
+    def read_table(self, source: Upload) -> tuple[csvio.Table, SpooledFile]:
+        """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size).
+
+        ``source`` is a file already on disk (a streamed multipart part, removed by its
+        owner) or a stream, which is spooled to a temp file first and removed here.
+        """
+        owned = not isinstance(source, SpooledFile)
+        spooled = self._spool(source) if owned else source
         try:
-            if size == 0:
+            if spooled.size == 0:
                 raise Unprocessable("the CSV file is empty: it has no rows")
-            with open(path, "rb") as handle:
+            with spooled.open() as handle:
                 table = csvio.read_csv(handle)
         finally:
-            path.unlink(missing_ok=True)
-        return table, sha, size
+            if owned:
+                spooled.path.unlink(missing_ok=True)
+        return table, spooled
 
     def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int) -> dict[str, Any]:
         record = {
             "id": new_id("ds"),
             "name": name,
-            "rows": int(table.values.shape[0]),
-            "n_features": int(table.values.shape[1]),
+            "rows": table.rows,
+            "n_features": table.n_features,
             "columns": table.columns,
             "sha256": sha,
             "size_bytes": size,
             "created_at": now(),
         }
-        self.store.add_dataset(record, table.values)
+        self.store.add_dataset(record, table.chunks)
         return record
 
-    def create_dataset_from_stream(self, stream: BinaryIO, name: str | None) -> dict[str, Any]:
+    def create_dataset_from_stream(self, source: Upload, name: str | None) -> dict[str, Any]:
         """A dataset from CSV bytes."""
-        table, sha, size = self.read_table(stream)
-        return self._add_dataset(table, display_name(name, "dataset.csv"), sha, size)
+        table, spooled = self.read_table(source)
+        name = name or getattr(source, "filename", None)
+        return self._add_dataset(table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size)
 
     def create_dataset_from_rows(
         self, data: Sequence[Sequence[float]], columns: Sequence[str] | None, name: str | None
@@ -131,7 +141,7 @@ class KMeansService:
                 raise Unprocessable("columns holds the same name twice", parameter="columns")
         names = list(columns) if columns is not None else csvio.default_columns(values.shape[1])
         canonical = json.dumps({"columns": names, "data": values.tolist()}).encode()
-        table = csvio.Table(values=values, columns=names)
+        table = csvio.Table.of(values, names)
         sha = hashlib.sha256(canonical).hexdigest()
         return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical))
 
@@ -286,21 +296,22 @@ class KMeansService:
     def predict_rows(self, model_id: str, data: Sequence[Sequence[float]]) -> np.ndarray:
         return self.predict(model_id, csvio.check_rows(data))
 
-    def predict_stream(self, model_id: str, stream: BinaryIO) -> np.ndarray:
+    def predict_stream(self, model_id: str, source: Upload) -> np.ndarray:
+        """Labels for the points of an uploaded CSV."""
         self._fitted(model_id)  # a 404/409 before reading a possibly large body
-        table, _, _ = self.read_table(stream)
+        table, _ = self.read_table(source)
         return self.predict(model_id, table.values)
 
     # -- classic flow ---------------------------------------------------------------------
 
-    def classic_upload(self, stream: BinaryIO, filename: str | None) -> dict[str, Any]:
+    def classic_upload(self, source: Upload, filename: str | None) -> dict[str, Any]:
         """Store an upload and number it; the same name and content give the same job_id."""
         name = display_name(filename)
-        table, sha, size = self.read_table(stream)
-        upload = self.store.find_upload(name, sha)
+        table, spooled = self.read_table(source)
+        upload = self.store.find_upload(name, spooled.sha256)
         if upload is None:
-            dataset = self._add_dataset(table, name, sha, size)
-            job_id = self.store.add_upload(name, sha, dataset["id"])
+            dataset = self._add_dataset(table, name, spooled.sha256, spooled.size)
+            job_id = self.store.add_upload(name, spooled.sha256, dataset["id"])
         else:
             dataset = self.get_dataset(upload["dataset_id"])
             job_id = upload["job_id"]
@@ -336,12 +347,12 @@ class KMeansService:
         self.store.set_upload_model(job_id, model["id"])
         return model, self.model_labels(model["id"])
 
-    def classic_predict(self, job_id: int, stream: BinaryIO) -> np.ndarray:
+    def classic_predict(self, job_id: int, source: Upload) -> np.ndarray:
         """Labels for an uploaded CSV with the latest model fitted for ``job_id``."""
         upload = self._upload(job_id)
         if upload["model_id"] is None:
             raise Conflict(f"job_id {job_id} has no fitted model yet; POST it to /kmeans/fit first")
-        return self.predict_stream(upload["model_id"], stream)
+        return self.predict_stream(upload["model_id"], source)
 
     # -- lifecycle ------------------------------------------------------------------------
 

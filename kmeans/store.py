@@ -154,12 +154,19 @@ class Store:
     def labels_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.labels.npy"
 
-    def save_array(self, path: Path, array: np.ndarray) -> None:
-        """Write ``array`` to ``path`` atomically: temp file, fsync, rename."""
+    def save_array(self, path: Path, array: np.ndarray | list[np.ndarray]) -> None:
+        """Write an array (or its row chunks, one after the other) to ``path`` as ``.npy``,
+        atomically: temp file, fsync, rename. Chunks are never concatenated in memory."""
+        chunks = array if isinstance(array, list) else [array]
+        first = chunks[0]
+        shape = (sum(len(c) for c in chunks), *first.shape[1:])
         tmp = self.temp_path(".npy")
         try:
             with open(tmp, "wb") as out:
-                np.save(out, array, allow_pickle=False)
+                header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(out, header)
+                for chunk in chunks:
+                    out.write(np.ascontiguousarray(chunk, dtype=first.dtype).data)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
@@ -174,8 +181,8 @@ class Store:
 
     # -- datasets -------------------------------------------------------------------------
 
-    def add_dataset(self, record: dict[str, Any], values: np.ndarray) -> None:
-        """Store the array, then the row that makes it visible."""
+    def add_dataset(self, record: dict[str, Any], values: np.ndarray | list[np.ndarray]) -> None:
+        """Store the array (or its row chunks), then the row that makes it visible."""
         path = self.dataset_path(record["id"])
         self.save_array(path, values)
         try:

@@ -9,7 +9,7 @@ from kmeans.api import media, service
 
 def upload(file: Any) -> Any:
     """Store an uploaded CSV and number it with a job_id."""
-    return media.json(service().classic_upload(file.stream, file.filename))
+    return media.json(service().classic_upload(*media.upload(file)))
 
 
 def fit(body: dict) -> Any:
@@ -20,6 +20,6 @@ def fit(body: dict) -> Any:
 
 def predict(body: dict, file: Any) -> Any:
     """Label the points of an uploaded CSV with the model of ``job_id``."""
-    labels = service().classic_predict(body["job_id"], file.stream)
+    labels = service().classic_predict(body["job_id"], media.upload(file)[0])
     upload = service().store.get_upload(body["job_id"])
     return media.labels(labels, upload["model_id"], default=media.CSV)

@@ -13,7 +13,8 @@ from kmeans.api import media, service
 def create(name: str | None = None, file: Any = None) -> Any:
     """Create a dataset from a multipart file, a raw CSV body or JSON rows."""
     if file is not None:
-        record = service().create_dataset_from_stream(file.stream, name or file.filename)
+        content, filename = media.upload(file)
+        record = service().create_dataset_from_stream(content, name or filename)
     elif flask.request.mimetype == media.JSON:
         body = flask.request.get_json()
         record = service().create_dataset_from_rows(body["data"], body.get("columns"), name or body.get("name"))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import flask
 import numpy as np
 
 from kmeans import csvio
+from kmeans.api.validation import spooled_file
+from kmeans.service import Upload
 
 CSV = "text/csv"
 JSON = "application/json"
+# Label responses longer than this are streamed in pieces of this many labels.
+STREAM_LABELS = 262144
 
 
 def wants_csv(default: str = JSON) -> bool:
@@ -24,20 +29,47 @@ def json(body: Any, status: int = 200, **headers: str) -> tuple[Any, int, dict[s
     return body, status, {"Content-Type": JSON, **headers}
 
 
-def csv_response(text: str, **headers: str) -> flask.Response:
+def csv_response(text: str | bytes, **headers: str) -> flask.Response:
     return flask.Response(text, status=200, mimetype=CSV, headers=headers)
 
 
 def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: str) -> Any:
-    """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON)."""
+    """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON).
+
+    Large label sets are sent in pieces as they are formatted, never as one big string.
+    """
+    if len(values) <= STREAM_LABELS:
+        if wants_csv(default):
+            return csv_response(csvio.format_labels(values), **headers)
+        return json({"model_id": model_id, "labels": values.tolist()}, **headers)
+    pieces = [values[i : i + STREAM_LABELS] for i in range(0, len(values), STREAM_LABELS)]
     if wants_csv(default):
-        return csv_response(csvio.format_labels(values), **headers)
-    return json({"model_id": model_id, "labels": values.tolist()}, **headers)
+        return flask.Response((csvio.format_labels(p) for p in pieces), mimetype=CSV, headers=headers)
+
+    def json_pieces() -> Iterator[bytes]:
+        yield b'{"model_id":"%s","labels":[' % model_id.encode()
+        for i, piece in enumerate(pieces):
+            yield (b"," if i else b"") + csvio.format_labels(piece)[:-1].replace(b"\n", b",")
+        yield b"]}"
+
+    return flask.Response(json_pieces(), mimetype=JSON, headers=headers)
 
 
 def location(resource_id: str) -> str:
     """The URL of a resource created under the requested collection."""
     return f"{flask.request.path.rstrip('/')}/{resource_id}"
+
+
+def upload(file: Any) -> tuple[Upload, str | None]:
+    """The content and client file name of a multipart file parameter.
+
+    The streaming validator has already written the part to disk; the framework only saw an
+    empty placeholder for it.
+    """
+    spooled = spooled_file(flask.request.environ["asgi.scope"], file.name)
+    if spooled is not None:
+        return spooled, spooled.filename
+    return file.stream, file.filename
 
 
 def raw_body() -> BinaryIO:

@@ -48,7 +48,7 @@ def centers(model_id: str) -> Any:
 def predict(model_id: str, file: Any = None) -> Any:
     """Labels for points sent as a multipart file, raw CSV or JSON."""
     if file is not None:
-        result = service().predict_stream(model_id, file.stream)
+        result = service().predict_stream(model_id, media.upload(file)[0])
     elif flask.request.mimetype == media.JSON:
         result = service().predict_rows(model_id, flask.request.get_json()["data"])
     else:

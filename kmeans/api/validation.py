@@ -1,0 +1,167 @@
+"""Requests before they reach a handler: size limits, parameter errors that name the
+parameter, and multipart uploads streamed to disk.
+
+connexion's own multipart validator holds the whole body in memory and replays it to the
+framework, which parses it a second time. Ours parses it once as it arrives: file parts are
+written to the data dir's tmp folder (hashed on the way), the small form fields are
+validated against the spec exactly as connexion would, and the framework then sees a tiny
+body with the same fields and empty file parts. Handlers find the spooled files through
+``spooled_file()``; the files are deleted when the response has been sent.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem
+from connexion.utils import is_null, is_nullable
+from connexion.validators import VALIDATOR_MAP, MultiPartFormDataValidator, ParameterValidator
+from jsonschema import Draft4Validator, ValidationError
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kmeans.errors import BadRequest, PayloadTooLarge
+from kmeans.multipart import MultipartSpooler, SpooledFile, remove
+
+SPOOLED = "kmeans.spooled"  # scope key: every file spooled for this request (for clean-up)
+FILES = "kmeans.files"  # scope key: field name -> SpooledFile, for the handler
+
+
+class RequestLimitsMiddleware:
+    """Refuse bodies over ``max_bytes`` (413) as they stream in; remove spooled files afterwards."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        too_large = f"the request body is larger than the limit of {limit} bytes"
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest("the Content-Length header is not a number")
+            if int(declared) > limit:
+                raise PayloadTooLarge(too_large)
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(too_large)
+            return message
+
+        spooled: list[SpooledFile] = []
+        scope[SPOOLED] = spooled
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            remove(spooled)
+
+
+def validator_map(spool_dir: Path) -> dict[str, Any]:
+    """connexion's validators, with ours for parameters and for multipart bodies spooled to ``spool_dir``."""
+
+    def new_path() -> Path:
+        return spool_dir / f"{secrets.token_hex(12)}.part"
+
+    spooling = {"new_path": staticmethod(new_path)}
+    multipart = type("StreamingMultipartValidator", (StreamingMultipartValidator,), spooling)
+    return {
+        "parameter": NamingParameterValidator,
+        "body": MediaTypeDict({**VALIDATOR_MAP["body"], "multipart/form-data": multipart}),
+    }
+
+
+class NamingParameterValidator(ParameterValidator):
+    """Like connexion's, but an error says which parameter is wrong, without a schema dump."""
+
+    @staticmethod
+    def validate_parameter(parameter_type: str, value: Any, param: dict, param_name: str | None = None) -> str | None:
+        if value is None or (is_nullable(param) and is_null(value)):
+            return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        try:
+            Draft4Validator(param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER).validate(value)
+        except ValidationError as exc:
+            return f"{parameter_type} parameter '{param_name or param['name']}': {exc.message}"
+        return None
+
+
+class StreamingMultipartValidator(MultiPartFormDataValidator):
+    """Validates multipart bodies without holding them in memory (see the module docstring)."""
+
+    new_path: Callable[[], Path]
+
+    async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
+        headers = Headers(scope=scope)
+        if headers.get("content-length") == "0":
+            raise BadRequestProblem("RequestBody is required")
+        spooler = MultipartSpooler(headers.get("content-type", ""), self.new_path)
+        try:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BadRequest("the client disconnected before the body was complete")
+                spooler.write(message.get("body", b""))
+                more = message.get("more_body", False)
+            spooler.finish()
+        finally:
+            spooler.close()
+            scope.setdefault(SPOOLED, []).extend(spooler.files)
+        self._validate(self._form(spooler))
+        body, content_type = _replay(spooler)
+        new_scope = scope.copy()
+        new_scope["headers"] = copy.deepcopy(scope["headers"])
+        replaced = MutableHeaders(scope=new_scope)
+        replaced["content-type"] = content_type
+        replaced["content-length"] = str(len(body))
+        new_scope[FILES] = {f.field: f for f in spooler.files}
+        message = {"type": "http.request", "body": body, "more_body": False}
+        return self._insert_messages(receive, messages=[message]), new_scope
+
+    def _form(self, spooler: MultipartSpooler) -> dict[str, Any]:
+        """The form as connexion's validator would see it: typed fields, files as ""."""
+        fields: dict[str, list[str]] = {}
+        for name, value in spooler.fields:
+            fields.setdefault(name, []).append(value)
+        data = self._uri_parser.resolve_form(fields) if self._uri_parser is not None else fields
+        for spooled in spooler.files:
+            schema = self._schema.get("properties", {}).get(spooled.field, {})
+            count = sum(f.field == spooled.field for f in spooler.files)
+            data[spooled.field] = [""] * count if schema.get("type") == "array" or count > 1 else ""
+        return data
+
+
+def _replay(spooler: MultipartSpooler) -> tuple[bytes, str]:
+    """A small multipart body with the same fields and empty file parts."""
+    boundary = secrets.token_hex(16)
+    lines: list[bytes] = []
+    for name, value in spooler.fields:
+        lines += [f"--{boundary}", f'Content-Disposition: form-data; name="{_quote(name)}"', "", value]
+    for spooled in spooler.files:
+        disposition = f'form-data; name="{_quote(spooled.field)}"; filename="{_quote(spooled.filename or "")}"'
+        lines += [f"--{boundary}", f"Content-Disposition: {disposition}", "Content-Type: text/csv", "", ""]
+    lines.append(f"--{boundary}--")
+    body = b"\r\n".join(line if isinstance(line, bytes) else line.encode() for line in lines) + b"\r\n"
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "").replace("\n", "")
+
+
+def spooled_file(scope: Scope, field: str) -> SpooledFile | None:
+    """The file a multipart field carried, already on disk."""
+    return scope.get(FILES, {}).get(field)

@@ -1,0 +1,160 @@
+"""Multipart bodies parsed as they stream in: file parts go straight to disk, hashed on the way.
+
+python-multipart does the parsing; this module only decides where the bytes go, so that an
+upload of any size costs a bounded amount of memory and is written to disk exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from kmeans.errors import BadRequest
+
+MAX_FIELD_BYTES = 64 * 1024
+MAX_PARTS = 16
+
+
+@dataclass
+class SpooledFile:
+    """An uploaded file already on disk, with its digest and size."""
+
+    path: Path
+    filename: str | None = None
+    field: str = "file"
+    content_type: str | None = None
+    sha256: str = ""
+    size: int = 0
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    name: str = ""
+    data: bytearray = field(default_factory=bytearray)
+    spooled: SpooledFile | None = None
+    out: BinaryIO | None = None
+    digest: hashlib._Hash | None = None
+
+
+class MultipartSpooler:
+    """Feed it a multipart body chunk by chunk; read ``fields`` and ``files`` when finished."""
+
+    def __init__(self, content_type: str, new_path: callable) -> None:
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise BadRequest("the multipart/form-data body has no boundary in its Content-Type")
+        self._new_path = new_path
+        self.fields: list[tuple[str, str]] = []
+        self.files: list[SpooledFile] = []
+        self._part = _Part()
+        self._header_name = b""
+        self._header_value = b""
+        self._parts = 0
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+            },
+        )
+
+    def write(self, chunk: bytes) -> None:
+        """Parse the next piece of the body."""
+        try:
+            self._parser.write(chunk)
+        except BadRequest:
+            raise
+        except Exception as exc:
+            raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
+
+    def finish(self) -> None:
+        """Check that the body ended properly."""
+        try:
+            self._parser.finalize()
+        except Exception as exc:
+            raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
+        if self._part.out is not None:
+            raise BadRequest("the multipart/form-data body ended in the middle of a file")
+
+    def close(self) -> None:
+        """Close a file left open by a body that failed half-way (its path is in ``files``)."""
+        if self._part.out is not None:
+            self._part.out.close()
+            self._part.out = None
+
+    # -- python-multipart callbacks --------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise BadRequest(f"the multipart/form-data body has more than {MAX_PARTS} parts")
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._part.headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._part.headers.get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise BadRequest('a multipart part has no Content-Disposition "name"')
+        self._part.name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options:
+            ctype = self._part.headers.get(b"content-type")
+            spooled = SpooledFile(
+                path=self._new_path(),
+                filename=options[b"filename"].decode("utf-8", "replace"),
+                field=self._part.name,
+                content_type=ctype.decode("latin-1") if ctype else None,
+            )
+            self.files.append(spooled)  # listed first, so that a failure still cleans it up
+            self._part.spooled = spooled
+            self._part.out = open(spooled.path, "wb")  # noqa: SIM115 -- closed in _on_part_end/close
+            self._part.digest = hashlib.sha256()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        part = self._part
+        if part.out is not None:
+            part.out.write(chunk)
+            part.digest.update(chunk)
+            part.spooled.size += len(chunk)
+        else:
+            part.data += chunk
+            if len(part.data) > MAX_FIELD_BYTES:
+                raise BadRequest(f"the form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def _on_part_end(self) -> None:
+        part = self._part
+        if part.out is not None:
+            part.out.close()
+            part.out = None
+            part.spooled.sha256 = part.digest.hexdigest()
+        else:
+            self.fields.append((part.name, part.data.decode("utf-8", "replace")))
+
+
+def remove(files: list[SpooledFile]) -> None:
+    """Delete spooled files (after the request that brought them)."""
+    for spooled in files:
+        spooled.path.unlink(missing_ok=True)
