@@ -284,23 +284,25 @@ class KMeansService:
 
     def predict(self, model_id: str, values: np.ndarray) -> np.ndarray:
         """Labels for ``values`` with a fitted model."""
-        model = self._fitted(model_id)
-        if values.shape[1] != model["n_features"]:
-            raise Unprocessable(
-                f"the points have {values.shape[1]} columns but model {model_id} was fitted on"
-                f" {model['n_features']} ({', '.join(model['columns'])})"
-            )
-        centers = _cached_centers(str(self.store.centers_path(model_id)))
-        return engine.predict(centers, values)
+        return self._predict(self._fitted(model_id), values)
 
     def predict_rows(self, model_id: str, data: Sequence[Sequence[float]]) -> np.ndarray:
+        """Labels for JSON rows."""
         return self.predict(model_id, csvio.check_rows(data))
 
     def predict_stream(self, model_id: str, source: Upload) -> np.ndarray:
         """Labels for the points of an uploaded CSV."""
-        self._fitted(model_id)  # a 404/409 before reading a possibly large body
+        model = self._fitted(model_id)  # a 404/409 before reading a possibly large body
         table, _ = self.read_table(source)
-        return self.predict(model_id, table.values)
+        return self._predict(model, table.values)
+
+    def _predict(self, model: dict[str, Any], values: np.ndarray) -> np.ndarray:
+        if values.shape[1] != model["n_features"]:
+            raise Unprocessable(
+                f"the points have {values.shape[1]} columns but model {model['id']} was fitted on"
+                f" {model['n_features']} ({', '.join(model['columns'])})"
+            )
+        return engine.predict(_cached_centers(str(self.store.centers_path(model["id"]))), values)
 
     # -- classic flow ---------------------------------------------------------------------
 
@@ -347,12 +349,12 @@ class KMeansService:
         self.store.set_upload_model(job_id, model["id"])
         return model, self.model_labels(model["id"])
 
-    def classic_predict(self, job_id: int, source: Upload) -> np.ndarray:
-        """Labels for an uploaded CSV with the latest model fitted for ``job_id``."""
+    def classic_predict(self, job_id: int, source: Upload) -> tuple[str, np.ndarray]:
+        """(model id, labels) for an uploaded CSV with the latest model fitted for ``job_id``."""
         upload = self._upload(job_id)
         if upload["model_id"] is None:
             raise Conflict(f"job_id {job_id} has no fitted model yet; POST it to /kmeans/fit first")
-        return self.predict_stream(upload["model_id"], source)
+        return upload["model_id"], self.predict_stream(upload["model_id"], source)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -20,6 +20,5 @@ def fit(body: dict) -> Any:
 
 def predict(body: dict, file: Any) -> Any:
     """Label the points of an uploaded CSV with the model of ``job_id``."""
-    labels = service().classic_predict(body["job_id"], media.upload(file)[0])
-    upload = service().store.get_upload(body["job_id"])
-    return media.labels(labels, upload["model_id"], default=media.CSV)
+    model_id, labels = service().classic_predict(body["job_id"], media.upload(file)[0])
+    return media.labels(labels, model_id, default=media.CSV)
