@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -137,6 +138,11 @@ class Server:
     url: str
     log: Path
 
+    def reason(self) -> str:
+        """The last line of the log that is not a gunicorn/uvicorn status line (usually the error)."""
+        lines = [line for line in self.log_tail().splitlines() if line.strip() and not line.startswith(("[", "INFO"))]
+        return lines[-1].strip() if lines else "see its log"
+
     def log_tail(self, chars: int = 3000) -> str:
         try:
             return self.log.read_text(errors="replace")[-chars:]
@@ -171,12 +177,14 @@ def serve(name: str, cmd: list[str], port: int, ping_path: str, env: dict[str, s
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {server.reason()}\n{server.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(server.url + ping_path, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not answer within {START_TIMEOUT} s:\n{server.log_tail()}")
+                raise RuntimeError(
+                    f"{name} did not answer within {START_TIMEOUT} s: {server.reason()}\n{server.log_tail()}"
+                )
             time.sleep(0.1)
         yield server
     finally:
@@ -334,9 +342,12 @@ class Row:
     ratio: str
     target: str
     ok: bool | None  # None: informative row without a target
+    error: bool = False
 
     @property
     def verdict(self) -> str:
+        if self.error:
+            return "ERROR"
         return "-" if self.ok is None else ("PASS" if self.ok else "MISS")
 
 
@@ -719,6 +730,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def attempt(report: Report, items: str, fn: Callable[[], Any]) -> bool:
+    """Run ``fn``; on an error, report it as a failed row (traceback on stderr) and go on."""
+    try:
+        fn()
+    except Exception as exc:
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        report.rows.append(Row(f"{items:<2} failed, see the note", "-", "-", "-", "-", None, error=True))
+        report.notes.append(f"{items}: FAILED: {type(exc).__name__}: {message} (traceback above)")
+        return False
+    return True
+
+
+def main_server_items(report: Report, tmp: Path, args: argparse.Namespace, step: Callable[[str], None]) -> None:
+    """Items 1, 3 and 4 on one production server."""
+    step("starting the production server")
+    with service(tmp, "main") as main_server:
+        if 1 in args.items:
+            def run_item1() -> None:
+                step(f"writing {args.rows:,}x{N_FEATURES} CSV")
+                path = write_csv(tmp / f"fit-{args.rows}.csv", blobs(args.rows, seed=1))
+                step(f"item 1: {args.repeat} run(s) of service, in-process and classic")
+                item1(report, main_server.url, path, args.rows, args.repeat)
+                path.unlink()
+
+            attempt(report, "1", run_item1)
+        if not set(args.items) & {3, 4}:
+            return
+        step("fitting the model for items 3 and 4 (20,000 rows)")
+        train_csv = csv_bytes(blobs(20_000, seed=1))
+        model_id, centers = train_model(main_server.url, train_csv)
+        if 3 in args.items:
+            step(f"item 3: {args.repeat} x {args.predict_runs} CSV predictions each way")
+            attempt(report, "3", lambda: item3(report, main_server.url, model_id, centers, args.predict_runs,
+                                               args.repeat))
+        if 4 in args.items:
+            step(f"item 4: {args.repeat} x {args.duration:g} s per server")
+            attempt(report, "4", lambda: item4(report, tmp, main_server, model_id, centers, train_csv,
+                                               args.repeat, args.duration))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so that the servers (in their own sessions) are stopped too.
@@ -732,30 +784,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
         if 2 in args.items:
-            step(f"writing {args.memory_rows:,}x{N_FEATURES} CSV")
-            path = write_csv(tmp / f"memory-{args.memory_rows}.csv", blobs(args.memory_rows, seed=2))
-            step(f"item 2: {args.repeat} fresh server(s), multipart ingest of {path.stat().st_size / MB:.0f} MB")
-            item2(report, tmp, path, args.memory_rows, args.repeat)
-            path.unlink()
-        if set(args.items) & {1, 3, 4}:
-            step("starting the production server")
-            with service(tmp, "main") as main_server:
-                if 1 in args.items:
-                    step(f"writing {args.rows:,}x{N_FEATURES} CSV")
-                    path = write_csv(tmp / f"fit-{args.rows}.csv", blobs(args.rows, seed=1))
-                    step(f"item 1: {args.repeat} run(s) of service, in-process and classic")
-                    item1(report, main_server.url, path, args.rows, args.repeat)
-                    path.unlink()
-                if set(args.items) & {3, 4}:
-                    step("fitting the model for items 3 and 4 (20,000 rows)")
-                    train_csv = csv_bytes(blobs(20_000, seed=1))
-                    model_id, centers = train_model(main_server.url, train_csv)
-                    if 3 in args.items:
-                        step(f"item 3: {args.repeat} x {args.predict_runs} CSV predictions each way")
-                        item3(report, main_server.url, model_id, centers, args.predict_runs, args.repeat)
-                    if 4 in args.items:
-                        step(f"item 4: {args.repeat} x {args.duration:g} s per server")
-                        item4(report, tmp, main_server, model_id, centers, train_csv, args.repeat, args.duration)
+            def run_item2() -> None:
+                step(f"writing {args.memory_rows:,}x{N_FEATURES} CSV")
+                path = write_csv(tmp / f"memory-{args.memory_rows}.csv", blobs(args.memory_rows, seed=2))
+                step(f"item 2: {args.repeat} fresh server(s), multipart ingest of {path.stat().st_size / MB:.0f} MB")
+                item2(report, tmp, path, args.memory_rows, args.repeat)
+                path.unlink()
+
+            attempt(report, "2", run_item2)
+        main_items = [n for n in args.items if n != 2]
+        if main_items:
+            attempt(report, ",".join(map(str, main_items)), lambda: main_server_items(report, tmp, args, step))
         report.rows.sort(key=lambda r: r.item[:2])
         print()
         print(table(report.rows))
@@ -765,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"medians of {args.repeat} run(s); total time {time.monotonic() - started:.0f} s; "
               f"load average {load} at the end")
-        return 0
+        return 1 if any(r.error for r in report.rows) else 0
     finally:
         if args.keep_logs:
             logs = tmp.parent / f"{tmp.name}-logs"
