@@ -7,9 +7,11 @@ Run the embedded server with ``python server.py`` (127.0.0.1:8080), or in produc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,18 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     """The connexion app for ``settings`` (from the environment when not given)."""
     settings = settings or Settings.from_env()
     service = KMeansService(settings)
-    service.recover_orphans()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        # Each server process runs queued fits and recovers stalled ones while it serves.
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
     app = connexion.FlaskApp(
-        __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":"))
+        __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":")), lifespan=lifespan
     )
     app.add_api(
         "api.yaml",

@@ -33,6 +33,16 @@ class Settings:
     max_concurrent_fits: int = field(default_factory=lambda: os.cpu_count() or 1)
     # The classic /fit answers synchronously; it gives up waiting after this long.
     fit_wait_seconds: int = 3600
+    # A fit that runs longer is stopped and failed (a request may ask for less or more).
+    fit_time_limit: int = 3600
+    # A running fit whose process has not beaten for this long is re-queued (once) or failed.
+    heartbeat_timeout: int = 15
+    # Submit fits to this Dask scheduler instead of running them in local processes.
+    dask_address: str | None = None
+    # Hosts, IPs or CIDR ranges that webhooks may call although they are private/loopback.
+    webhook_allow: tuple[str, ...] = ()
+    webhook_attempts: int = 5
+    webhook_max_wait: float = 8.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -43,6 +53,11 @@ class Settings:
             max_upload_bytes=_int(env, "KMEANS_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_concurrent_fits=_int(env, "KMEANS_MAX_CONCURRENT_FITS", os.cpu_count() or 1),
             fit_wait_seconds=_int(env, "KMEANS_FIT_WAIT_SECONDS", cls.fit_wait_seconds),
+            fit_time_limit=_int(env, "KMEANS_FIT_TIME_LIMIT", cls.fit_time_limit),
+            heartbeat_timeout=_int(env, "KMEANS_HEARTBEAT_TIMEOUT", cls.heartbeat_timeout),
+            dask_address=env.get("KMEANS_DASK_ADDRESS") or None,
+            webhook_allow=tuple(h.strip() for h in env.get("KMEANS_WEBHOOK_ALLOW", "").split(",") if h.strip()),
+            webhook_attempts=_int(env, "KMEANS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:

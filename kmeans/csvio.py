@@ -78,7 +78,8 @@ def _first_line(handle: BinaryIO) -> tuple[str, int]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Unprocessable(f"row 1 is not UTF-8 text (byte {exc.start})", row=1) from None
-    return text.lstrip("\ufeff"), lines
+    # A file with old-Mac CR-only line ends is one "line" to readline(): keep its first row.
+    return text.lstrip("\ufeff").splitlines()[0], lines
 
 
 def _header(first_line: str) -> list[str] | None:

@@ -1,19 +1,35 @@
-"""Where fits run: a bounded pool in this process, first come first served.
+"""Where fits run: a FIFO queue in the database, and a dispatcher in every server process.
 
-The pool only executes; the database holds every model's state, so any process can
-report on a fit that another one runs.
+The queue is the ``models`` table itself: a fit is ``queued`` until some process's dispatcher
+claims it, atomically and only while fewer than ``max_concurrent_fits`` fits run across all
+processes that share the data dir. The claimant runs it in a separate process (locally, or
+as a task on a Dask cluster), beats a heartbeat for it, kills it when it is cancelled or runs
+out of time, and re-queues it once if a process running it died (no heartbeat). Nothing about
+a fit lives only in memory, so any process can report on, cancel or recover any fit.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import secrets
 import socket
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from threading import Lock
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kmeans import fitjob
+from kmeans.errors import FitFailed
+from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
+
+TICK = 0.2  # seconds between dispatcher rounds (a local submission wakes it at once)
+BEAT_EVERY = 1.0
+SWEEP_EVERY = 2.0
+MAX_ATTEMPTS = 2  # a fit whose process dies is re-queued once, then marked failed
 
 
 def worker_name() -> str:
@@ -21,54 +37,269 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def worker_alive(name: str | None) -> bool:
-    """False only when ``name`` is a process on this host that no longer exists."""
-    if not name or ":" not in name:
-        return False
-    host, _, pid = name.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another machine's process: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+class Run(Protocol):
+    """A fit in progress somewhere."""
+
+    def done(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def outcome(self) -> str: ...
 
 
-class LocalRunner:
-    """A FIFO queue in front of at most ``max_workers`` concurrent fits."""
+class Launcher(Protocol):
+    def start(self, model: dict[str, Any]) -> Run: ...
 
-    def __init__(self, max_workers: int) -> None:
-        self.max_workers = max_workers
-        self._pool: ThreadPoolExecutor | None = None
-        self._futures: dict[str, Future] = {}
-        self._lock = Lock()
+    def close(self) -> None: ...
 
-    def submit(self, key: str, fn: Callable[[], None]) -> Future:
-        """Queue ``fn``; ``wait(key)`` in this process can block on it."""
-        with self._lock:
-            # Created lazily so that a forked gunicorn worker owns its own threads.
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="kmeans-fit")
-            future = self._pool.submit(fn)
-            self._futures[key] = future
-        future.add_done_callback(lambda _f: self._forget(key))
-        return future
 
-    def _forget(self, key: str) -> None:
-        with self._lock:
-            self._futures.pop(key, None)
+class LocalRun:
+    """A fit in a child process of this server process."""
 
-    def local_future(self, key: str) -> Future | None:
-        """The future of a fit queued in this process, if any."""
-        with self._lock:
-            return self._futures.get(key)
+    def __init__(self, process: multiprocessing.Process) -> None:
+        self.process = process
 
-    def shutdown(self) -> None:
-        """Stop taking work and wait for running fits."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=False)
+    def done(self) -> bool:
+        return not self.process.is_alive()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+
+    def outcome(self) -> str:
+        code = self.process.exitcode
+        return "exited normally" if code == 0 else f"ended with exit code {code}"
+
+
+class LocalLauncher:
+    """Fits in child processes forked from a server that has numpy and scikit-learn loaded,
+    so a fit starts in milliseconds and can be killed for real."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["kmeans.fitjob"])
+
+    def start(self, model: dict[str, Any]) -> LocalRun:
+        process = self._context.Process(
+            target=fitjob.child_main,
+            args=(self.data_dir, model["id"], model["run_token"]),
+            name=f"kmeans-fit-{model['id']}",
+            daemon=True,
+        )
+        process.start()
+        return LocalRun(process)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskRun:
+    """A fit running as a task on a Dask cluster; it stops itself at the next iteration."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def stop(self) -> None:
+        self.future.cancel()
+
+    def outcome(self) -> str:
+        if self.future.cancelled():
+            return "was cancelled on the cluster"
+        if self.future.status == "error":
+            return f"raised {self.future.exception()!r} on the cluster"
+        return "exited normally"
+
+
+class DaskLauncher:
+    """Fits submitted to a Dask cluster; its workers read and write the (shared) data dir."""
+
+    def __init__(self, data_dir: str, address: str) -> None:
+        from distributed import Client  # only deployments with a cluster need distributed
+
+        self.data_dir = data_dir
+        self.client = Client(address, set_as_default=False, timeout=30)
+
+    def start(self, model: dict[str, Any]) -> DaskRun:
+        limit = model.get("time_limit")
+        future = self.client.submit(
+            fitjob.execute,
+            self.data_dir,
+            model["id"],
+            model["run_token"],
+            limit,
+            True,
+            key=f"kmeans-fit-{model['id']}-{model['run_token']}",
+            pure=False,
+        )
+        return DaskRun(future)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass
+class _Active:
+    model_id: str
+    run_token: str
+    run: Run
+    started: float = field(default_factory=time.monotonic)
+    time_limit: float | None = None
+
+
+class Dispatcher:
+    """Claims queued fits, runs them, watches them, recovers them. One per server process."""
+
+    def __init__(
+        self,
+        store: Store,
+        launcher: Launcher,
+        max_running: int,
+        heartbeat_timeout: float,
+        on_terminal: Any = None,
+    ) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.max_running = max_running
+        self.heartbeat_timeout = heartbeat_timeout
+        self.on_terminal = on_terminal or (lambda model_id: None)
+        self.worker = worker_name()
+        self._active: dict[str, _Active] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_beat = self._last_sweep = 0.0
+
+    def start(self) -> None:
+        """Start dispatching in a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="kmeans-dispatcher", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the queue now (a fit was just queued)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop dispatching; fits running here are stopped and put back in the queue."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for active in list(self._active.values()):
+            active.run.stop()
+            # A shutdown is nobody's failure: the attempt does not count.
+            self.store.update_model(
+                active.model_id, ("running",), active.run_token, status="queued", run_token=None,
+                queued_at=now(), phase="re-queued: the server running it shut down", progress=0,
+                attempts=max(0, self._attempts(active.model_id) - 1),
+            )
+        self._active.clear()
+        self.launcher.close()
+
+    def running_here(self) -> list[str]:
+        return list(self._active)
+
+    def _attempts(self, model_id: str) -> int:
+        model = self.store.get_model(model_id)
+        return model["attempts"] if model else 0
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep dispatching whatever one round hit (e.g. a locked database)
+                log.exception("dispatcher round failed")
+            self._wake.wait(TICK)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One round: reap, enforce cancellations and limits, beat, sweep, claim."""
+        self._reap()
+        self._enforce()
+        moment = time.monotonic()
+        if moment - self._last_beat >= BEAT_EVERY:
+            self._last_beat = moment
+            self.store.beat({a.model_id: a.run_token for a in self._active.values()})
+        if moment - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = moment
+            self.recover_stale()
+        self._claim()
+
+    def _reap(self) -> None:
+        for model_id, active in list(self._active.items()):
+            if not active.run.done():
+                continue
+            del self._active[model_id]
+            model = self.store.get_model(model_id)
+            if model is not None and model["status"] == "running" and model["run_token"] == active.run_token:
+                # The process ended without recording an outcome: it crashed or was killed.
+                self._requeue_or_fail(model, f"the fit process {active.run.outcome()}")
+            self.on_terminal(model_id)
+
+    def _enforce(self) -> None:
+        if not self._active:
+            return
+        current = self.store.models_by_id(list(self._active))
+        for model_id, active in list(self._active.items()):
+            model = current.get(model_id)
+            if model is None or model["status"] != "running" or model["run_token"] != active.run_token:
+                active.run.stop()  # cancelled, deleted, or taken over: free the CPU now
+            elif active.time_limit and time.monotonic() - active.started > active.time_limit:
+                active.run.stop()
+                self.store.update_model(
+                    model_id, ("running",), active.run_token, status="failed", finished_at=now(),
+                    error=fitjob.time_limit_problem(active.time_limit), phase="time limit exceeded",
+                )
+
+    def recover_stale(self) -> int:
+        """Re-queue (once) or fail running fits whose process stopped beating; returns how many."""
+        count = 0
+        for model in self.store.stale_runs(time.time() - self.heartbeat_timeout):
+            if model["id"] in self._active:
+                continue
+            self._requeue_or_fail(
+                model, f"the process running it ({model.get('worker')}) stopped answering for"
+                f" {self.heartbeat_timeout:g} s",
+            )
+            count += 1
+        return count
+
+    def _requeue_or_fail(self, model: dict[str, Any], why: str) -> None:
+        if model["attempts"] < MAX_ATTEMPTS:
+            changed = self.store.update_model(
+                model["id"], ("running",), model["run_token"], status="queued", run_token=None,
+                queued_at=now(), progress=0, phase=f"re-queued: {why}",
+            )
+            log.warning("model %s re-queued: %s", model["id"], why)
+        else:
+            changed = self.store.update_model(
+                model["id"], ("running",), model["run_token"], status="failed", finished_at=now(),
+                phase="failed",
+                error=FitFailed(f"{why}, on {model['attempts']} attempts; the fit was given up").to_problem(),
+            )
+            log.warning("model %s failed: %s", model["id"], why)
+            if changed:
+                self.on_terminal(model["id"])
+
+    def _claim(self) -> None:
+        while not self._stopping.is_set() and self.store.has_queued():
+            model = self.store.claim_next(self.worker, self.max_running, secrets.token_hex(8))
+            if model is None:
+                return
+            try:
+                run = self.launcher.start(model)
+            except Exception as exc:
+                log.exception("could not start the fit of %s", model["id"])
+                self.store.update_model(
+                    model["id"], ("running",), model["run_token"], status="failed", finished_at=now(),
+                    error=FitFailed(f"the fit could not be started: {exc}").to_problem(),
+                )
+                self.on_terminal(model["id"])
+                continue
+            limit = model.get("time_limit")
+            self._active[model["id"]] = _Active(model["id"], model["run_token"], run, time_limit=limit)

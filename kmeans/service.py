@@ -6,35 +6,34 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from kmeans import csvio, engine
+from kmeans import csvio, engine, webhooks
 from kmeans.config import Settings
 from kmeans.errors import (
     Conflict,
     FitFailed,
     NotFound,
     PayloadTooLarge,
-    ProblemError,
     Unprocessable,
 )
-from kmeans.jobs import LocalRunner, worker_alive, worker_name
+from kmeans.jobs import DaskLauncher, Dispatcher, Launcher, LocalLauncher
 from kmeans.multipart import SpooledFile
-from kmeans.store import ACTIVE, Store, new_id, now
+from kmeans.store import ACTIVE, TERMINAL, Store, new_id, now
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+EVENT_POLL = 0.25  # seconds between looks at a model whose events are streamed
 DEFAULT_N_CLUSTERS = 8
-PUBLIC_HIDDEN = ("worker",)
+PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
 Upload = SpooledFile | BinaryIO
@@ -62,10 +61,35 @@ def _cached_centers(path: str) -> np.ndarray:
 class KMeansService:
     """Datasets, models and the classic job flow, on top of a Store and a runner."""
 
-    def __init__(self, settings: Settings, store: Store | None = None, runner: LocalRunner | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, launcher: Launcher | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.data_dir)
-        self.runner = runner or LocalRunner(settings.max_concurrent_fits)
+        self._launcher = launcher
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self) -> None:
+        """Start running queued fits from this process (and recovering stalled ones)."""
+        if self.dispatcher is None:
+            data_dir = str(self.store.root.resolve())
+            launcher = self._launcher or (
+                DaskLauncher(data_dir, self.settings.dask_address)
+                if self.settings.dask_address
+                else LocalLauncher(data_dir)
+            )
+            self.dispatcher = Dispatcher(
+                self.store,
+                launcher,
+                self.settings.max_concurrent_fits,
+                self.settings.heartbeat_timeout,
+                on_terminal=self.notify,
+            )
+            self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop running fits here; those running are re-queued for another process."""
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -167,9 +191,22 @@ class KMeansService:
 
     # -- models ---------------------------------------------------------------------------
 
-    def create_model(self, dataset_id: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        """Queue a fit of ``dataset_id`` with ``params``; returns the queued model."""
+    def create_model(
+        self,
+        dataset_id: str,
+        params: dict[str, Any] | None,
+        time_limit: float | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Queue a fit of ``dataset_id``; returns (the model, whether it was created now).
+
+        With an ``idempotency_key`` seen before, the earlier model comes back (created False),
+        or Unprocessable if that request's body was different.
+        """
         params = dict(params or {})
+        request = {"dataset_id": dataset_id, "params": params, "time_limit": time_limit, "callback_url": callback_url}
+        fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         dataset = self.get_dataset(dataset_id)
         k = params.get("n_clusters", DEFAULT_N_CLUSTERS)
         if k > dataset["rows"]:
@@ -179,74 +216,103 @@ class KMeansService:
                 f" of dataset {dataset_id}",
                 parameter="n_clusters",
             )
+        if callback_url is not None:
+            webhooks.check_url(callback_url, list(self.settings.webhook_allow))
+        stamp = now()
         record = {
             "id": new_id("m"),
             "dataset_id": dataset_id,
             "status": "queued",
             "params": params,
-            "created_at": now(),
+            "created_at": stamp,
+            "queued_at": stamp,
+            "phase": "queued",
             "rows": dataset["rows"],
             "n_features": dataset["n_features"],
             "columns": dataset["columns"],
-            "worker": worker_name(),
+            "time_limit": time_limit or self.settings.fit_time_limit,
+            "callback_url": callback_url,
         }
-        self.store.add_model(record)
-        self.runner.submit(record["id"], lambda: self.run_fit(record["id"]))
-        return self.get_model(record["id"])
-
-    def run_fit(self, model_id: str) -> None:
-        """Fit a queued model and record the outcome; never raises."""
-        try:
-            model = self.store.get_model(model_id)
-            if model is None or not self.store.update_model(
-                model_id, only_if_status=("queued",), status="running", started_at=now(), worker=worker_name()
-            ):
-                return  # deleted (or taken) while it waited in the queue
-            values = self.store.load_array(self.store.dataset_path(model["dataset_id"]), mmap=True)
-            started = time.perf_counter()
-            result = engine.fit(values, model["params"])
-            seconds = time.perf_counter() - started
-            sizes = np.bincount(result.labels, minlength=result.centers.shape[0])
-            self.store.finish_model(
-                model_id,
-                result.centers,
-                result.labels,
-                finished_at=now(),
-                fit_seconds=round(seconds, 6),
-                inertia=result.inertia,
-                n_iter=result.n_iter,
-                cluster_sizes=sizes.tolist(),
-            )
-        except Exception as exc:  # the fit's failure belongs to the model, not the server
-            log.exception("fit of model %s failed", model_id)
-            detail = str(exc) if isinstance(exc, (ValueError, ProblemError, FileNotFoundError)) else (
-                f"the fit failed: {type(exc).__name__}: {exc}"
-            )
-            if isinstance(exc, FileNotFoundError):
-                detail = "the dataset's data file is missing; it was deleted while the fit waited"
-            with suppress(Exception):
-                self.store.update_model(
-                    model_id,
-                    only_if_status=ACTIVE,
-                    status="failed",
-                    finished_at=now(),
-                    error=FitFailed(detail).to_problem(),
+        key = (idempotency_key, fingerprint) if idempotency_key else None
+        stored = self.store.add_model(record, key)
+        if stored["id"] != record["id"]:
+            if stored.get("fingerprint") != fingerprint:
+                raise Unprocessable(
+                    f"Idempotency-Key {idempotency_key!r} was used for a different request"
+                    f" (model {stored['id']}); use a new key for a new fit",
+                    parameter="Idempotency-Key",
                 )
+            return self.get_model(stored["id"]), False
+        self.start()  # normally done at app start-up; a no-op then
+        self.dispatcher.wake()
+        return self.get_model(record["id"]), True
+
+    def cancel_model(self, model_id: str) -> dict[str, Any]:
+        """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
+        if not self.store.update_model(
+            model_id, ACTIVE, status="cancelled", finished_at=now(), phase="cancelled", run_token=None
+        ):
+            model = self.get_model(model_id)  # 404 if unknown
+            raise Conflict(
+                f"model {model_id} is already {model['status']}; only queued or running fits can be cancelled"
+            )
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        self.notify(model_id)
+        return self.get_model(model_id)
+
+    def notify(self, model_id: str) -> None:
+        """Call a finished model's webhook, once, in the background."""
+        if not self.store.claim_callback(model_id):
+            return
+        model = self.get_model(model_id)
+        threading.Thread(target=self._deliver, args=(model,), name="kmeans-webhook", daemon=True).start()
+
+    def _deliver(self, model: dict[str, Any]) -> None:
+        payload = {"event": f"model.{model['status']}", "model": {**model, "callback": None}}
+        outcome = webhooks.deliver(
+            model["callback_url"],
+            payload,
+            list(self.settings.webhook_allow),
+            self.settings.webhook_attempts,
+            self.settings.webhook_max_wait,
+        )
+        self.store.update_model(model["id"], callback={**outcome, "at": now()})
 
     def wait_for_model(self, model_id: str, timeout: float) -> dict[str, Any]:
         """Block until the model leaves queued/running (or ``timeout`` passes); return it."""
         deadline = time.monotonic() + timeout
-        future = self.runner.local_future(model_id)
-        if future is not None:
-            with suppress(FutureTimeout):
-                future.result(timeout=timeout)
-        delay = 0.01
+        delay = 0.005
         while True:
             model = self.get_model(model_id)
             if model["status"] not in ACTIVE or time.monotonic() >= deadline:
                 return model
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.1)
+
+    def model_events(self, model_id: str, last_event_id: int | None, max_seconds: float) -> Iterator[tuple[int, dict]]:
+        """(event id, model) each time the model changes, until it ends or ``max_seconds`` pass.
+
+        Read from the database, so it follows a fit wherever it runs. With ``last_event_id``
+        (a reconnecting client), states up to that one are not sent again. Between changes
+        it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive.
+        """
+        self.get_model(model_id)  # 404 now, before a stream starts
+        return self._events(model_id, last_event_id or 0, max_seconds)
+
+    def _events(self, model_id: str, seen: int, max_seconds: float) -> Iterator[tuple[int, dict]]:
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            record = self.store.get_model(model_id)
+            if record is None:
+                return
+            if record["version"] > seen:
+                seen = record["version"]
+                yield seen, _public(record)
+            if record["status"] in TERMINAL:
+                return
+            yield 0, {}
+            time.sleep(EVENT_POLL)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         record = self.store.get_model(model_id)
@@ -261,6 +327,10 @@ class KMeansService:
         return {"items": [_public(m) for m in items], "offset": offset, "limit": limit, "total": total}
 
     def delete_model(self, model_id: str) -> None:
+        """Delete a model; a queued or running fit is cancelled first."""
+        cancelled = self.store.update_model(model_id, ACTIVE, status="cancelled", finished_at=now(), run_token=None)
+        if cancelled and self.dispatcher is not None:
+            self.dispatcher.wake()
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 
@@ -336,7 +406,7 @@ class KMeansService:
         upload = self._upload(job_id)
         if self.store.get_dataset(upload["dataset_id"]) is None:
             raise NotFound(f"the dataset of job_id {job_id} ({upload['dataset_id']}) was deleted")
-        model = self.create_model(upload["dataset_id"], params)
+        model, _ = self.create_model(upload["dataset_id"], params)
         model = self.wait_for_model(model["id"], self.settings.fit_wait_seconds)
         if model["status"] in ACTIVE:
             raise Conflict(
@@ -355,23 +425,3 @@ class KMeansService:
         if upload["model_id"] is None:
             raise Conflict(f"job_id {job_id} has no fitted model yet; POST it to /kmeans/fit first")
         return upload["model_id"], self.predict_stream(upload["model_id"], source)
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def recover_orphans(self) -> int:
-        """Fail fits whose process died (a crash or restart); returns how many."""
-        count = 0
-        for model in self.store.active_models():
-            if worker_alive(model.get("worker")):
-                continue
-            problem = FitFailed(
-                f"the server process running this fit ({model.get('worker')}) stopped before it"
-                " finished; fit the model again"
-            ).to_problem()
-            if self.store.update_model(
-                model["id"], only_if_status=ACTIVE, status="failed", finished_at=now(), error=problem
-            ):
-                count += 1
-        if count:
-            log.warning("marked %d fit(s) of stopped processes as failed", count)
-        return count

@@ -12,6 +12,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -49,7 +50,17 @@ CREATE TABLE IF NOT EXISTS models (
     inertia REAL,
     n_iter INTEGER,
     cluster_sizes TEXT,
-    worker TEXT
+    worker TEXT,
+    queued_at TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    phase TEXT,
+    run_token TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    time_limit REAL,
+    callback_url TEXT,
+    callback TEXT,
+    version INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
@@ -62,10 +73,17 @@ CREATE TABLE IF NOT EXISTS uploads (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS uploads_file ON uploads (filename, sha256);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
 
-JSON_FIELDS = ("columns", "params", "error", "cluster_sizes")
+JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback")
 ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def now() -> str:
@@ -222,13 +240,28 @@ class Store:
 
     # -- models ---------------------------------------------------------------------------
 
-    def add_model(self, record: dict[str, Any]) -> None:
+    def add_model(self, record: dict[str, Any], idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Insert a model; with ``(key, fingerprint)``, the model stored earlier under that key
+        wins (the caller compares fingerprints). Returns the model that is stored."""
         keys = list(record)
         with self.transaction() as db:
+            if idempotency is not None:
+                earlier = db.execute(
+                    "SELECT k.fingerprint, m.* FROM idempotency_keys k JOIN models m ON m.id = k.model_id"
+                    " WHERE k.key = ?",
+                    (idempotency[0],),
+                ).fetchone()
+                if earlier is not None:
+                    return _decode(earlier)
+                db.execute(
+                    "INSERT INTO idempotency_keys (key, fingerprint, model_id, created_at) VALUES (?, ?, ?, ?)",
+                    (*idempotency, record["id"], now()),
+                )
             db.execute(
                 f"INSERT INTO models ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                 tuple(_encode(record[k]) for k in keys),
             )
+        return record
 
     def get_model(self, model_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM models WHERE id = ?", (model_id,))
@@ -239,36 +272,85 @@ class Store:
         where = {k: v for k, v in (("dataset_id", dataset_id), ("status", status)) if v}
         return self._page("models", where, offset, limit)
 
-    def update_model(self, model_id: str, only_if_status: tuple[str, ...] = (), **fields: Any) -> bool:
-        """Set ``fields`` on a model (if it still exists and is in one of ``only_if_status``)."""
+    def update_model(
+        self, model_id: str, only_if_status: tuple[str, ...] = (), owner: str | None = None, **fields: Any
+    ) -> bool:
+        """Set ``fields`` on a model if it still exists (in one of ``only_if_status``, and still
+        run by the run whose token is ``owner``). Every change bumps ``version``, the id of live events."""
         sets = ", ".join(f"{k} = ?" for k in fields)
-        sql = f"UPDATE models SET {sets} WHERE id = ?"
+        sql = f"UPDATE models SET {sets}, version = version + 1 WHERE id = ?"
         args: tuple = (*(_encode(v) for v in fields.values()), model_id)
         if only_if_status:
             sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
             args += only_if_status
+        if owner is not None:
+            sql += " AND run_token = ?"
+            args += (owner,)
         with self.transaction() as db:
             return db.execute(sql, args).rowcount > 0
 
-    def finish_model(self, model_id: str, centers: np.ndarray, labels: np.ndarray, **fields: Any) -> bool:
-        """Store a fit's arrays, then mark it succeeded; discard them if it was deleted meanwhile."""
+    def finish_model(
+        self, model_id: str, run_token: str, centers: np.ndarray, labels: np.ndarray, **fields: Any
+    ) -> bool:
+        """Store a fit's arrays, then mark it succeeded, if this run still owns it; else discard them."""
         self.save_array(self.centers_path(model_id), centers)
         self.save_array(self.labels_path(model_id), labels)
-        if self.update_model(model_id, only_if_status=ACTIVE, status="succeeded", **fields):
+        if self.update_model(model_id, ("running",), run_token, status="succeeded", **fields):
             return True
         self._remove_model_files(model_id)
         return False
 
-    def active_models(self) -> list[dict[str, Any]]:
+    def claim_next(self, worker: str, max_running: int, run_token: str) -> dict[str, Any] | None:
+        """Take the oldest queued model for ``worker`` if fewer than ``max_running`` fits run."""
+        with self.transaction() as db:
+            running = db.execute("SELECT COUNT(*) FROM models WHERE status = 'running'").fetchone()[0]
+            if running >= max_running:
+                return None
+            row = db.execute(
+                "SELECT id FROM models WHERE status = 'queued' ORDER BY queued_at, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE models SET status = 'running', worker = ?, run_token = ?, started_at = ?,"
+                " heartbeat = ?, attempts = attempts + 1, progress = 0, phase = 'starting',"
+                " version = version + 1 WHERE id = ?",
+                (worker, run_token, now(), time.time(), row["id"]),
+            )
+            return _decode(db.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone())
+
+    def beat(self, runs: dict[str, str]) -> None:
+        """Record that the fits ``{model_id: run_token}`` are alive."""
+        if not runs:
+            return
+        stamp = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE models SET heartbeat = ? WHERE id = ? AND run_token = ? AND status = 'running'",
+                [(stamp, model_id, token) for model_id, token in runs.items()],
+            )
+
+    def stale_runs(self, older_than: float) -> list[dict[str, Any]]:
+        """Running models whose last heartbeat is older than ``older_than`` (epoch seconds)."""
         rows = self._conn().execute(
-            "SELECT * FROM models WHERE status IN (?, ?)", ACTIVE
+            "SELECT * FROM models WHERE status = 'running' AND (heartbeat IS NULL OR heartbeat < ?)",
+            (older_than,),
         ).fetchall()
         return [_decode(r) for r in rows]
+
+    def models_by_id(self, model_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not model_ids:
+            return {}
+        rows = self._conn().execute(
+            f"SELECT * FROM models WHERE id IN ({', '.join('?' * len(model_ids))})", tuple(model_ids)
+        ).fetchall()
+        return {r["id"]: _decode(r) for r in rows}
 
     def delete_model(self, model_id: str) -> bool:
         with self.transaction() as db:
             gone = db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
             db.execute("UPDATE uploads SET model_id = NULL WHERE model_id = ?", (model_id,))
+            db.execute("DELETE FROM idempotency_keys WHERE model_id = ?", (model_id,))
         if gone:
             self._remove_model_files(model_id)
         return bool(gone)
@@ -312,3 +394,18 @@ class Store:
             self._conn().execute("SELECT 1 FROM datasets LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise Unavailable(f"the data directory's database cannot be read: {exc}") from None
+
+    # -- queue helpers --------------------------------------------------------------------
+
+    def has_queued(self) -> bool:
+        """Whether any fit waits in the queue (a read, so idle dispatchers take no write lock)."""
+        return self._conn().execute("SELECT 1 FROM models WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
+    def claim_callback(self, model_id: str) -> bool:
+        """Take the duty of calling a finished model's webhook (exactly one process gets it)."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE models SET callback = ? WHERE id = ? AND callback IS NULL AND callback_url IS NOT NULL"
+                " AND status IN (?, ?, ?)",
+                (json.dumps({"state": "sending"}), model_id, *TERMINAL),
+            ).rowcount > 0

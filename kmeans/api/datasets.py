@@ -10,7 +10,7 @@ from kmeans import csvio
 from kmeans.api import media, service
 
 
-def create(name: str | None = None, file: Any = None) -> Any:
+def create_dataset(name: str | None = None, file: Any = None) -> Any:
     """Create a dataset from a multipart file, a raw CSV body or JSON rows."""
     if file is not None:
         content, filename = media.upload(file)
@@ -23,23 +23,23 @@ def create(name: str | None = None, file: Any = None) -> Any:
     return media.json(record, 201, Location=media.location(record["id"]))
 
 
-def search(offset: int = 0, limit: int = 100) -> Any:
+def list_datasets(offset: int = 0, limit: int = 100) -> Any:
     """A page of datasets, newest first."""
     return media.json(service().list_datasets(offset, limit))
 
 
-def get(dataset_id: str) -> Any:
+def get_dataset(dataset_id: str) -> Any:
     """One dataset."""
     return media.json(service().get_dataset(dataset_id))
 
 
-def delete(dataset_id: str) -> Any:
+def delete_dataset(dataset_id: str) -> Any:
     """Delete a dataset (409 while a fit on it is still running)."""
     service().delete_dataset(dataset_id)
-    return None, 204
+    return media.no_content()
 
 
-def rows(dataset_id: str, offset: int = 0, limit: int = 100) -> Any:
+def get_dataset_rows(dataset_id: str, offset: int = 0, limit: int = 100) -> Any:
     """A page of a dataset's rows, as JSON or CSV."""
     values, record = service().dataset_rows(dataset_id, offset, limit)
     if media.wants_csv():

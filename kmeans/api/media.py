@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -29,6 +30,11 @@ def json(body: Any, status: int = 200, **headers: str) -> tuple[Any, int, dict[s
     return body, status, {"Content-Type": JSON, **headers}
 
 
+def no_content() -> flask.Response:
+    """204 without a body or Content-Type (the spec's only media types are the error ones)."""
+    return flask.Response(status=204)
+
+
 def csv_response(text: str | bytes, **headers: str) -> flask.Response:
     return flask.Response(text, status=200, mimetype=CSV, headers=headers)
 
@@ -53,6 +59,23 @@ def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: st
         yield b"]}"
 
     return flask.Response(json_pieces(), mimetype=JSON, headers=headers)
+
+
+def server_sent_events(changes: Iterator[tuple[int, dict]], event: str, keep_alive_every: int = 8) -> Iterator[bytes]:
+    """Format ``(id, data)`` pairs as SSE; ``(0, {})`` pairs become an occasional keep-alive comment.
+
+    Writing something every couple of seconds is also how a closed connection is noticed.
+    """
+    yield b"retry: 1000\n\n"
+    idle = 0
+    for event_id, data in changes:
+        if event_id:
+            idle = 0
+            yield f"id: {event_id}\nevent: {event}\ndata: {jsonlib.dumps(data, separators=(',', ':'))}\n\n".encode()
+        else:
+            idle += 1
+            if idle % keep_alive_every == 0:
+                yield b": keep-alive\n\n"
 
 
 def location(resource_id: str) -> str:

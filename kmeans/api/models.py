@@ -9,35 +9,61 @@ import flask
 from kmeans import csvio
 from kmeans.api import media, service
 
-
-def create(body: dict) -> Any:
-    """Queue a fit; 202 with the queued model."""
-    model = service().create_model(body["dataset_id"], body.get("params"))
-    return media.json(model, 202, Location=media.location(model["id"]))
+# A stream ends after this long even if the fit goes on; EventSource reconnects with Last-Event-ID.
+EVENT_STREAM_SECONDS = 3600
 
 
-def search(offset: int = 0, limit: int = 100, dataset_id: str | None = None, status: str | None = None) -> Any:
+def create_model(body: dict) -> Any:
+    """Queue a fit; 202 with the queued model (the earlier one for a repeated Idempotency-Key)."""
+    model, created = service().create_model(
+        body["dataset_id"],
+        body.get("params"),
+        time_limit=body.get("time_limit"),
+        callback_url=body.get("callback_url"),
+        idempotency_key=flask.request.headers.get("Idempotency-Key"),
+    )
+    replayed = {} if created else {"Idempotent-Replayed": "true"}
+    return media.json(model, 202, Location=media.location(model["id"]), **replayed)
+
+
+def cancel_model(model_id: str) -> Any:
+    """Cancel a queued or running fit."""
+    return media.json(service().cancel_model(model_id))
+
+
+def get_model_events(model_id: str) -> Any:
+    """Status and progress as Server-Sent Events until the fit ends."""
+    last = flask.request.headers.get("Last-Event-ID", "")
+    changes = service().model_events(model_id, int(last) if last.isdigit() else None, EVENT_STREAM_SECONDS)
+    return flask.Response(
+        media.server_sent_events(changes, "model"),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def list_models(offset: int = 0, limit: int = 100, dataset_id: str | None = None, status: str | None = None) -> Any:
     """A page of models, newest first."""
     return media.json(service().list_models(offset, limit, dataset_id, status))
 
 
-def get(model_id: str) -> Any:
+def get_model(model_id: str) -> Any:
     """One model and the state of its fit."""
     return media.json(service().get_model(model_id))
 
 
-def delete(model_id: str) -> Any:
+def delete_model(model_id: str) -> Any:
     """Delete a model."""
     service().delete_model(model_id)
-    return None, 204
+    return media.no_content()
 
 
-def labels(model_id: str) -> Any:
+def get_model_labels(model_id: str) -> Any:
     """Labels of the training rows."""
     return media.labels(service().model_labels(model_id), model_id)
 
 
-def centers(model_id: str) -> Any:
+def get_model_centers(model_id: str) -> Any:
     """The cluster centers."""
     values, columns = service().model_centers(model_id)
     if media.wants_csv():
@@ -45,7 +71,7 @@ def centers(model_id: str) -> Any:
     return media.json({"model_id": model_id, "columns": columns, "centers": values.tolist()})
 
 
-def predict(model_id: str, file: Any = None) -> Any:
+def predict_with_model(model_id: str, file: Any = None) -> Any:
     """Labels for points sent as a multipart file, raw CSV or JSON."""
     if file is not None:
         result = service().predict_stream(model_id, media.upload(file)[0])

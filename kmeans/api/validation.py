@@ -20,7 +20,12 @@ from typing import Any
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
 from connexion.utils import is_null, is_nullable
-from connexion.validators import VALIDATOR_MAP, MultiPartFormDataValidator, ParameterValidator
+from connexion.validators import (
+    VALIDATOR_MAP,
+    JSONRequestBodyValidator,
+    MultiPartFormDataValidator,
+    ParameterValidator,
+)
 from jsonschema import Draft4Validator, ValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,6 +48,10 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\n" in scope["path"] or "\r" in scope["path"]:
+            # Starlette's mount for the API's base path does not match across a line break, so
+            # such a request would reach a handler outside connexion's operation context (a 500).
+            raise BadRequest("the URL path has a line break in it")
         limit = self.max_bytes
         too_large = f"the request body is larger than the limit of {limit} bytes"
         declared = Headers(scope=scope).get("content-length")
@@ -80,7 +89,9 @@ def validator_map(spool_dir: Path) -> dict[str, Any]:
     multipart = type("StreamingMultipartValidator", (StreamingMultipartValidator,), spooling)
     return {
         "parameter": NamingParameterValidator,
-        "body": MediaTypeDict({**VALIDATOR_MAP["body"], "multipart/form-data": multipart}),
+        "body": MediaTypeDict(
+            {**VALIDATOR_MAP["body"], "*/*json": Utf8JSONValidator, "multipart/form-data": multipart}
+        ),
     }
 
 
@@ -96,6 +107,17 @@ class NamingParameterValidator(ParameterValidator):
         except ValidationError as exc:
             return f"{parameter_type} parameter '{param_name or param['name']}': {exc.message}"
         return None
+
+
+class Utf8JSONValidator(JSONRequestBodyValidator):
+    """Like connexion's, but a body that is not UTF-8 is a 400, not an unhandled UnicodeDecodeError."""
+
+    async def _parse(self, stream: Any, scope: Scope) -> Any:
+        try:
+            return await super()._parse(stream, scope)
+        except UnicodeDecodeError as exc:
+            detail = f"the JSON body is not valid {self._encoding}: {exc.reason} at byte {exc.start}"
+            raise BadRequestProblem(detail=detail) from None
 
 
 class StreamingMultipartValidator(MultiPartFormDataValidator):

@@ -1,0 +1,127 @@
+"""One fit, start to finish, in whatever process runs it: a local child process or a Dask worker.
+
+It talks to the rest of the service only through the data dir: it reads the model and the
+dataset, writes progress while it runs, and writes the result only if its run still owns
+the model (``run_token``): a fit that was cancelled, timed out or re-queued elsewhere
+meanwhile leaves no trace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kmeans import engine
+from kmeans.errors import FitFailed
+from kmeans.store import Store, now
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 0.25  # seconds between progress writes
+CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
+
+
+class Stopped(Exception):
+    """The run no longer owns the model (cancelled, deleted, re-queued)."""
+
+
+class TimeLimitExceeded(Exception):
+    """The fit ran longer than its time limit."""
+
+
+def time_limit_problem(limit: float) -> dict:
+    """The error a model gets when its fit runs out of time."""
+    return FitFailed(
+        f"the fit exceeded its time limit of {limit:g} s and was stopped;"
+        " give it a larger time_limit or fewer n_init/max_iter"
+    ).to_problem()
+
+
+def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | None, cooperative: bool) -> str:
+    """Run the fit of ``model_id`` for the run ``run_token``; returns how it ended.
+
+    ``cooperative``: there is no process to kill (a Dask task), so the fit itself checks for
+    cancellation and its time limit at every iteration.
+    """
+    store = Store(Path(data_dir))
+    model = store.get_model(model_id)
+    if model is None or model["status"] != "running" or model["run_token"] != run_token:
+        return "skipped"
+    started = time.monotonic()
+    last_write = last_check = 0.0
+
+    def progress(fraction: float, phase: str) -> None:
+        nonlocal last_write, last_check
+        moment = time.monotonic()
+        if cooperative and moment - last_check >= CHECK_EVERY:
+            last_check = moment
+            if time_limit and moment - started > time_limit:
+                raise TimeLimitExceeded
+            current = store.get_model(model_id)
+            if current is None or current["status"] != "running" or current["run_token"] != run_token:
+                raise Stopped
+        if moment - last_write >= PROGRESS_EVERY:
+            last_write = moment
+            if not store.update_model(model_id, ("running",), run_token, progress=round(fraction, 4), phase=phase):
+                raise Stopped
+
+    try:
+        values = store.load_array(store.dataset_path(model["dataset_id"]), mmap=True)
+        clock = time.perf_counter()
+        result = engine.fit(values, model["params"], progress)
+        seconds = time.perf_counter() - clock
+    except Stopped:
+        return "stopped"
+    except TimeLimitExceeded:
+        store.update_model(
+            model_id, ("running",), run_token, status="failed", finished_at=now(), error=time_limit_problem(time_limit)
+        )
+        return "timed out"
+    except Exception as exc:  # the fit's failure belongs to the model, not to the process
+        log.exception("fit of model %s failed", model_id)
+        if isinstance(exc, FileNotFoundError):
+            detail = "the dataset's data file is missing; it was deleted before the fit started"
+        elif isinstance(exc, ValueError):
+            detail = str(exc)
+        else:
+            detail = f"the fit failed: {type(exc).__name__}: {exc}"
+        store.update_model(
+            model_id, ("running",), run_token, status="failed", finished_at=now(), error=FitFailed(detail).to_problem()
+        )
+        return "failed"
+    sizes = np.bincount(result.labels, minlength=result.centers.shape[0])
+    done = store.finish_model(
+        model_id,
+        run_token,
+        result.centers,
+        result.labels,
+        finished_at=now(),
+        fit_seconds=round(seconds, 6),
+        inertia=result.inertia,
+        n_iter=result.n_iter,
+        cluster_sizes=sizes.tolist(),
+        progress=1.0,
+        phase="done",
+    )
+    return "succeeded" if done else "stopped"
+
+
+def _die_with_parent() -> None:
+    # A fit must not outlive the server process that started it: if that process is killed,
+    # the kernel kills this one too, and the heartbeat sweep re-queues the model.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def child_main(data_dir: str, model_id: str, run_token: str) -> None:
+    """Entry point of a local fit process."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    execute(data_dir, model_id, run_token, None, cooperative=False)
