@@ -1,0 +1,230 @@
+"""The original textbook flow: /upload, /fit, /predict with the files in examples/."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from api_helpers import (
+    CSV,
+    JSON,
+    MODEL_CSV,
+    MODEL_POINTS,
+    PREDICT_CSV,
+    assert_problem,
+    csv_lines,
+    upload,
+)
+
+from server import build_app
+
+INTEGER = re.compile(r"\d+")
+
+
+def classic_fit(client, job_id: int = 0, accept: str = CSV, **params):
+    return client.post("/kmeans/fit", json={"job_id": job_id, "model_params": params}, headers={"accept": accept})
+
+
+def classic_predict(client, job_id: int = 0, content: bytes = PREDICT_CSV, accept: str = CSV):
+    return client.post(
+        "/kmeans/predict",
+        files={"file": ("predict.csv", content, CSV)},
+        data={"job_id": str(job_id)},
+        headers={"accept": accept},
+    )
+
+
+def integer_labels(response) -> list[int]:
+    lines = csv_lines(response)
+    for line in lines:
+        assert INTEGER.fullmatch(line), f"label {line!r} is not an integer"
+    return [int(line) for line in lines]
+
+
+def test_upload_example_returns_job_id_0(client):
+    response = upload(client)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(JSON)
+    body = response.json()
+    assert body["job_id"] == 0
+    assert body["filename"] == "model.csv"
+    assert body["rows"] == 6
+    assert body["n_features"] == 2
+    # The upload is a dataset like any other: its rows are the file's points.
+    rows = client.get(f"/kmeans/datasets/{body['dataset_id']}/rows").json()
+    assert rows["items"] == MODEL_POINTS
+
+
+def test_fit_answers_one_integer_label_per_row_as_csv(client):
+    upload(client)
+    response = classic_fit(client, n_clusters=3)
+    labels = integer_labels(response)
+    assert len(labels) == 6
+    assert set(labels) == {0, 1, 2}
+
+
+def test_fit_groups_the_example_points_by_x(client):
+    upload(client)
+    labels = integer_labels(classic_fit(client, n_clusters=2, random_state=0))
+    left, right = labels[:3], labels[3:]
+    assert len(set(left)) == 1 and len(set(right)) == 1
+    assert left[0] not in right
+
+
+def test_predict_labels_agree_with_fit_and_centers(client):
+    upload(client)
+    fitted = classic_fit(client, n_clusters=3, random_state=0)
+    train_labels = integer_labels(fitted)
+    centers = np.array(client.get(f"/kmeans/models/{fitted.headers['x-model-id']}/centers").json()["centers"])
+
+    labels = integer_labels(classic_predict(client))
+
+    points = np.array([[0.0, 0.0], [12.0, 3.0]])
+    nearest = np.argmin(((points[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2), axis=1)
+    assert labels == nearest.tolist()
+    # (0, 0) lands with the training point (1, 0), and (12, 3) with the points at x = 10.
+    assert labels[0] == train_labels[2]
+    assert labels[1] in train_labels[3:]
+
+
+def test_predict_with_json_accept_returns_labels_object(client):
+    upload(client)
+    model_id = classic_fit(client, n_clusters=2, random_state=0).headers["x-model-id"]
+    response = classic_predict(client, accept=JSON)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_id"] == model_id
+    assert len(body["labels"]) == 2 and all(isinstance(v, int) for v in body["labels"])
+
+
+def test_job_ids_count_up_for_different_contents(client):
+    job_ids = [
+        upload(client, content, "model.csv").json()["job_id"]
+        for content in (MODEL_CSV, b"1,1\n2,2\n", b"5,5\n6,6\n7,7\n")
+    ]
+    assert job_ids == [0, 1, 2]
+
+
+def test_same_filename_with_new_content_is_a_new_job_id(client):
+    first = upload(client, MODEL_CSV, "points.csv").json()
+    second = upload(client, b"1,1\n2,2\n3,3\n", "points.csv").json()
+    assert (first["job_id"], second["job_id"]) == (0, 1)
+    assert first["dataset_id"] != second["dataset_id"]
+    assert second["rows"] == 3
+
+
+def test_same_filename_with_same_content_is_the_same_job_id(client):
+    first = upload(client).json()
+    upload(client, b"9,9\n8,8\n")
+    again = upload(client).json()
+    assert again["job_id"] == first["job_id"] == 0
+    assert again["dataset_id"] == first["dataset_id"]
+    assert client.get("/kmeans/datasets").json()["total"] == 2
+
+
+def test_same_content_under_another_filename_is_a_new_job_id(client):
+    first = upload(client, MODEL_CSV, "a.csv").json()
+    second = upload(client, MODEL_CSV, "b.csv").json()
+    assert (first["job_id"], second["job_id"]) == (0, 1)
+    assert second["filename"] == "b.csv"
+
+
+def test_job_ids_survive_a_new_app_on_the_same_data_dir(client, settings):
+    upload(client)
+    upload(client, b"1,1\n2,2\n", "other.csv")
+    model_id = classic_fit(client, n_clusters=2, random_state=0).headers["x-model-id"]
+    expected = integer_labels(classic_predict(client))
+
+    with build_app(settings).test_client() as restarted:
+        assert upload(restarted).json()["job_id"] == 0
+        assert upload(restarted, b"3,3\n4,4\n", "third.csv").json()["job_id"] == 2
+        # The fit made before the restart still serves /predict for job 0.
+        response = classic_predict(restarted)
+        assert integer_labels(response) == expected
+        assert restarted.get(f"/kmeans/models/{model_id}").json()["status"] == "succeeded"
+
+
+def test_predict_before_fit_is_409(client):
+    upload(client)
+    assert_problem(classic_predict(client), 409, "job_id 0", "fit")
+
+
+def test_fit_unknown_job_id_is_404(client):
+    upload(client)
+    assert_problem(classic_fit(client, job_id=7, n_clusters=2), 404, "job_id 7")
+
+
+def test_predict_unknown_job_id_is_404(client):
+    upload(client)
+    classic_fit(client, n_clusters=2)
+    assert_problem(classic_predict(client, job_id=7), 404, "job_id 7")
+
+
+def test_fit_with_json_accept_returns_labels_object(client):
+    upload(client)
+    response = classic_fit(client, accept=JSON, n_clusters=2, random_state=0)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(JSON)
+    body = response.json()
+    assert body["model_id"] == response.headers["x-model-id"]
+    assert len(body["labels"]) == 6
+    assert all(isinstance(v, int) for v in body["labels"])
+    assert body["labels"][0] not in body["labels"][3:]
+
+
+def test_fit_x_model_id_points_at_a_succeeded_model(client):
+    job = upload(client).json()
+    response = classic_fit(client, n_clusters=3, random_state=0)
+    model = client.get(f"/kmeans/models/{response.headers['x-model-id']}")
+    assert model.status_code == 200
+    body = model.json()
+    assert body["status"] == "succeeded"
+    assert body["dataset_id"] == job["dataset_id"]
+    assert body["params"] == {"n_clusters": 3, "random_state": 0}
+    labels = client.get(f"/kmeans/models/{body['id']}/labels").json()["labels"]
+    assert labels == integer_labels(response)
+
+
+def test_predict_uses_the_latest_fit_of_the_job(client):
+    upload(client)
+    classic_fit(client, n_clusters=2, random_state=0)
+    latest = classic_fit(client, accept=JSON, n_clusters=3, random_state=0).json()["model_id"]
+    assert classic_predict(client, accept=JSON).json()["model_id"] == latest
+
+
+def test_fit_without_model_params_uses_defaults_and_names_n_clusters_when_too_few_rows(client):
+    upload(client)
+    # scikit-learn's default is 8 clusters; the example has only 6 rows.
+    response = client.post("/kmeans/fit", json={"job_id": 0})
+    problem = assert_problem(response, 422, "n_clusters", "default")
+    assert problem["parameter"] == "n_clusters"
+
+
+def test_fit_after_the_dataset_was_deleted_is_404(client):
+    job = upload(client).json()
+    assert client.delete(f"/kmeans/datasets/{job['dataset_id']}").status_code == 204
+    assert_problem(classic_fit(client, n_clusters=2), 404, "deleted")
+
+
+def test_predict_after_its_model_was_deleted_is_409(client):
+    upload(client)
+    model_id = classic_fit(client, n_clusters=2).headers["x-model-id"]
+    assert client.delete(f"/kmeans/models/{model_id}").status_code == 204
+    assert_problem(classic_predict(client), 409, "job_id 0")
+
+
+def test_same_file_after_its_dataset_was_deleted_is_a_new_job_id(client):
+    first = upload(client).json()
+    assert client.delete(f"/kmeans/datasets/{first['dataset_id']}").status_code == 204
+    again = upload(client).json()
+    assert again["job_id"] == 1
+    assert again["dataset_id"] != first["dataset_id"]
+    assert client.get(f"/kmeans/datasets/{again['dataset_id']}/rows").json()["items"] == MODEL_POINTS
+
+
+def test_predict_still_works_after_the_dataset_was_deleted(client):
+    job = upload(client).json()
+    assert classic_fit(client, n_clusters=2, random_state=0).status_code == 200
+    expected = integer_labels(classic_predict(client))
+    assert client.delete(f"/kmeans/datasets/{job['dataset_id']}").status_code == 204
+    assert integer_labels(classic_predict(client)) == expected

@@ -1,0 +1,279 @@
+"""kmeans.csvio without HTTP: CSV variants people write, the errors they make, and output."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from kmeans import csvio
+from kmeans.errors import Unprocessable
+
+
+def read(content: bytes) -> tuple[list[list[float]], list[str]]:
+    table = csvio.read_csv(io.BytesIO(content))
+    assert table.values.dtype == np.float64
+    return table.values.tolist(), table.columns
+
+
+def refused(content: bytes) -> Unprocessable:
+    with pytest.raises(Unprocessable) as caught:
+        csvio.read_csv(io.BytesIO(content))
+    assert caught.value.status == 422
+    assert caught.value.detail
+    return caught.value
+
+
+# -- variants ------------------------------------------------------------------------------
+
+
+def test_plain_rows_get_default_columns():
+    assert read(b"1,2\n3,4\n") == ([[1, 2], [3, 4]], ["x1", "x2"])
+
+
+def test_header_row_names_the_columns():
+    assert read(b"x,y\n1,2\n3,4\n") == ([[1, 2], [3, 4]], ["x", "y"])
+
+
+def test_spaces_after_commas():
+    assert read(b"x, y\n1, 2\n3,   4\n") == ([[1, 2], [3, 4]], ["x", "y"])
+
+
+def test_spaces_around_values():
+    assert read(b" 1 , 2 \n3 ,4\n") == ([[1, 2], [3, 4]], ["x1", "x2"])
+
+
+def test_crlf_line_ends():
+    assert read(b"x,y\r\n1,2\r\n3,4\r\n") == ([[1, 2], [3, 4]], ["x", "y"])
+
+
+def test_utf8_bom_with_header():
+    assert read(b"\xef\xbb\xbfx,y\n1,2\n") == ([[1, 2]], ["x", "y"])
+
+
+def test_utf8_bom_without_header():
+    assert read(b"\xef\xbb\xbf1,2\n3,4\n") == ([[1, 2], [3, 4]], ["x1", "x2"])
+
+
+def test_no_trailing_newline():
+    assert read(b"1,2\n3,4") == read(b"1,2\n3,4\n") == ([[1, 2], [3, 4]], ["x1", "x2"])
+
+
+def test_single_row():
+    assert read(b"5,6,7") == ([[5, 6, 7]], ["x1", "x2", "x3"])
+
+
+def test_single_column():
+    assert read(b"1\n2\n3\n") == ([[1], [2], [3]], ["x1"])
+    assert read(b"size\n1\n2\n") == ([[1], [2]], ["size"])
+
+
+def test_blank_lines_are_skipped():
+    assert read(b"\n\nx,y\n\n1,2\n   \n3,4\n\n") == ([[1, 2], [3, 4]], ["x", "y"])
+
+
+def test_header_with_an_empty_name_gets_a_default_one():
+    assert read(b"x,\n1,2\n") == ([[1, 2]], ["x", "x2"])
+
+
+def test_quoted_cells():
+    assert read(b'"a","b"\n"1","2.5"\n') == ([[1, 2.5]], ["a", "b"])
+
+
+def test_number_formats():
+    rows, _ = read(b"+1,-2,.5,5.,1e3,-1.5E-2\n")
+    assert rows == [[1, -2, 0.5, 5, 1000, -0.015]]
+
+
+def test_full_precision():
+    values = [0.1, 1 / 3, 123456789.12345679, 1e-300, -2.5e10, 2.0**-1074]
+    rows, _ = read(",".join(repr(v) for v in values).encode())
+    assert rows == [values]
+
+
+def test_table_values_are_c_contiguous_float64():
+    table = csvio.read_csv(io.BytesIO(b"1,2\n3,4\n"))
+    assert table.values.flags.c_contiguous
+    assert table.values.shape == (2, 2)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_empty_input():
+    assert "empty" in refused(b"").detail
+
+
+def test_only_blank_lines():
+    assert "empty" in refused(b"\n \n\r\n").detail
+
+
+def test_header_only():
+    assert "no data rows" in refused(b"x,y\n").detail
+
+
+def test_non_numeric_cell_names_row_and_column():
+    error = refused(b"1,2\n3,4\n5,abc\n")
+    assert "row 3, column 2" in error.detail and "abc" in error.detail
+    assert (error.extra["row"], error.extra["column"]) == (3, 2)
+
+
+def test_row_numbers_count_the_header_and_blank_lines():
+    error = refused(b"x,y\n\n1,2\n3,oops\n")
+    assert (error.extra["row"], error.extra["column"]) == (4, 2)
+
+
+def test_row_with_too_many_values():
+    error = refused(b"1,2\n3,4,5\n")
+    assert "row 2" in error.detail
+    assert error.extra["row"] == 2
+
+
+def test_row_with_too_few_values():
+    error = refused(b"1,2\n3,4\n5\n")
+    assert "row 3" in error.detail
+    assert error.extra["row"] == 3
+
+
+def test_rows_wider_than_the_header():
+    error = refused(b"x,y\n1,2,3\n4,5,6\n")
+    assert error.extra["row"] == 2
+
+
+def test_rows_narrower_than_the_header():
+    error = refused(b"x,y,z\n1,2\n")
+    assert error.extra["row"] == 2
+
+
+@pytest.mark.parametrize("cell", ["NaN", "nan", "inf", "-inf", "Infinity", "1e999"])
+def test_non_finite_values(cell: str):
+    error = refused(f"1,2\n3,{cell}\n".encode())
+    assert "row 2, column 2" in error.detail
+    assert (error.extra["row"], error.extra["column"]) == (2, 2)
+
+
+@pytest.mark.parametrize("cell", ["NA", "null", "None", "n/a", "True", "1,000", "1.0.0", "1_000", "\uff14"])
+def test_words_and_odd_numbers_are_not_numbers(cell: str):
+    error = refused(f'1,2\n3,"{cell}"\n'.encode())
+    assert (error.extra["row"], error.extra["column"]) == (2, 2)
+
+
+def test_empty_cell():
+    error = refused(b"1,2\n,4\n")
+    assert "empty" in error.detail
+    assert (error.extra["row"], error.extra["column"]) == (2, 1)
+
+
+def test_trailing_comma_is_an_empty_cell():
+    error = refused(b"1,2,\n3,4,\n")
+    assert (error.extra["row"], error.extra["column"]) == (1, 3)
+
+
+def test_duplicate_header_names():
+    error = refused(b"x,x\n1,2\n")
+    assert "'x'" in error.detail
+    assert (error.extra["row"], error.extra["column"]) == (1, 2)
+
+
+def test_non_utf8_first_line():
+    error = refused(b"x,caf\xe9\n1,2\n")
+    assert "UTF-8" in error.detail
+
+
+def test_non_utf8_later_line():
+    assert "UTF-8" in refused(b"1,2\n3,\xff\n").detail
+
+
+def test_utf16_file():
+    assert "UTF-8" in refused("x,y\n1,2\n".encode("utf-16")).detail
+
+
+def test_semicolon_separated_file_is_refused_naming_the_cell():
+    error = refused(b"1;2\n3;4\n")
+    assert "row" in error.detail
+
+
+# -- check_rows (JSON input) ---------------------------------------------------------------
+
+
+def test_check_rows_returns_float64():
+    values = csvio.check_rows([[1, 2], [3.5, 4]])
+    assert values.dtype == np.float64
+    assert values.tolist() == [[1, 2], [3.5, 4]]
+
+
+def test_check_rows_ragged():
+    with pytest.raises(Unprocessable) as caught:
+        csvio.check_rows([[1, 2], [3, 4], [5]])
+    assert caught.value.extra["row"] == 3
+
+
+def test_check_rows_expected_width():
+    with pytest.raises(Unprocessable):
+        csvio.check_rows([[1, 2]], width=3)
+
+
+def test_check_rows_non_finite():
+    with pytest.raises(Unprocessable) as caught:
+        csvio.check_rows([[1, 2], [3, float("nan")]])
+    assert (caught.value.extra["row"], caught.value.extra["column"]) == (2, 2)
+
+
+def test_check_rows_integer_too_large_for_a_float():
+    with pytest.raises(Unprocessable) as caught:
+        csvio.check_rows([[1, 2], [3, 10**400]])
+    assert (caught.value.extra["row"], caught.value.extra["column"]) == (2, 2)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def as_text(formatted: bytes | str) -> str:
+    return formatted.decode() if isinstance(formatted, bytes) else formatted
+
+
+def test_format_labels_one_integer_per_line():
+    assert as_text(csvio.format_labels(np.array([1, 0, 2, 2], dtype=np.int32))) == "1\n0\n2\n2\n"
+
+
+def test_format_labels_of_many_digits():
+    labels = np.array([0, 10, 9, 123, 4567, 10], dtype=np.int32)
+    assert as_text(csvio.format_labels(labels)) == "0\n10\n9\n123\n4567\n10\n"
+
+
+def test_format_labels_of_every_label_up_to_1000():
+    labels = np.random.default_rng(0).integers(0, 1000, size=5000).astype(np.int32)
+    assert as_text(csvio.format_labels(labels)) == "".join(f"{v}\n" for v in labels.tolist())
+
+
+def test_format_labels_never_writes_floats():
+    text = as_text(csvio.format_labels(np.array([1, 0], dtype=np.int64)))
+    assert "." not in text and "e" not in text
+
+
+def test_format_labels_of_nothing():
+    assert as_text(csvio.format_labels(np.array([], dtype=np.int32))) == ""
+
+
+def test_format_table_header_and_full_precision():
+    values = np.array([[1.0, 0.1], [1 / 3, -2.5e10]])
+    text = csvio.format_table(values, ["x", "y"])
+    lines = text.splitlines()
+    assert lines[0] == "x,y"
+    assert [[float(v) for v in line.split(",")] for line in lines[1:]] == values.tolist()
+    assert text.endswith("\n")
+
+
+def test_format_table_quotes_names_with_commas():
+    text = csvio.format_table(np.array([[1.0, 2.0]]), ["a,b", 'say "hi"'])
+    assert next(csv.reader(io.StringIO(text))) == ["a,b", 'say "hi"']
+
+
+def test_format_table_round_trips_through_read_csv():
+    values = np.random.default_rng(1).normal(size=(20, 3))
+    text = csvio.format_table(values, ["a", "b", "c"])
+    table = csvio.read_csv(io.BytesIO(text.encode()))
+    assert table.columns == ["a", "b", "c"]
+    assert table.values.tolist() == values.tolist()

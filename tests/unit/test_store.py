@@ -1,0 +1,223 @@
+"""kmeans.store.Store without HTTP: job numbering, concurrency, guards and atomic files."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmeans.errors import Conflict
+from kmeans.store import Store, new_id, now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data")
+
+
+def add_dataset(store: Store, values: np.ndarray | None = None) -> str:
+    values = np.array([[1.0, 2.0], [3.0, 4.0]]) if values is None else values
+    record = {
+        "id": new_id("ds"),
+        "name": "d.csv",
+        "rows": int(values.shape[0]),
+        "n_features": int(values.shape[1]),
+        "columns": [f"x{i}" for i in range(1, values.shape[1] + 1)],
+        "sha256": "0" * 64,
+        "size_bytes": 8,
+        "created_at": now(),
+    }
+    store.add_dataset(record, values)
+    return record["id"]
+
+
+def add_model(store: Store, dataset_id: str, status: str = "queued") -> str:
+    record = {
+        "id": new_id("m"),
+        "dataset_id": dataset_id,
+        "status": status,
+        "params": {"n_clusters": 2},
+        "created_at": now(),
+        "rows": 2,
+        "n_features": 2,
+        "columns": ["x1", "x2"],
+        "worker": "test:1",
+    }
+    store.add_model(record)
+    return record["id"]
+
+
+def temp_files(store: Store) -> list[str]:
+    return sorted(p.name for p in (store.root / "tmp").iterdir())
+
+
+# -- classic job ids -----------------------------------------------------------------------
+
+
+def test_job_ids_count_from_zero(store):
+    dataset_id = add_dataset(store)
+    ids = [store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id) for i in range(3)]
+    assert ids == [0, 1, 2]
+    assert store.get_upload(1)["filename"] == "f1.csv"
+    assert store.get_upload(3) is None
+
+
+def test_job_ids_continue_in_a_new_store_on_the_same_dir(store):
+    dataset_id = add_dataset(store)
+    store.add_upload("a.csv", "a" * 64, dataset_id)
+    again = Store(store.root)
+    assert again.add_upload("b.csv", "b" * 64, dataset_id) == 1
+
+
+def test_job_ids_are_distinct_and_consecutive_under_concurrency(store):
+    dataset_id = add_dataset(store)
+    start = threading.Barrier(8)
+    got: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            start.wait()
+            got[i] = store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(got.values()) == list(range(8))
+    # each thread got back the job_id of its own upload
+    for i, job_id in got.items():
+        assert store.get_upload(job_id)["filename"] == f"f{i}.csv"
+
+
+def test_job_ids_from_separate_stores_on_one_dir_do_not_collide(tmp_path):
+    # Like several gunicorn workers: each has its own Store (and connections) on the same files.
+    stores = [Store(tmp_path / "data") for _ in range(4)]
+    dataset_id = add_dataset(stores[0])
+    ids: list[int] = []
+
+    def worker(s: Store, i: int) -> None:
+        for j in range(5):
+            ids.append(s.add_upload(f"{i}-{j}.csv", "c" * 64, dataset_id))
+
+    threads = [threading.Thread(target=worker, args=(s, i)) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(ids) == list(range(20))
+
+
+def test_find_upload_matches_name_and_content(store):
+    dataset_id = add_dataset(store)
+    store.add_upload("a.csv", "1" * 64, dataset_id)
+    assert store.find_upload("a.csv", "1" * 64)["job_id"] == 0
+    assert store.find_upload("a.csv", "2" * 64) is None
+    assert store.find_upload("b.csv", "1" * 64) is None
+
+
+def test_find_upload_ignores_uploads_whose_dataset_was_deleted(store):
+    dataset_id = add_dataset(store)
+    store.add_upload("a.csv", "1" * 64, dataset_id)
+    assert store.delete_dataset(dataset_id)
+    assert store.find_upload("a.csv", "1" * 64) is None
+
+
+# -- guards --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_delete_dataset_refuses_while_a_fit_on_it_is_active(store, status):
+    dataset_id = add_dataset(store)
+    model_id = add_model(store, dataset_id, status)
+    with pytest.raises(Conflict) as caught:
+        store.delete_dataset(dataset_id)
+    assert model_id in caught.value.detail
+    assert store.get_dataset(dataset_id) is not None
+    assert store.dataset_path(dataset_id).exists()
+
+
+def test_delete_dataset_once_its_fits_are_done(store):
+    dataset_id = add_dataset(store)
+    model_id = add_model(store, dataset_id)
+    assert store.update_model(model_id, only_if_status=("queued",), status="succeeded")
+    assert store.delete_dataset(dataset_id) is True
+    assert store.get_dataset(dataset_id) is None
+    assert not store.dataset_path(dataset_id).exists()
+    assert store.delete_dataset(dataset_id) is False
+
+
+def test_update_model_only_if_status(store):
+    model_id = add_model(store, add_dataset(store), "succeeded")
+    assert store.update_model(model_id, only_if_status=("queued", "running"), status="failed") is False
+    assert store.get_model(model_id)["status"] == "succeeded"
+
+
+def test_finish_model_of_a_deleted_model_leaves_no_files(store):
+    model_id = add_model(store, add_dataset(store))
+    assert store.delete_model(model_id)
+    finished = store.finish_model(model_id, np.zeros((2, 2)), np.zeros(2, dtype=np.int32), finished_at=now())
+    assert finished is False
+    assert not store.centers_path(model_id).exists()
+    assert not store.labels_path(model_id).exists()
+    assert store.get_model(model_id) is None
+
+
+def test_delete_model_unlinks_it_from_uploads(store):
+    dataset_id = add_dataset(store)
+    model_id = add_model(store, dataset_id, "succeeded")
+    job_id = store.add_upload("a.csv", "1" * 64, dataset_id)
+    store.set_upload_model(job_id, model_id)
+    assert store.delete_model(model_id)
+    assert store.get_upload(job_id)["model_id"] is None
+
+
+def test_lists_are_newest_first_and_paged(store):
+    ids = [add_dataset(store) for _ in range(4)]
+    items, total = store.list_datasets(offset=1, limit=2)
+    assert total == 4
+    assert [d["id"] for d in items] == ids[::-1][1:3]
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def test_save_array_round_trips_and_leaves_no_temp_file(store):
+    values = np.random.default_rng(0).normal(size=(50, 3))
+    path = store.root / "datasets" / "x.npy"
+    store.save_array(path, values)
+    assert np.array_equal(Store.load_array(path), values)
+    assert temp_files(store) == []
+
+
+def test_save_array_replaces_an_existing_file(store):
+    path = store.root / "models" / "m.labels.npy"
+    store.save_array(path, np.array([1, 2, 3], dtype=np.int32))
+    store.save_array(path, np.array([4, 5], dtype=np.int32))
+    loaded = Store.load_array(path)
+    assert loaded.tolist() == [4, 5]
+    assert loaded.dtype == np.int32
+    assert temp_files(store) == []
+
+
+def test_save_array_that_fails_leaves_no_temp_file(store):
+    with pytest.raises(OSError):
+        store.save_array(store.root / "no-such-dir" / "x.npy", np.zeros(3))
+    assert temp_files(store) == []
+    assert not (store.root / "no-such-dir").exists()
+
+
+def test_add_dataset_stores_values_by_id(store):
+    values = np.array([[1.5, 2.5], [3.5, 4.5], [5.5, 6.5]])
+    dataset_id = add_dataset(store, values)
+    assert store.dataset_path(dataset_id).name == f"{dataset_id}.npy"
+    assert np.array_equal(Store.load_array(store.dataset_path(dataset_id)), values)
+    record = store.get_dataset(dataset_id)
+    assert (record["rows"], record["n_features"], record["columns"]) == (3, 2, ["x1", "x2"])
+    assert temp_files(store) == []
