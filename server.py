@@ -23,7 +23,7 @@ from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
-from kmeans.api.validation import RequestLimitsMiddleware, validator_map
+from kmeans.api.validation import DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings
 from kmeans.errors import ProblemError
 from kmeans.service import KMeansService
@@ -78,6 +78,7 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     app.add_middleware(
         RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
     )
+    app.add_middleware(DisconnectMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
     return app
 
 

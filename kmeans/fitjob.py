@@ -8,10 +8,10 @@ meanwhile leaves no trace.
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import os
 import signal
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.25  # seconds between progress writes
 CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
+OWNER_CHECK_EVERY = 0.5  # seconds between checks that the server that started a fit still runs
 
 
 class Stopped(Exception):
@@ -112,16 +113,29 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
     return "succeeded" if done else "stopped"
 
 
-def _die_with_parent() -> None:
-    # A fit must not outlive the server process that started it: if that process is killed,
-    # the kernel kills this one too, and the heartbeat sweep re-queues the model.
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
-def child_main(data_dir: str, model_id: str, run_token: str) -> None:
-    """Entry point of a local fit process."""
-    _die_with_parent()
+def _watch_owner(owner: int) -> None:
+    """Exit as soon as the server process that started this fit is gone.
+
+    A fit must not outlive its server: if that process is killed, the heartbeat sweep
+    re-queues the model elsewhere. The kernel's parent-death signal does not help here:
+    the parent of a fit is the forkserver, which itself waits for its children.
+    """
+    while _alive(owner):
+        time.sleep(OWNER_CHECK_EVERY)
+    os._exit(1)
+
+
+def child_main(data_dir: str, model_id: str, run_token: str, owner: int) -> None:
+    """Entry point of a local fit process; ``owner`` is the pid of the server process."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if Path("/proc").is_dir():
+        threading.Thread(target=_watch_owner, args=(owner,), name="kmeans-owner-watch", daemon=True).start()
     execute(data_dir, model_id, run_token, None, cooperative=False)

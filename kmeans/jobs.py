@@ -83,7 +83,7 @@ class LocalLauncher:
     def start(self, model: dict[str, Any]) -> LocalRun:
         process = self._context.Process(
             target=fitjob.child_main,
-            args=(self.data_dir, model["id"], model["run_token"]),
+            args=(self.data_dir, model["id"], model["run_token"], os.getpid()),
             name=f"kmeans-fit-{model['id']}",
             daemon=True,
         )

@@ -290,19 +290,24 @@ class KMeansService:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
 
-    def model_events(self, model_id: str, last_event_id: int | None, max_seconds: float) -> Iterator[tuple[int, dict]]:
+    def model_events(
+        self, model_id: str, last_event_id: int | None, max_seconds: float, stop: threading.Event | None = None
+    ) -> Iterator[tuple[int, dict]]:
         """(event id, model) each time the model changes, until it ends or ``max_seconds`` pass.
 
         Read from the database, so it follows a fit wherever it runs. With ``last_event_id``
         (a reconnecting client), states up to that one are not sent again. Between changes
-        it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive.
+        it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive. It
+        ends early when ``stop`` is set (the client hung up).
         """
         self.get_model(model_id)  # 404 now, before a stream starts
-        return self._events(model_id, last_event_id or 0, max_seconds)
+        return self._events(model_id, last_event_id or 0, max_seconds, stop or threading.Event())
 
-    def _events(self, model_id: str, seen: int, max_seconds: float) -> Iterator[tuple[int, dict]]:
+    def _events(
+        self, model_id: str, seen: int, max_seconds: float, stop: threading.Event
+    ) -> Iterator[tuple[int, dict]]:
         deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             record = self.store.get_model(model_id)
             if record is None:
                 return
@@ -312,7 +317,7 @@ class KMeansService:
             if record["status"] in TERMINAL:
                 return
             yield 0, {}
-            time.sleep(EVENT_POLL)
+            stop.wait(EVENT_POLL)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         record = self.store.get_model(model_id)

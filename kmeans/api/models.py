@@ -8,6 +8,7 @@ import flask
 
 from kmeans import csvio
 from kmeans.api import media, service
+from kmeans.api.validation import disconnected
 
 # A stream ends after this long even if the fit goes on; EventSource reconnects with Last-Event-ID.
 EVENT_STREAM_SECONDS = 3600
@@ -34,7 +35,8 @@ def cancel_model(model_id: str) -> Any:
 def get_model_events(model_id: str) -> Any:
     """Status and progress as Server-Sent Events until the fit ends."""
     last = flask.request.headers.get("Last-Event-ID", "")
-    changes = service().model_events(model_id, int(last) if last.isdigit() else None, EVENT_STREAM_SECONDS)
+    gone = disconnected(flask.request.environ["asgi.scope"])
+    changes = service().model_events(model_id, int(last) if last.isdigit() else None, EVENT_STREAM_SECONDS, gone)
     return flask.Response(
         media.server_sent_events(changes, "model"),
         mimetype="text/event-stream",

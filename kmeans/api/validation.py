@@ -11,8 +11,10 @@ body with the same fields and empty file parts. Handlers find the spooled files 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,10 @@ from jsonschema import Draft4Validator, ValidationError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kmeans.errors import BadRequest, PayloadTooLarge
+from kmeans.errors import BadRequest, NotFound, PayloadTooLarge
 from kmeans.multipart import MultipartSpooler, SpooledFile, remove
 
+DISCONNECTED = "kmeans.disconnected"  # scope key: threading.Event set when the client hangs up
 SPOOLED = "kmeans.spooled"  # scope key: every file spooled for this request (for clean-up)
 FILES = "kmeans.files"  # scope key: field name -> SpooledFile, for the handler
 
@@ -49,9 +52,9 @@ class RequestLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         if "\n" in scope["path"] or "\r" in scope["path"]:
-            # Starlette's mount for the API's base path does not match across a line break, so
-            # such a request would reach a handler outside connexion's operation context (a 500).
-            raise BadRequest("the URL path has a line break in it")
+            # No resource has one in its URL; and Starlette's mount for the API's base path does not
+            # match across it, so the request would reach a handler outside connexion's context (a 500).
+            raise NotFound("no resource has a line break in its URL path")
         limit = self.max_bytes
         too_large = f"the request body is larger than the limit of {limit} bytes"
         declared = Headers(scope=scope).get("content-length")
@@ -77,6 +80,46 @@ class RequestLimitsMiddleware:
             await self.app(scope, limited_receive, send)
         finally:
             remove(spooled)
+
+
+class DisconnectMiddleware:
+    """Tell streaming handlers when their client hangs up.
+
+    The server says so only through ``receive()``, which a WSGI handler never sees, so an
+    event stream would go on writing into a closed connection and hold its thread. For
+    GET requests to ``.../events`` this listens for ``http.disconnect`` alongside the
+    handler (relaying every message on) and sets ``scope[DISCONNECTED]``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith("/events"):
+            await self.app(scope, receive, send)
+            return
+        gone = threading.Event()
+        scope[DISCONNECTED] = gone
+        messages: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                await messages.put(message)
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.app(scope, messages.get, send)
+        finally:
+            watcher.cancel()
+
+
+def disconnected(scope: Scope) -> threading.Event:
+    """The event DisconnectMiddleware sets when this request's client hangs up."""
+    return scope.get(DISCONNECTED) or threading.Event()
 
 
 def validator_map(spool_dir: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -36,13 +36,24 @@ def dockerfile_command(port: int) -> list[str]:
     return cmd
 
 
+class Server(str):
+    """The base URL of a running server, which also knows its process."""
+
+    proc: subprocess.Popen
+
+
 @contextmanager
-def running(cmd: Sequence[str], data_dir: Path, port: int, log: Path, timeout: float = 60) -> Iterator[str]:
+def running(
+    cmd: Sequence[str], data_dir: Path, port: int, log: Path, timeout: float = 60, env: dict | None = None
+) -> Iterator[Server]:
     """Start ``cmd``, wait until /kmeans/ping answers, yield the base URL, then stop it."""
-    env = {**os.environ, "KMEANS_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "KMEANS_DATA_DIR": str(data_dir), **(env or {})}
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = Server(f"http://127.0.0.1:{port}")
+    url.proc = proc
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -58,21 +69,24 @@ def running(cmd: Sequence[str], data_dir: Path, port: int, log: Path, timeout: f
             time.sleep(0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the server left behind
 
 
 @pytest.fixture
 def gunicorn_server(tmp_path: Path):
     """A factory: start the Dockerfile's gunicorn command on a free port over ``data_dir``."""
 
-    def start(data_dir: Path):
+    def start(data_dir: Path, **env: str):
         port = free_port()
-        return running(dockerfile_command(port), data_dir, port, tmp_path / "gunicorn.log")
+        return running(dockerfile_command(port), data_dir, port, tmp_path / "gunicorn.log", env=env)
 
     return start
 
