@@ -198,12 +198,25 @@ class StreamingMultipartValidator(MultiPartFormDataValidator):
 
     def _form(self, spooler: MultipartSpooler) -> dict[str, Any]:
         """The form as connexion's validator would see it: typed fields, files as ""."""
+        properties = self._schema.get("properties", {})
+        for name, schema in properties.items():
+            if schema.get("format") != "binary":
+                continue
+            if any(field == name for field, _ in spooler.fields) or any(
+                f.field == name and not f.filename for f in spooler.files
+            ):
+                # A plain field, or a form sent with no file chosen (filename=""), is no upload.
+                raise BadRequest(
+                    f"the form field {name!r} must be a file upload with a file name"
+                    f" (with curl: -F '{name}=@data.csv')",
+                    parameter=name,
+                )
         fields: dict[str, list[str]] = {}
         for name, value in spooler.fields:
             fields.setdefault(name, []).append(value)
         data = self._uri_parser.resolve_form(fields) if self._uri_parser is not None else fields
         for spooled in spooler.files:
-            schema = self._schema.get("properties", {}).get(spooled.field, {})
+            schema = properties.get(spooled.field, {})
             count = sum(f.field == spooled.field for f in spooler.files)
             data[spooled.field] = [""] * count if schema.get("type") == "array" or count > 1 else ""
         return data

@@ -191,23 +191,11 @@ def test_number_with_underscore_is_422_naming_row_and_column(api, unharmed):
     unharmed()
 
 
-@pytest.mark.xfail(
-    reason="BUG: kmeans/csvio.py _header runs csv.reader over the first line read with readline(),"
-    " which for old-Mac CR-only line ends is the whole file; csv.Error ('new-line character seen"
-    " in unquoted field') escapes and the client gets a 500",
-    strict=True,
-)
-def test_csv_with_cr_only_line_ends_is_not_a_server_error(client, settings):
-    # A fresh app: a fix may rightly accept these files, which would add datasets.
-    for content in (b"x,y\r1,2\r3,4\r", b"1,2\r3,4\r"):
-        for response in post_csv_both_ways(client, content):
-            assert response.status_code < 500, response.text
-            if response.status_code == 422:  # refusing is fine, when the detail says why
-                assert_problem(response, 422)
-            else:
-                body = response.json()
-                assert (body["rows"], body["n_features"]) == (2, 2)
-    assert leftovers(settings.data_dir) == []
+def test_csv_with_cr_only_line_ends_names_row_and_column(api, unharmed):
+    for response in post_csv_both_ways(api, b"x,y\r1,2\r3,oops\r"):
+        problem = assert_problem(response, 422, "row 3, column 2")
+        assert (problem["row"], problem["column"]) == (3, 2)
+    unharmed()
 
 
 # -- model parameters ----------------------------------------------------------------------
@@ -382,15 +370,6 @@ def test_text_plain_body_is_415(api, stored, unharmed):
 # -- file names ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: a multipart 'file' part without a file name (curl -F file=1,2 without '@', or a"
-    ' browser form with no file chosen: filename="") passes kmeans/api/validation.py'
-    " StreamingMultipartValidator (a plain field, or '', satisfies the spec's string/binary schema),"
-    " but the framework makes no file of it, so the handler gets none: /upload and /predict raise"
-    " TypeError (500), /datasets and /models/{id}/predictions read the consumed raw body and claim"
-    " the CSV is empty",
-    strict=True,
-)
 def test_file_part_without_a_file_name_is_400(api, stored, unharmed):
     predictions = f"/kmeans/models/{stored.model_id}/predictions"
     for part in ((None, b"1,2\n3,4\n"), ("", b"1,2\n3,4\n")):
@@ -406,11 +385,6 @@ def test_file_part_without_a_file_name_is_400(api, stored, unharmed):
     unharmed()
 
 
-@pytest.mark.xfail(
-    reason="BUG: same cause as test_file_part_without_a_file_name_is_400: an HTML form submitted with"
-    ' no file chosen (filename="", no content) gets a 500 from /upload and /predict',
-    strict=True,
-)
 def test_empty_file_part_with_empty_name_is_a_client_error(api, stored, unharmed):
     # What a browser form sends when no file was chosen.
     part = ("", b"", CSV)
