@@ -49,6 +49,10 @@ def test_crlf_line_ends():
     assert read(b"x,y\r\n1,2\r\n3,4\r\n") == ([[1, 2], [3, 4]], ["x", "y"])
 
 
+def test_cr_only_line_ends():
+    assert read(b"x,y\r1,2\r3,4\r") == ([[1, 2], [3, 4]], ["x", "y"])
+
+
 def test_utf8_bom_with_header():
     assert read(b"\xef\xbb\xbfx,y\n1,2\n") == ([[1, 2]], ["x", "y"])
 

@@ -160,13 +160,27 @@ def test_update_model_only_if_status(store):
 
 
 def test_finish_model_of_a_deleted_model_leaves_no_files(store):
-    model_id = add_model(store, add_dataset(store))
+    model_id = add_model(store, add_dataset(store), "running")
+    store.update_model(model_id, run_token="run-1")
     assert store.delete_model(model_id)
-    finished = store.finish_model(model_id, np.zeros((2, 2)), np.zeros(2, dtype=np.int32), finished_at=now())
+    finished = store.finish_model(model_id, "run-1", np.zeros((2, 2)), np.zeros(2, dtype=np.int32), finished_at=now())
     assert finished is False
     assert not store.centers_path(model_id).exists()
     assert not store.labels_path(model_id).exists()
     assert store.get_model(model_id) is None
+    assert temp_files(store) == []
+
+
+def test_only_the_run_that_owns_a_model_finishes_it(store):
+    model_id = add_model(store, add_dataset(store), "running")
+    store.update_model(model_id, run_token="run-2")
+    centers, labels = np.array([[1.0, 2.0]]), np.zeros(2, dtype=np.int32)
+    assert store.finish_model(model_id, "run-1", centers, labels, finished_at=now()) is False
+    assert store.get_model(model_id)["status"] == "running"
+    assert not store.centers_path(model_id).exists()
+    assert store.finish_model(model_id, "run-2", centers, labels, finished_at=now()) is True
+    assert store.get_model(model_id)["status"] == "succeeded"
+    assert Store.load_array(store.centers_path(model_id)).tolist() == [[1.0, 2.0]]
 
 
 def test_delete_model_unlinks_it_from_uploads(store):
