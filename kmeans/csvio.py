@@ -22,7 +22,7 @@ from kmeans.errors import Unprocessable
 # A header row longer than this is not a header anyone wrote by hand.
 MAX_FIRST_LINE_BYTES = 1024 * 1024
 # Rows parsed at a time: peak memory is the final array plus one chunk, not a multiple of it.
-CHUNK_ROWS = 131072
+CHUNK_ROWS = 262144
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def read_csv(handle: BinaryIO) -> Table:
     first, lines = _first_line(handle)
     header = _header(first)
     handle.seek(0)
+    # Start after a UTF-8 BOM rather than have pandas decode the whole file to find it.
+    handle.seek(3 if handle.read(3) == b"\xef\xbb\xbf" else 0)
     chunks: list[np.ndarray] = []
     try:
         # The header (if any) is skipped rather than handed to pandas: given one name fewer
@@ -112,8 +114,6 @@ def read_csv(handle: BinaryIO) -> Table:
             header=None,
             skiprows=lines if header else 0,
             dtype=np.float64,
-            skipinitialspace=True,
-            encoding="utf-8-sig",
             engine="c",
             skip_blank_lines=True,
             chunksize=CHUNK_ROWS,
