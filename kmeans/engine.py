@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import pairwise_distances_argmin
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, pairwise_distances_argmin, silhouette_score
 
 
 @dataclass(frozen=True)
@@ -99,27 +100,111 @@ def resolved_n_init(params: dict[str, Any]) -> int:
     return int(n_init)
 
 
-def fit(values: np.ndarray, params: dict[str, Any], progress: Progress | None = None) -> FitResult:
-    """Fit scikit-learn's KMeans with ``params`` (already validated against the spec)."""
-    model = KMeans(**params, verbose=1 if progress else 0)
+# The ModelParams scikit-learn's estimators take (the rest are the service's own options).
+ESTIMATOR_OPTIONS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state", "algorithm")
+SILHOUETTE_SAMPLE = 10_000
+
+
+class _MiniBatchProgress:
+    """MiniBatchKMeans' verbose lines ("Minibatch step 12/300: ...") as progress."""
+
+    _STEP = re.compile(r"^Minibatch step (\d+)/(\d+)")
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._line = ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        while "\n" in self._line:
+            line, self._line = self._line.split("\n", 1)
+            if match := self._STEP.match(line.strip()):
+                step, steps = int(match.group(1)), int(match.group(2))
+                self.progress(min(step / max(steps, 1), 0.99), f"minibatch step {step} of {steps}")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _estimator(params: dict[str, Any], verbose: bool) -> Any:
+    options = {k: params[k] for k in ESTIMATOR_OPTIONS if k in params}
+    if isinstance(options.get("init"), list):
+        options["init"] = np.asarray(options["init"], dtype=np.float64)
+        options["n_init"] = 1
+        options.setdefault("n_clusters", len(options["init"]))
+    method = params.get("method", "kmeans")
+    if method == "minibatch":
+        return MiniBatchKMeans(**options, verbose=int(verbose))
+    if method == "bisecting":
+        return BisectingKMeans(**options)
+    return KMeans(**options, verbose=int(verbose))
+
+
+def fit(
+    values: np.ndarray,
+    params: dict[str, Any],
+    progress: Progress | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> FitResult:
+    """Fit ``params["method"]`` (KMeans, MiniBatchKMeans or BisectingKMeans; params already
+    validated against the spec) on ``values``, already in the model's fitted space."""
+    method = params.get("method", "kmeans")
+    verbose = progress is not None and method != "bisecting"
+    model = _estimator(params, verbose)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if progress is None:
-            model.fit(values)
+        if not verbose:
+            if progress is not None:
+                progress(0.0, f"{method} fit")
+            model.fit(values, sample_weight=sample_weight)
         else:
             out = _thread_stdout()
-            out.local.sink = _ProgressReader(resolved_n_init(params), params.get("max_iter", 300), progress)
+            out.local.sink = (
+                _MiniBatchProgress(progress)
+                if method == "minibatch"
+                else _ProgressReader(resolved_n_init(params), params.get("max_iter", 300), progress)
+            )
             try:
-                model.fit(values)
+                model.fit(values, sample_weight=sample_weight)
             finally:
                 out.local.sink = None
     return FitResult(
         centers=np.ascontiguousarray(model.cluster_centers_, dtype=np.float64),
         labels=model.labels_.astype(np.int32, copy=False),
         inertia=float(model.inertia_),
-        n_iter=int(model.n_iter_),
+        n_iter=int(getattr(model, "n_iter_", 0) or 0),
         warnings=[str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)],
     )
+
+
+def quality(values: np.ndarray, labels: np.ndarray, seed: int | None = 0) -> dict[str, float | None]:
+    """Silhouette (on a seeded random sample of at most SILHOUETTE_SAMPLE rows), Davies-Bouldin
+    and Calinski-Harabasz of a clustering; None where undefined (fewer than 2 clusters, or
+    every row its own cluster)."""
+    used = len(np.unique(labels))
+    if used < 2 or used >= len(values):
+        return {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
+    rng = np.random.default_rng(0 if seed is None else seed)
+    if len(values) > SILHOUETTE_SAMPLE:
+        rows = np.sort(rng.choice(len(values), SILHOUETTE_SAMPLE, replace=False))
+        sample, sample_labels = values[rows], labels[rows]
+    else:
+        sample, sample_labels = values, labels
+    silhouette = None
+    if 2 <= len(np.unique(sample_labels)) < len(sample):
+        silhouette = float(silhouette_score(sample, sample_labels))
+    return {
+        "silhouette": silhouette,
+        "davies_bouldin": float(davies_bouldin_score(values, labels)),
+        "calinski_harabasz": float(calinski_harabasz_score(values, labels)),
+    }
+
+
+def project_2d(sample: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components (fitted on ``sample``) of the sample and the centers."""
+    pca = PCA(n_components=2, random_state=0).fit(sample)
+    return pca.transform(sample), pca.transform(centers)
 
 
 # Below this many row-center pairs, plain numpy beats scikit-learn's input checks and chunking.
@@ -132,3 +217,9 @@ def predict(centers: np.ndarray, values: np.ndarray) -> np.ndarray:
         distances = ((values[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
         return distances.argmin(axis=1).astype(np.int32)
     return pairwise_distances_argmin(values, centers).astype(np.int32, copy=False)
+
+
+def distances(centers: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every row to every center (rows x centers)."""
+    squared = (values**2).sum(axis=1)[:, None] - 2.0 * values @ centers.T + (centers**2).sum(axis=1)[None, :]
+    return np.sqrt(np.maximum(squared, 0.0))

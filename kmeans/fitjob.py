@@ -13,12 +13,13 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kmeans import engine
-from kmeans.errors import FitFailed
+from kmeans import engine, prep
+from kmeans.errors import FitFailed, ProblemError
 from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,8 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
                 raise Stopped
 
     try:
-        values = store.load_array(store.dataset_path(model["dataset_id"]), mmap=True)
         clock = time.perf_counter()
-        result = engine.fit(values, model["params"], progress)
+        fitted = prepared_fit(store, model, progress)
         seconds = time.perf_counter() - clock
     except Stopped:
         return "stopped"
@@ -88,7 +88,7 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
         log.exception("fit of model %s failed", model_id)
         if isinstance(exc, FileNotFoundError):
             detail = "the dataset's data file is missing; it was deleted before the fit started"
-        elif isinstance(exc, ValueError):
+        elif isinstance(exc, (ValueError, ProblemError)):
             detail = str(exc)
         else:
             detail = f"the fit failed: {type(exc).__name__}: {exc}"
@@ -96,6 +96,7 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
             model_id, ("running",), run_token, status="failed", finished_at=now(), error=FitFailed(detail).to_problem()
         )
         return "failed"
+    result = fitted.result
     sizes = np.bincount(result.labels, minlength=result.centers.shape[0])
     done = store.finish_model(
         model_id,
@@ -109,8 +110,51 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
         cluster_sizes=sizes.tolist(),
         progress=1.0,
         phase="done",
+        preprocessing=fitted.preprocessing,
+        anomaly_threshold=fitted.threshold,
+        **fitted.metrics,
     )
     return "succeeded" if done else "stopped"
+
+
+@dataclass(frozen=True)
+class PreparedFit:
+    result: engine.FitResult
+    preprocessing: dict
+    metrics: dict
+    threshold: float | None
+
+
+def prepared_fit(store: Store, model: dict, progress: engine.Progress | None = None) -> PreparedFit:
+    """Select, weigh, scale and normalise the dataset as the model's options say, fit, and
+    measure: the metrics and the contamination threshold are in the fitted space."""
+    params = model["params"]
+    dataset = store.get_dataset(model["dataset_id"])
+    columns = dataset["columns"] if dataset else model["columns"]
+    pre = model.get("preprocessing") or prep.plan(params, columns)
+    values = store.load_array(store.dataset_path(model["dataset_id"]), mmap=True)
+    return fit_values(values, params, pre, progress)
+
+
+def fit_values(
+    values: np.ndarray, params: dict, pre: dict, progress: engine.Progress | None = None, metrics: bool = True
+) -> PreparedFit:
+    """The fit of dataset rows ``values`` with the options ``params`` and the plan ``pre``."""
+    weights = prep.weights(values, pre)
+    features = prep.select(values, pre)
+    pre = prep.fit_scaler(features, pre, bool(params.get("standardize")))
+    fitted_space = prep.transform(features, pre)
+    del features
+    fit_params = dict(params)
+    if isinstance(params.get("init"), list):
+        fit_params["init"] = prep.transform(np.asarray(params["init"], dtype=np.float64), pre).tolist()
+    result = engine.fit(fitted_space, fit_params, progress, sample_weight=weights)
+    quality = engine.quality(fitted_space, result.labels, params.get("random_state")) if metrics else {}
+    threshold = None
+    if params.get("contamination") is not None:
+        own = np.linalg.norm(fitted_space - result.centers[result.labels], axis=1)
+        threshold = float(np.quantile(own, 1.0 - params["contamination"]))
+    return PreparedFit(result, pre, quality, threshold)
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kmeans import csvio, engine, webhooks
+from kmeans import csvio, engine, prep, webhooks
 from kmeans.config import Settings
 from kmeans.errors import (
     Conflict,
@@ -208,7 +208,8 @@ class KMeansService:
         request = {"dataset_id": dataset_id, "params": params, "time_limit": time_limit, "callback_url": callback_url}
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         dataset = self.get_dataset(dataset_id)
-        k = params.get("n_clusters", DEFAULT_N_CLUSTERS)
+        pre = self.plan_fit(dataset, params)
+        k = prep.n_clusters(params)
         if k > dataset["rows"]:
             default = "" if "n_clusters" in params else ", the default"
             raise Unprocessable(
@@ -228,8 +229,9 @@ class KMeansService:
             "queued_at": stamp,
             "phase": "queued",
             "rows": dataset["rows"],
-            "n_features": dataset["n_features"],
-            "columns": dataset["columns"],
+            "n_features": len(pre["feature_columns"]),
+            "columns": pre["feature_columns"],
+            "preprocessing": pre,
             "time_limit": time_limit or self.settings.fit_time_limit,
             "callback_url": callback_url,
         }
@@ -246,6 +248,13 @@ class KMeansService:
         self.start()  # normally done at app start-up; a no-op then
         self.dispatcher.wake()
         return self.get_model(record["id"]), True
+
+    def plan_fit(self, dataset: dict[str, Any], params: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
+        """Check fit options against the dataset (422 naming the option); the preprocessing plan."""
+        pre = prep.plan(params, dataset["columns"], sweep=sweep)
+        if pre["weight_index"] is not None:
+            prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
+        return pre
 
     def cancel_model(self, model_id: str) -> dict[str, Any]:
         """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
@@ -355,7 +364,8 @@ class KMeansService:
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers and the column names they are in."""
         model = self._fitted(model_id)
-        return _cached_centers(str(self.store.centers_path(model_id))), model["columns"]
+        centers = _cached_centers(str(self.store.centers_path(model_id)))
+        return prep.to_original(centers, model.get("preprocessing")), model["columns"]
 
     def predict(self, model_id: str, values: np.ndarray) -> np.ndarray:
         """Labels for ``values`` with a fitted model."""
@@ -377,7 +387,24 @@ class KMeansService:
                 f"the points have {values.shape[1]} columns but model {model['id']} was fitted on"
                 f" {model['n_features']} ({', '.join(model['columns'])})"
             )
-        return engine.predict(_cached_centers(str(self.store.centers_path(model["id"]))), values)
+        centers = _cached_centers(str(self.store.centers_path(model["id"])))
+        pre = model.get("preprocessing")
+        return engine.predict(centers, values if prep.is_identity(pre) else prep.transform(values, pre))
+
+    def score(
+        self, model_id: str, values: np.ndarray | None = None, source: Upload | None = None, **options: Any
+    ) -> dict[str, np.ndarray]:
+        """Labels of rows (``values``, or the CSV ``source``), and with ``options`` (distances,
+        all_distances, anomalies, threshold) their distances and anomaly flags; see
+        :func:`kmeans.scoring.score`."""
+        from kmeans import scoring
+
+        model = self._fitted(model_id)
+        if values is None:
+            values = self.read_table(source)[0].values
+        labels = self._predict(model, values)
+        centers = _cached_centers(str(self.store.centers_path(model["id"])))
+        return scoring.score(model, centers, values, labels, **options)
 
     # -- classic flow ---------------------------------------------------------------------
 

@@ -60,7 +60,29 @@ CREATE TABLE IF NOT EXISTS models (
     time_limit REAL,
     callback_url TEXT,
     callback TEXT,
-    version INTEGER NOT NULL DEFAULT 1
+    version INTEGER NOT NULL DEFAULT 1,
+    preprocessing TEXT,
+    silhouette REAL,
+    davies_bouldin REAL,
+    calinski_harabasz REAL,
+    anomaly_threshold REAL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    dataset_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    k_min INTEGER NOT NULL,
+    k_max INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    results TEXT,
+    recommended_k INTEGER,
+    rule TEXT,
+    error TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    worker TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
@@ -81,7 +103,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 """
 
-JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback")
+JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import flask
 
-from kmeans import csvio
+from kmeans import csvio, scoring
 from kmeans.api import media, service
 from kmeans.api.validation import disconnected
 
@@ -73,8 +73,18 @@ def get_model_centers(model_id: str) -> Any:
     return media.json({"model_id": model_id, "columns": columns, "centers": values.tolist()})
 
 
-def predict_with_model(model_id: str, file: Any = None) -> Any:
-    """Labels for points sent as a multipart file, raw CSV or JSON."""
+def predict_with_model(
+    model_id: str,
+    file: Any = None,
+    distances: bool = False,
+    all_distances: bool = False,
+    anomalies: bool = False,
+    threshold: float | None = None,
+) -> Any:
+    """Labels for points sent as a multipart file, raw CSV or JSON (with distances and
+    anomaly flags when asked for)."""
+    if distances or all_distances or anomalies or threshold is not None:
+        return scored_predictions(model_id, file, distances, all_distances, anomalies, threshold)
     if file is not None:
         result = service().predict_stream(model_id, media.upload(file)[0])
     elif flask.request.mimetype == media.JSON:
@@ -82,3 +92,19 @@ def predict_with_model(model_id: str, file: Any = None) -> Any:
     else:
         result = service().predict_stream(model_id, media.raw_body())
     return media.labels(result, model_id)
+
+
+def scored_predictions(
+    model_id: str, file: Any, distances: bool, all_distances: bool, anomalies: bool, threshold: float | None
+) -> Any:
+    """Labels with distances and/or anomaly flags, as JSON or CSV with a header row."""
+    options = {"distances": distances, "all_distances": all_distances, "anomalies": anomalies, "threshold": threshold}
+    if file is not None:
+        result = service().score(model_id, source=media.upload(file)[0], **options)
+    elif flask.request.mimetype == media.JSON:
+        result = service().score(model_id, csvio.check_rows(flask.request.get_json()["data"]), **options)
+    else:
+        result = service().score(model_id, source=media.raw_body(), **options)
+    if media.wants_csv():
+        return media.csv_response(scoring.csv_bytes(result))
+    return media.json(scoring.json_body(model_id, result))

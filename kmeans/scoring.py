@@ -1,0 +1,76 @@
+"""Distances and anomaly flags for predictions (numpy only).
+
+Distances are Euclidean, measured in the space the model was fitted in: in standard
+deviations per feature for ``standardize`` models, between L2-normalised rows for
+``cosine`` models (the chord distance, sqrt(2 - 2 cos θ), monotone in cosine distance).
+The anomaly threshold of ``contamination`` models is in the same units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kmeans import engine, prep
+from kmeans.errors import Unprocessable
+
+
+def score(
+    model: dict[str, Any],
+    centers: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    distances: bool = False,
+    all_distances: bool = False,
+    anomalies: bool = False,
+    threshold: float | None = None,
+) -> dict[str, np.ndarray]:
+    """``{"labels", ["distances"], ["all_distances"], ["anomalies"]}`` for ``values``.
+
+    Anomalies are rows farther from their center than ``threshold``, or, without one, than
+    the model's ``anomaly_threshold`` (set at fit time from ``contamination``).
+    """
+    out: dict[str, np.ndarray] = {"labels": labels}
+    if not (distances or all_distances or anomalies or threshold is not None):
+        return out
+    if anomalies and threshold is None:
+        threshold = model.get("anomaly_threshold")
+        if threshold is None:
+            raise Unprocessable(
+                f"model {model['id']} has no anomaly threshold: fit it with params.contamination, or pass threshold",
+                parameter="anomalies",
+            )
+    pre = model.get("preprocessing")
+    space = values if prep.is_identity(pre) else prep.transform(values, pre)
+    own = np.linalg.norm(space - centers[labels], axis=1)
+    if distances:
+        out["distances"] = own
+    if all_distances:
+        out["all_distances"] = engine.distances(centers, space)
+    if threshold is not None:
+        out["anomalies"] = own > threshold
+    return out
+
+
+def csv_bytes(result: dict[str, np.ndarray]) -> bytes:
+    """A CSV with a header: label, [distance], [distance_0 … distance_{k-1}], [anomaly]."""
+    header = ["label"]
+    parts = [result["labels"].astype(np.int64)[:, None].astype(str)]
+    if "distances" in result:
+        header.append("distance")
+        parts.append(np.array([repr(float(v)) for v in result["distances"]], dtype=object)[:, None])
+    if "all_distances" in result:
+        k = result["all_distances"].shape[1]
+        header += [f"distance_{i}" for i in range(k)]
+        parts.append(np.vectorize(lambda v: repr(float(v)), otypes=[object])(result["all_distances"]))
+    if "anomalies" in result:
+        header.append("anomaly")
+        parts.append(np.where(result["anomalies"], "true", "false")[:, None])
+    table = np.concatenate([p.astype(object) for p in parts], axis=1) if parts else np.empty((0, 0))
+    lines = [",".join(header)] + [",".join(row) for row in table.tolist()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def json_body(model_id: str, result: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"model_id": model_id, **{k: v.tolist() for k, v in result.items()}}
