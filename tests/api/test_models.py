@@ -359,6 +359,14 @@ def test_labels_of_more_rows_than_one_response_piece(api):
     assert [int(v) for v in lines] == labels
     assert labels[0] != labels[-1]  # 0 and 9 are in different clusters
     assert len(set(labels[: n - 1 : 2])) == 1
+    # predictions of as many points are streamed the same way
+    predicted = api.post(
+        f"/kmeans/models/{model['id']}/predictions",
+        content=b"0\n1\n" * (n // 2) + b"9\n",
+        headers={"Content-Type": CSV},
+    )
+    assert predicted.status_code == 200, predicted.text
+    assert predicted.json() == {"model_id": model["id"], "labels": labels}
 
 
 # -- listing and deleting ------------------------------------------------------------------
