@@ -23,6 +23,7 @@ from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
+from kmeans.api.bridge import EagerWSGIMiddleware
 from kmeans.api.validation import DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings
 from kmeans.errors import ProblemError
@@ -73,6 +74,8 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
         validator_map=validator_map(service.store.root / "tmp"),
     )
     app.app.extensions["kmeans"] = service
+    # connexion's documented place for the WSGI side (see FlaskApp.add_wsgi_middleware).
+    app._middleware_app.asgi_app = EagerWSGIMiddleware(app.app.wsgi_app)
     app.add_error_handler(ProblemError, problem_response)
     app.add_error_handler(Exception, problem_response)
     app.add_middleware(
