@@ -64,27 +64,28 @@ def _is_number(cell: str) -> bool:
 
 
 def _first_line(handle: BinaryIO) -> tuple[str, int]:
-    """The first non-blank line of the file, decoded (BOM removed), and how many lines it took."""
-    raw = b""
-    lines = 0
-    while not raw.strip().lstrip(b"\xef\xbb\xbf"):
-        lines += 1
-        raw = handle.readline(MAX_FIRST_LINE_BYTES)
-        if not raw:
-            raise Unprocessable("the CSV file is empty: it has no rows")
-        if len(raw) >= MAX_FIRST_LINE_BYTES and not raw.endswith(b"\n"):
-            raise Unprocessable(f"row 1 is longer than {MAX_FIRST_LINE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Unprocessable(f"row 1 is not UTF-8 text (byte {exc.start})", row=1) from None
-    # A file with old-Mac CR-only line ends is one "line" to readline(): keep its first row.
-    return text.lstrip("\ufeff").splitlines()[0], lines
+    """The first non-blank line of the file, decoded (BOM removed), and the byte offset where
+    the next line starts. Lines end with LF, CRLF or a lone CR (old Mac files)."""
+    head = handle.read(MAX_FIRST_LINE_BYTES)
+    lines = head.splitlines(keepends=True)
+    if len(head) == MAX_FIRST_LINE_BYTES and lines:
+        lines.pop()  # may be cut short by the read
+    end = 0
+    for number, raw in enumerate(lines, start=1):
+        end += len(raw)
+        if raw.strip().lstrip(b"\xef\xbb\xbf").strip():
+            try:
+                return raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"), end
+            except UnicodeDecodeError as exc:
+                raise Unprocessable(f"row {number} is not UTF-8 text (byte {exc.start})", row=number) from None
+    if len(head) == MAX_FIRST_LINE_BYTES:
+        raise Unprocessable(f"the first {MAX_FIRST_LINE_BYTES} bytes of the CSV file hold no complete row")
+    raise Unprocessable("the CSV file is empty: it has no rows")
 
 
 def _header(first_line: str) -> list[str] | None:
     """Column names if the first line is a header (no cell in it is a number), else None."""
-    cells = [c.strip() for c in next(csv.reader([first_line]))]
+    cells = [c.strip() for c in next(csv.reader([first_line], skipinitialspace=True))]
     if any(_is_number(c) for c in cells if c):
         return None
     if not any(cells):
@@ -100,21 +101,21 @@ def _header(first_line: str) -> list[str] | None:
 
 def read_csv(handle: BinaryIO) -> Table:
     """Parse a seekable binary CSV stream into a float64 table, or raise Unprocessable."""
-    first, lines = _first_line(handle)
+    first, header_end = _first_line(handle)
     header = _header(first)
     handle.seek(0)
-    # Start after a UTF-8 BOM rather than have pandas decode the whole file to find it.
-    handle.seek(3 if handle.read(3) == b"\xef\xbb\xbf" else 0)
+    # pandas starts after the header (given one name fewer than the rows have values, it
+    # would quietly make the first column an index), or after a UTF-8 BOM (rather than
+    # decode the whole file to find it).
+    handle.seek(header_end if header else 3 if handle.read(3) == b"\xef\xbb\xbf" else 0)
     chunks: list[np.ndarray] = []
     try:
-        # The header (if any) is skipped rather than handed to pandas: given one name fewer
-        # than the rows have values, pandas would quietly make the first column an index.
         reader = pd.read_csv(
             handle,
             header=None,
-            skiprows=lines if header else 0,
             dtype=np.float64,
             engine="c",
+            skipinitialspace=True,  # '1, "2"': a quoted value after the space is still quoted
             skip_blank_lines=True,
             chunksize=CHUNK_ROWS,
         )
@@ -148,7 +149,7 @@ def read_csv(handle: BinaryIO) -> Table:
 def _diagnose(handle: BinaryIO, has_header: bool) -> None:
     """Walk the file cell by cell and raise Unprocessable at the first bad one."""
     text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    reader = csv.reader(text, skipinitialspace=True)
     width: int | None = None
     width_row = 0
     try:

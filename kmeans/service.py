@@ -359,7 +359,10 @@ class KMeansService:
     def model_labels(self, model_id: str) -> np.ndarray:
         """The training rows' labels."""
         self._fitted(model_id)
-        return self.store.load_array(self.store.labels_path(model_id))
+        path = self.store.labels_path(model_id)
+        if not path.exists():
+            raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
+        return self.store.load_array(path)
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers and the column names they are in."""
@@ -415,12 +418,12 @@ class KMeansService:
         upload = self.store.find_upload(name, spooled.sha256)
         if upload is None:
             dataset = self._add_dataset(table, name, spooled.sha256, spooled.size)
-            job_id = self.store.add_upload(name, spooled.sha256, dataset["id"])
-        else:
-            dataset = self.get_dataset(upload["dataset_id"])
-            job_id = upload["job_id"]
+            upload = self.store.get_upload(self.store.add_upload(name, spooled.sha256, dataset["id"]))
+            if upload["dataset_id"] != dataset["id"]:  # a concurrent upload of the same file won
+                self.store.delete_dataset(dataset["id"])
+        dataset = self.get_dataset(upload["dataset_id"])
         return {
-            "job_id": job_id,
+            "job_id": upload["job_id"],
             "filename": name,
             "dataset_id": dataset["id"],
             "rows": dataset["rows"],

@@ -392,8 +392,17 @@ class Store:
         )
 
     def add_upload(self, filename: str, sha256: str, dataset_id: str) -> int:
-        """Number a new upload: 0, 1, 2, … (one statement, so concurrent workers never collide)."""
+        """Number a new upload 0, 1, 2, … — unless the same name and content is already an
+        upload with a live dataset, whose job_id is returned instead. One transaction, so
+        concurrent uploads of one file (retries, several workers) get one job_id."""
         with self.transaction() as db:
+            earlier = db.execute(
+                "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
+                " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1",
+                (filename, sha256),
+            ).fetchone()
+            if earlier is not None:
+                return earlier["job_id"]
             db.execute(
                 "INSERT INTO uploads (job_id, filename, sha256, dataset_id, created_at)"
                 " SELECT COALESCE(MAX(job_id) + 1, 0), ?, ?, ?, ? FROM uploads",

@@ -116,12 +116,6 @@ def test_same_file_after_its_dataset_was_deleted_is_a_new_job_id(client):
     assert client.get(f"/kmeans/datasets/{again['dataset_id']}/rows").json()["items"] == MODEL_POINTS
 
 
-@pytest.mark.xfail(
-    reason="BUG: kmeans/service.py classic_upload checks store.find_upload, then adds the dataset and"
-    " store.add_upload in separate transactions; concurrent uploads of the same name and content"
-    " (retries, several workers) all miss the check and get different job_ids and duplicate datasets",
-    strict=True,
-)
 def test_concurrent_uploads_of_the_same_file_get_one_job_id(client):
     for round_ in range(3):
         content = f"{round_},1\n{round_},2\n9,9\n".encode()

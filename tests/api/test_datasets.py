@@ -68,13 +68,6 @@ def test_csv_with_crlf_line_ends(api):
     check_csv_variant(api, b"x,y\r\n1,2\r\n3,4\r\n", [[1, 2], [3, 4]], ["x", "y"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: kmeans/csvio.py read_csv no longer passes skipinitialspace=True to pandas (commit"
-    " 9aabf2c), so a quoted value after a space ('1, \"2\"') is refused with 422; and _header/_diagnose"
-    " use csv.reader without skipinitialspace, so a quoted header name after a space keeps its quotes"
-    " ('\"y\"')",
-    strict=True,
-)
 def test_csv_with_spaces_after_commas_before_quoted_values(api):
     check_csv_variant(api, b'"x", "y"\n"1", "2"\n3, "4"\n', [[1, 2], [3, 4]], ["x", "y"])
 

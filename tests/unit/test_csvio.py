@@ -53,12 +53,6 @@ def test_cr_only_line_ends():
     assert read(b"x,y\r1,2\r3,4\r") == ([[1, 2], [3, 4]], ["x", "y"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: kmeans/csvio.py _first_line returns text.splitlines()[0]; with CR-only line ends and"
-    " blank lines before the header that first piece is blank, so the header is taken for data"
-    " (422 \"row 3, column 1: 'x' is not a number\")",
-    strict=True,
-)
 def test_cr_only_line_ends_with_blank_lines_before_the_header():
     assert read(b"\r\rx,y\r1,2\r") == ([[1, 2]], ["x", "y"])
 
@@ -96,11 +90,6 @@ def test_quoted_cells():
     assert read(b'"a","b"\n"1","2.5"\n') == ([[1, 2.5]], ["a", "b"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: kmeans/csvio.py: pandas is called without skipinitialspace=True and csv.reader"
-    " (_header, _diagnose) without skipinitialspace, so quotes after a space are not quotes",
-    strict=True,
-)
 def test_quoted_cells_after_spaces():
     assert read(b'"a", "b"\n"1", "2.5"\n') == ([[1, 2.5]], ["a", "b"])
 
