@@ -1,0 +1,144 @@
+"""Models as portable JSON documents, out and back in. Never a pickle: plain numbers and names.
+
+Format ``kmeans-service/model``, version 1::
+
+    {"format": "kmeans-service/model", "format_version": 1, "id": "m_…", "dataset_id": "ds_…",
+     "params": {…}, "columns": ["x", "y"], "centers": [[…], …],
+     "preprocessing": {"mean": [..] | null, "scale": [..] | null, "distance": "euclidean"},
+     "anomaly_threshold": 1.5 | null,
+     "metrics": {"inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz",
+                 "cluster_sizes", "rows", "fit_seconds"}}
+
+``centers`` are in the fitted space (after z-score and normalisation), exactly as stored, so
+an imported model predicts bit for bit as the exported one. Floats survive JSON exactly
+(Python writes the shortest repr that reads back to the same double).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kmeans.errors import Unprocessable
+from kmeans.store import Store, new_id, now
+
+FORMAT = "kmeans-service/model"
+FORMAT_VERSION = 1
+METRICS = (
+    "inertia",
+    "n_iter",
+    "silhouette",
+    "davies_bouldin",
+    "calinski_harabasz",
+    "cluster_sizes",
+    "rows",
+    "fit_seconds",
+)
+
+
+def export(model: dict[str, Any], centers: np.ndarray) -> dict[str, Any]:
+    """The document of a succeeded model with its stored (fitted-space) centers."""
+    pre = model.get("preprocessing") or {}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "id": model["id"],
+        "dataset_id": model.get("dataset_id"),
+        "params": model["params"],
+        "columns": model["columns"],
+        "centers": np.asarray(centers, dtype=np.float64).tolist(),
+        "preprocessing": {
+            "mean": pre.get("mean"),
+            "scale": pre.get("scale"),
+            "distance": pre.get("distance", "euclidean"),
+        },
+        "anomaly_threshold": model.get("anomaly_threshold"),
+        "metrics": {k: model.get(k) for k in METRICS},
+    }
+
+
+def _vector(pre: dict[str, Any], name: str, width: int) -> list[float] | None:
+    value = pre.get(name)
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != (width,) or not np.isfinite(array).all():
+        raise Unprocessable(f"preprocessing.{name} must be {width} finite numbers, one per column", parameter=name)
+    if name == "scale" and (array <= 0).any():
+        raise Unprocessable("preprocessing.scale must be positive", parameter="scale")
+    return array.tolist()
+
+
+def import_document(store: Store, doc: dict[str, Any]) -> str:
+    """Store a document as a new succeeded model; returns its id. 422 for an inconsistent document."""
+    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+        raise Unprocessable(f"this is not a {FORMAT} version {FORMAT_VERSION} document", parameter="format")
+    columns = list(doc["columns"])
+    if len(set(columns)) != len(columns):
+        raise Unprocessable("columns holds the same name twice", parameter="columns")
+    rows = doc["centers"]
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise Unprocessable(
+                f"centers[{i}] has {len(row)} numbers but there are {len(columns)} columns ({', '.join(columns)})",
+                parameter="centers",
+            )
+    centers = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(centers).all():
+        raise Unprocessable("centers must be finite numbers", parameter="centers")
+    pre_in = doc.get("preprocessing") or {}
+    mean, scale = _vector(pre_in, "mean", len(columns)), _vector(pre_in, "scale", len(columns))
+    if (mean is None) != (scale is None):
+        raise Unprocessable("preprocessing needs both mean and scale, or neither", parameter="preprocessing")
+    params = dict(doc.get("params") or {})
+    if isinstance(params.get("init"), list):
+        params.pop("init")  # initial centers of the original fit: not needed to predict
+    if params.get("n_clusters", len(centers)) != len(centers):
+        params["n_clusters"] = len(centers)
+    metrics = doc.get("metrics") or {}
+    threshold = doc.get("anomaly_threshold")
+    if threshold is not None and not (
+        isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold >= 0
+    ):
+        raise Unprocessable("anomaly_threshold must be a number >= 0", parameter="anomaly_threshold")
+    model_id = new_id("m")
+    stamp = now()
+    sizes = metrics.get("cluster_sizes")
+    record = {
+        "id": model_id,
+        "dataset_id": doc.get("dataset_id") or "",
+        "status": "succeeded",
+        "params": params,
+        "created_at": stamp,
+        "queued_at": stamp,
+        "started_at": stamp,
+        "finished_at": stamp,
+        "progress": 1.0,
+        "phase": f"imported from {doc.get('id') or 'a document'}",
+        "rows": int(metrics.get("rows") or 0),
+        "n_features": len(columns),
+        "columns": columns,
+        "preprocessing": {
+            "feature_columns": columns,
+            "feature_index": list(range(len(columns))),
+            "weight_column": None,
+            "weight_index": None,
+            "mean": mean,
+            "scale": scale,
+            "distance": pre_in.get("distance", "euclidean"),
+        },
+        "anomaly_threshold": threshold,
+        "cluster_sizes": sizes if isinstance(sizes, list) and len(sizes) == len(centers) else None,
+        **{
+            k: metrics.get(k)
+            for k in ("inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz", "fit_seconds")
+        },
+    }
+    store.save_array(store.centers_path(model_id), np.ascontiguousarray(centers))
+    try:
+        store.add_model(record)
+    except BaseException:
+        store.centers_path(model_id).unlink(missing_ok=True)
+        raise
+    return model_id
