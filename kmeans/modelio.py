@@ -96,7 +96,12 @@ def import_document(store: Store, doc: dict[str, Any]) -> str:
         params.pop("init")  # initial centers of the original fit: not needed to predict
     if params.get("n_clusters", len(centers)) != len(centers):
         params["n_clusters"] = len(centers)
-    metrics = doc.get("metrics") or {}
+    metrics = {
+        k: v
+        for k, v in (doc.get("metrics") or {}).items()
+        if (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v))
+        or (k == "cluster_sizes" and isinstance(v, list) and all(isinstance(n, int) and n >= 0 for n in v))
+    }
     threshold = doc.get("anomaly_threshold")
     if threshold is not None and not (
         isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold >= 0
@@ -116,7 +121,7 @@ def import_document(store: Store, doc: dict[str, Any]) -> str:
         "finished_at": stamp,
         "progress": 1.0,
         "phase": f"imported from {doc.get('id') or 'a document'}",
-        "rows": int(metrics.get("rows") or 0),
+        "rows": max(0, int(metrics.get("rows") or 0)),
         "n_features": len(columns),
         "columns": columns,
         "preprocessing": {

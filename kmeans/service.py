@@ -367,8 +367,15 @@ class KMeansService:
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers and the column names they are in."""
         model = self._fitted(model_id)
-        centers = _cached_centers(str(self.store.centers_path(model_id)))
-        return prep.to_original(centers, model.get("preprocessing")), model["columns"]
+        return prep.to_original(self.fitted_centers(model), model.get("preprocessing")), model["columns"]
+
+    def fitted_centers(self, model: dict[str, Any], version: int | None = None) -> np.ndarray:
+        """A model's centers in its fitted space: the current version's, or those of ``version``."""
+        if version is None and not model.get("center_version"):
+            return _cached_centers(str(self.store.centers_path(model["id"])))
+        from kmeans import online
+
+        return online.centers(self.store, model, version)
 
     def predict(self, model_id: str, values: np.ndarray) -> np.ndarray:
         """Labels for ``values`` with a fitted model."""
@@ -384,13 +391,13 @@ class KMeansService:
         table, _ = self.read_table(source)
         return self._predict(model, table.values)
 
-    def _predict(self, model: dict[str, Any], values: np.ndarray) -> np.ndarray:
+    def _predict(self, model: dict[str, Any], values: np.ndarray, version: int | None = None) -> np.ndarray:
         if values.shape[1] != model["n_features"]:
             raise Unprocessable(
                 f"the points have {values.shape[1]} columns but model {model['id']} was fitted on"
                 f" {model['n_features']} ({', '.join(model['columns'])})"
             )
-        centers = _cached_centers(str(self.store.centers_path(model["id"])))
+        centers = self.fitted_centers(model, version)
         pre = model.get("preprocessing")
         return engine.predict(centers, values if prep.is_identity(pre) else prep.transform(values, pre))
 
@@ -403,10 +410,11 @@ class KMeansService:
         from kmeans import scoring
 
         model = self._fitted(model_id)
+        version = options.pop("version", None)
+        centers = self.fitted_centers(model, version)  # a 404 for an unknown version before reading the body
         if values is None:
             values = self.read_table(source)[0].values
-        labels = self._predict(model, values)
-        centers = _cached_centers(str(self.store.centers_path(model["id"])))
+        labels = self._predict(model, values, version)
         return scoring.score(model, centers, values, labels, **options)
 
     # -- classic flow ---------------------------------------------------------------------

@@ -65,7 +65,18 @@ CREATE TABLE IF NOT EXISTS models (
     silhouette REAL,
     davies_bouldin REAL,
     calinski_harabasz REAL,
-    anomaly_threshold REAL
+    anomaly_threshold REAL,
+    center_version INTEGER
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    model_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    centers TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    rows_added INTEGER NOT NULL DEFAULT 0,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (model_id, version)
 );
 CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,
@@ -371,6 +382,7 @@ class Store:
     def delete_model(self, model_id: str) -> bool:
         with self.transaction() as db:
             gone = db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
+            db.execute("DELETE FROM model_versions WHERE model_id = ?", (model_id,))
             db.execute("UPDATE uploads SET model_id = NULL WHERE model_id = ?", (model_id,))
             db.execute("DELETE FROM idempotency_keys WHERE model_id = ?", (model_id,))
         if gone:

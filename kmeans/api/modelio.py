@@ -13,7 +13,7 @@ def export_model(model_id: str) -> Any:
     svc = service()
     svc.model_centers(model_id)  # 404 / 409 unless fitted
     model = svc.get_model(model_id)
-    centers = svc.store.load_array(svc.store.centers_path(model_id))
+    centers = svc.fitted_centers(model)  # the current version
     return media.json(modelio.export(model, centers))
 
 

@@ -80,11 +80,12 @@ def predict_with_model(
     all_distances: bool = False,
     anomalies: bool = False,
     threshold: float | None = None,
+    version: int | None = None,
 ) -> Any:
     """Labels for points sent as a multipart file, raw CSV or JSON (with distances and
-    anomaly flags when asked for)."""
-    if distances or all_distances or anomalies or threshold is not None:
-        return scored_predictions(model_id, file, distances, all_distances, anomalies, threshold)
+    anomaly flags when asked for; with the centers of ``version`` when given)."""
+    if distances or all_distances or anomalies or threshold is not None or version is not None:
+        return scored_predictions(model_id, file, distances, all_distances, anomalies, threshold, version)
     if file is not None:
         result = service().predict_stream(model_id, media.upload(file)[0])
     elif flask.request.mimetype == media.JSON:
@@ -95,16 +96,31 @@ def predict_with_model(
 
 
 def scored_predictions(
-    model_id: str, file: Any, distances: bool, all_distances: bool, anomalies: bool, threshold: float | None
+    model_id: str,
+    file: Any,
+    distances: bool,
+    all_distances: bool,
+    anomalies: bool,
+    threshold: float | None,
+    version: int | None = None,
 ) -> Any:
-    """Labels with distances and/or anomaly flags, as JSON or CSV with a header row."""
-    options = {"distances": distances, "all_distances": all_distances, "anomalies": anomalies, "threshold": threshold}
+    """Labels with distances and/or anomaly flags, as JSON or CSV with a header row (just
+    the labels, as without options, when only ``version`` is given)."""
+    options = {
+        "distances": distances,
+        "all_distances": all_distances,
+        "anomalies": anomalies,
+        "threshold": threshold,
+        "version": version,
+    }
     if file is not None:
         result = service().score(model_id, source=media.upload(file)[0], **options)
     elif flask.request.mimetype == media.JSON:
         result = service().score(model_id, csvio.check_rows(flask.request.get_json()["data"]), **options)
     else:
         result = service().score(model_id, source=media.raw_body(), **options)
+    if len(result) == 1:
+        return media.labels(result["labels"], model_id)
     if media.wants_csv():
         return media.csv_response(scoring.csv_bytes(result))
     return media.json(scoring.json_body(model_id, result))

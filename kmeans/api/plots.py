@@ -30,7 +30,7 @@ def get_model_plot(model_id: str) -> Any:
     if pre.get("distance") == "cosine":
         # Directions: draw the rows as the model sees them (normalised) with its own centers.
         features = prep.transform(features, pre)
-        centers = store.load_array(store.centers_path(model_id))
+        centers = svc.fitted_centers(model)
         columns = [f"{c} (normalised)" for c in columns]
     png = plots.model_png(model, features, labels[rows], centers, columns)
     return flask.Response(png, mimetype="image/png")
