@@ -85,6 +85,8 @@ def plan(params: dict[str, Any], columns: list[str], sweep: bool = False) -> dic
                 f" {len(init)} x {'/'.join(map(str, sorted(width)))}",
                 parameter="init",
             )
+        if not np.isfinite(np.asarray(init, dtype=np.float64)).all():
+            raise Unprocessable("init centers must be finite numbers (no NaN or infinity)", parameter="init")
         if params.get("n_init", 1) != 1:
             raise Unprocessable("with explicit init centers n_init must be 1 (or left out)", parameter="n_init")
     if sweep:

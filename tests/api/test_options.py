@@ -154,6 +154,7 @@ def test_explicit_init_centers(api):
         ({"n_clusters": 2, "init": [[1, 2, 3], [1, 2, 3]]}, ["init", "2 x 2"]),
         ({"n_clusters": 3, "init": [[1, 2], [1, 2]]}, ["init", "3 x 2"]),
         ({"init": [[1, 2], [3, 4]], "n_init": 5}, ["n_init"]),
+        ({"init": [[float("nan"), 2], [3, 4]]}, ["init", "finite"]),
         ({"n_clusters": 2, "init": [[1, 2], [3, 4]], "method": "bisecting"}, ["bisecting", "init"]),
         ({"n_clusters": 2, "method": "minibatch", "algorithm": "elkan"}, ["algorithm", "minibatch"]),
         ({"n_clusters": 2, "columns": ["a", "nope"]}, ["nope"]),
