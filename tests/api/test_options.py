@@ -154,7 +154,6 @@ def test_explicit_init_centers(api):
         ({"n_clusters": 2, "init": [[1, 2, 3], [1, 2, 3]]}, ["init", "2 x 2"]),
         ({"n_clusters": 3, "init": [[1, 2], [1, 2]]}, ["init", "3 x 2"]),
         ({"init": [[1, 2], [3, 4]], "n_init": 5}, ["n_init"]),
-        ({"init": [[float("nan"), 2], [3, 4]]}, ["init", "finite"]),
         ({"n_clusters": 2, "init": [[1, 2], [3, 4]], "method": "bisecting"}, ["bisecting", "init"]),
         ({"n_clusters": 2, "method": "minibatch", "algorithm": "elkan"}, ["algorithm", "minibatch"]),
         ({"n_clusters": 2, "columns": ["a", "nope"]}, ["nope"]),
@@ -166,6 +165,13 @@ def test_explicit_init_centers(api):
 def test_bad_options_are_422_naming_the_option(api, params, fragments):
     ds = dataset(api, [[1, 1], [2, -1], [3, 1], [4, 1]], ["a", "w"])
     assert_problem(post_model(api, ds, **params), 422, *fragments)
+
+
+def test_init_centers_with_nan_are_422(api):
+    ds = dataset(api, [[1, 1], [2, -1], [3, 1], [4, 1]])
+    body = b'{"dataset_id": "%s", "params": {"init": [[NaN, 1], [1, 1]]}}' % ds.encode()
+    response = api.post("/kmeans/models", content=body, headers={"Content-Type": JSON})
+    assert_problem(response, 422, "init", "finite")
 
 
 @pytest.mark.parametrize(
