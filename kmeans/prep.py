@@ -122,10 +122,11 @@ def weights(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray | None:
 
 
 def select(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
-    """The feature columns of dataset rows (float64, a copy)."""
+    """The feature columns of dataset rows as float64 (the rows themselves, not a copy, when
+    they are all features: a large read-only memory map stays one)."""
     index = pre["feature_index"]
     if index == list(range(values.shape[1])):
-        return np.array(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.float64)
     return np.array(values[:, index], dtype=np.float64)
 
 
