@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kmeans import online
 from kmeans.errors import Unprocessable
 from kmeans.store import Store, new_id, now
 
@@ -37,8 +38,9 @@ METRICS = (
 )
 
 
-def export(model: dict[str, Any], centers: np.ndarray) -> dict[str, Any]:
-    """The document of a succeeded model with its stored (fitted-space) centers."""
+def export(model: dict[str, Any], centers: np.ndarray, counts: list[float] | None = None) -> dict[str, Any]:
+    """The document of a succeeded model with its current (fitted-space) centers and the
+    rows seen per center (what online updates of a minibatch model continue from)."""
     pre = model.get("preprocessing") or {}
     return {
         "format": FORMAT,
@@ -55,6 +57,7 @@ def export(model: dict[str, Any], centers: np.ndarray) -> dict[str, Any]:
         },
         "anomaly_threshold": model.get("anomaly_threshold"),
         "metrics": {k: model.get(k) for k in METRICS},
+        "counts": counts if counts is not None else model.get("cluster_sizes"),
     }
 
 
@@ -140,9 +143,16 @@ def import_document(store: Store, doc: dict[str, Any]) -> str:
             for k in ("inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz", "fit_seconds")
         },
     }
+    counts = doc.get("counts")
+    if counts is not None:
+        array = np.asarray(counts, dtype=np.float64)
+        if array.shape != (len(centers),) or not np.isfinite(array).all() or (array < 0).any():
+            raise Unprocessable(f"counts must be {len(centers)} numbers >= 0, one per center", parameter="counts")
     store.save_array(store.centers_path(model_id), np.ascontiguousarray(centers))
     try:
         store.add_model(record)
+        if counts is not None:
+            online.seed(store, model_id, centers, array)
     except BaseException:
         store.centers_path(model_id).unlink(missing_ok=True)
         raise

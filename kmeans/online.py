@@ -56,6 +56,16 @@ def _ensure_first(db: sqlite3.Connection, store: Store, model: dict[str, Any]) -
     )
 
 
+def seed(store: Store, model_id: str, centers: np.ndarray, counts: np.ndarray) -> None:
+    """Record version 1 with given counts (an imported model continues from its export's)."""
+    with store.transaction() as db:
+        db.execute(
+            "INSERT INTO model_versions (model_id, version, centers, counts, rows_added, source, created_at)"
+            " VALUES (?, 1, ?, ?, 0, 'import', ?)",
+            (model_id, json.dumps(centers.tolist()), json.dumps(counts.tolist()), now()),
+        )
+
+
 def _row(db: sqlite3.Connection, model_id: str, version: int) -> sqlite3.Row | None:
     return db.execute("SELECT * FROM model_versions WHERE model_id = ? AND version = ?", (model_id, version)).fetchone()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kmeans import modelio
+from kmeans import modelio, online
 from kmeans.api import media, service
 
 
@@ -14,7 +14,10 @@ def export_model(model_id: str) -> Any:
     svc.model_centers(model_id)  # 404 / 409 unless fitted
     model = svc.get_model(model_id)
     centers = svc.fitted_centers(model)  # the current version
-    return media.json(modelio.export(model, centers))
+    counts = None
+    if model.get("center_version"):
+        counts = online.version(svc.store, model, model["center_version"])["counts"]
+    return media.json(modelio.export(model, centers, counts))
 
 
 def import_model(body: dict) -> Any:

@@ -118,3 +118,19 @@ def test_standardized_minibatch_updates_in_the_fitted_space(api):
     # original units: center 0 (x=0) moves toward (0, 4) by a third of the way (count 2 -> 3)
     assert np.allclose(v2[0], v1[0] + (np.array([0, 4]) - v1[0]) / 3)
     assert np.allclose(v2[1], v1[1])
+
+
+def test_an_imported_minibatch_model_continues_from_the_exported_counts(api):
+    model = minibatch(api)
+    mid = model["id"]
+    api.post(f"/kmeans/models/{mid}/data", json={"data": [[1, 1], [11, 1]]})
+    doc = api.get(f"/kmeans/models/{mid}/export").json()
+    assert doc["counts"] == [3, 3]
+    imported = api.post("/kmeans/models/import", json=doc).json()
+    batch = {"data": [[2, 2], [9, 0], [12, 3]]}
+    a = api.post(f"/kmeans/models/{mid}/data", json=batch).json()
+    b = api.post(f"/kmeans/models/{imported['id']}/data", json=batch).json()
+    assert a["counts"] == b["counts"] == [4, 5]
+    assert a["centers"] == b["centers"]
+    bad = {**doc, "counts": [1]}
+    assert_problem(api.post("/kmeans/models/import", json=bad), 422, "counts")

@@ -228,3 +228,19 @@ def test_sweep_plot(api, sweep):
 def test_plots_of_unknown_things_are_404(api):
     assert_problem(api.get("/kmeans/models/m_0000000000000000/plot.png"), 404)
     assert_problem(api.get("/kmeans/sweeps/sw_0000000000000000/plot.png"), 404)
+
+
+def test_plots_of_one_feature_and_of_a_cosine_model(api):
+    one = np.concatenate([np.random.default_rng(0).normal(m, 0.3, 40) for m in (0, 5, 10)])[:, None]
+    model = fit(api, dataset(api, one, ["length"]), n_clusters=3, random_state=0)
+    response = api.get(f"/kmeans/models/{model['id']}/plot.png")
+    assert response.status_code == 200 and saturated(response.content) >= 3
+    cosine = fit(api, dataset(api, blobs(3, 3, seed=5)), n_clusters=3, random_state=0, distance="cosine")
+    response = api.get(f"/kmeans/models/{cosine['id']}/plot.png")
+    assert response.status_code == 200 and saturated(response.content) >= 3
+
+
+def test_plot_of_an_imported_model_is_409(api):
+    doc = {"format": "kmeans-service/model", "format_version": 1, "columns": ["x", "y"], "centers": [[0, 0], [1, 1]]}
+    model = api.post("/kmeans/models/import", json=doc).json()
+    assert_problem(api.get(f"/kmeans/models/{model['id']}/plot.png"), 409, "imported")
