@@ -1,0 +1,378 @@
+"""``kmeans``: the service from a terminal.
+
+    kmeans datasets upload points.csv --name points
+    kmeans models fit ds_… --k 3 --param random_state=0 --wait
+    kmeans predict m_… new-points.csv
+
+Tables for people, ``--json`` for scripts (plain JSON on stdout). Exit codes: 0 ok, 1 the
+server answered with an error (its detail on stderr), 2 a usage error, 3 the server cannot be
+reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from kmeans import __version__
+from kmeans.client import ACTIVE, ApiError, CannotConnect, KMeansClient
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
+
+# Piped output is not cut at 80 columns (ids stay whole); a terminal uses its own width.
+out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+err = Console(stderr=True, highlight=False)
+
+
+class State:
+    """What every command needs: the client, and whether to print JSON."""
+
+    def __init__(self, url: str, timeout: float, as_json: bool, http: Any = None) -> None:
+        self.url = url
+        self.as_json = as_json
+        self._client: KMeansClient | None = None
+        self._timeout = timeout
+        self._http = http
+
+    @property
+    def client(self) -> KMeansClient:
+        if self._client is None:
+            self._client = KMeansClient(self.url, timeout=self._timeout, http=self._http)
+        return self._client
+
+
+class KMeansGroup(click.Group):
+    """Turns the client's errors into messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CannotConnect as exc:
+            err.print(f"error: cannot connect to {exc.url} ({exc.reason or type(exc.reason).__name__});"
+                      " is the server running? (set --url or KMEANS_URL)", markup=False)
+            ctx.exit(EXIT_CONNECT)
+        except ApiError as exc:
+            err.print(f"error {exc.status}: {exc.detail}", markup=False)
+            ctx.exit(EXIT_API_ERROR)
+        except TimeoutError as exc:
+            err.print(f"error: {exc}", markup=False)
+            ctx.exit(EXIT_API_ERROR)
+
+
+def json_option(func: Callable) -> Callable:
+    """``--json`` on a command (``kmeans --json …`` works too)."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+    @click.pass_obj
+    @wraps(func)
+    def wrapper(state: State, *args: Any, as_json: bool, **kwargs: Any) -> Any:
+        state.as_json = state.as_json or as_json
+        return func(state, *args, **kwargs)
+
+    return wrapper
+
+
+def emit(state: State, data: Any, human: Callable[[Any], None]) -> None:
+    if state.as_json:
+        click.echo(json.dumps(data, indent=None if isinstance(data, list) else 2))
+    else:
+        human(data)
+
+
+def table(rows: Iterable[Iterable[Any]], *columns: str, title: str | None = None) -> None:
+    grid = Table(*columns, header_style="bold")
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+    if title:
+        out.print(title, style="bold")
+    out.print(grid)
+
+
+def fields(record: dict[str, Any], title: str | None = None) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in record.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, separators=(", ", ": "))
+        grid.add_row(key, str(value))
+    if title:
+        out.print(title, style="bold")
+    out.print(grid)
+
+
+def lines(values: Iterable[Any]) -> None:
+    click.echo("\n".join(str(v) for v in values))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``; the value as JSON when it is (10, 1e-4, null, true), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="'--param'")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+# -- the command tree ----------------------------------------------------------------------
+
+
+@click.group(cls=KMeansGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="KMEANS_URL", default=DEFAULT_URL, show_default=True,
+              help="The server's root URL (or set KMEANS_URL).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds to wait for each HTTP request.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
+@click.version_option(__version__, prog_name="kmeans")
+@click.pass_context
+def cli(ctx: click.Context, url: str, timeout: float, as_json: bool) -> None:
+    """Cluster numeric data with a kmeans-service server: upload datasets, fit k-means models,
+    look at them, and label new points.
+
+    Exit codes: 0 ok, 1 the server said no (its reason on stderr), 2 usage error, 3 the server
+    cannot be reached.
+    """
+    http = ctx.obj.get("http") if isinstance(ctx.obj, dict) else None  # tests pass an in-process client
+    ctx.obj = State(url, timeout, as_json, http)
+    ctx.call_on_close(lambda: ctx.obj._client and ctx.obj._client.close())
+
+
+@cli.command()
+@json_option
+def ping(state: State) -> None:
+    """Check that the server is up."""
+    emit(state, state.client.ping(), lambda r: out.print(f"{state.url}: {r['status']} (version {r['version']})"))
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+
+@cli.group()
+def datasets() -> None:
+    """Numeric tables to cluster."""
+
+
+DATASET_COLUMNS = ("id", "name", "rows", "n_features", "created_at")
+
+
+@datasets.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--name", help="A label for the dataset (default: the file's name).")
+@json_option
+def datasets_upload(state: State, file: Path, name: str | None) -> None:
+    """Upload a CSV FILE as a dataset (streamed in chunks, with a progress bar)."""
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err, transient=True, disable=state.as_json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
+        # The client reads the file in chunks through a generator and reports after each one.
+        dataset = state.client.create_dataset(
+            file, name=name, progress=lambda sent, total: bar.update(task, completed=sent, total=total)
+        )
+    emit(state, dataset, lambda d: fields(d, title=f"dataset {d['id']}"))
+
+
+@datasets.command("list")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def datasets_list(state: State, offset: int, limit: int) -> None:
+    """List datasets, newest first."""
+    page = state.client.list_datasets(offset, limit)
+    emit(state, page, lambda p: table(
+        ([d.get(c) for c in DATASET_COLUMNS] for d in p["items"]), *DATASET_COLUMNS,
+        title=_page_title("datasets", p),
+    ))
+
+
+@datasets.command("show")
+@click.argument("dataset_id")
+@json_option
+def datasets_show(state: State, dataset_id: str) -> None:
+    """Show a dataset."""
+    emit(state, state.client.get_dataset(dataset_id), lambda d: fields(d, title=f"dataset {d['id']}"))
+
+
+@datasets.command("rows")
+@click.argument("dataset_id")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def datasets_rows(state: State, dataset_id: str, offset: int, limit: int) -> None:
+    """Show rows of a dataset."""
+    page = state.client.rows(dataset_id, offset, limit)
+    emit(state, page, lambda p: table(
+        ([offset + i + 1, *row] for i, row in enumerate(p["items"])), "row", *p["columns"],
+        title=f"rows {offset + 1}–{offset + len(p['items'])} of {p['total']}",
+    ))
+
+
+@datasets.command("delete")
+@click.argument("dataset_id")
+@json_option
+def datasets_delete(state: State, dataset_id: str) -> None:
+    """Delete a dataset."""
+    state.client.delete_dataset(dataset_id)
+    emit(state, {"deleted": dataset_id}, lambda r: out.print(f"deleted dataset {dataset_id}"))
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """k-means models fitted on datasets."""
+
+
+MODEL_COLUMNS = ("id", "dataset_id", "status", "k", "inertia", "created_at")
+
+
+def _model_row(model: dict[str, Any]) -> list[Any]:
+    inertia = model.get("inertia")
+    return [model["id"], model.get("dataset_id"), model["status"], (model.get("params") or {}).get("n_clusters"),
+            None if inertia is None else f"{inertia:.6g}", model.get("created_at")]
+
+
+@models.command("fit")
+@click.argument("dataset_id")
+@click.option("--k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Number of clusters.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Another KMeans parameter, e.g. --param random_state=0 --param init=random (repeatable).")
+@click.option("--wait/--no-wait", default=False, help="Wait for the fit to finish, showing its progress.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Seconds to wait with --wait.")
+@json_option
+def models_fit(state: State, dataset_id: str, k: int, params: tuple[str, ...], wait: bool, wait_timeout: float) -> None:
+    """Fit a model with K clusters on DATASET_ID (in the background unless --wait)."""
+    chosen: dict[str, Any] = {"n_clusters": k}
+    chosen.update(parse_param(p) for p in params)
+    model = state.client.create_model(dataset_id, chosen)
+    if wait:
+        model = _wait(state, model, wait_timeout)
+    emit(state, model, lambda m: fields(m, title=f"model {m['id']}"))
+    if model["status"] == "failed":
+        detail = (model.get("error") or {}).get("detail", "the fit failed")
+        err.print(f"error: the fit of {model['id']} failed: {detail}", markup=False)
+        sys.exit(EXIT_API_ERROR)
+
+
+def _wait(state: State, model: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Poll until the fit ends, with a spinner and the fit's progress (when the server reports it)."""
+    started = time.monotonic()
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+        console=err, transient=True, disable=state.as_json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"fitting {model['id']}", total=1.0, status=model["status"])
+
+        def update(current: dict[str, Any]) -> None:
+            progress = current.get("progress")
+            status = current["status"] + (f" ({current['phase']})" if current.get("phase") else "")
+            bar.update(task, completed=progress if isinstance(progress, (int, float)) else None,
+                       status=f"{status}, {time.monotonic() - started:.0f} s")
+
+        if model["status"] not in ACTIVE:
+            return model
+        return state.client.wait_for_model(model["id"], timeout=timeout, poll=0.25, on_update=update)
+
+
+@models.command("list")
+@click.option("--dataset", "dataset_id", help="Only models of this dataset.")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def models_list(state: State, dataset_id: str | None, status: str | None, offset: int, limit: int) -> None:
+    """List models, newest first."""
+    page = state.client.list_models(offset, limit, dataset_id=dataset_id, status=status)
+    emit(state, page, lambda p: table(
+        (_model_row(m) for m in p["items"]), *MODEL_COLUMNS, title=_page_title("models", p),
+    ))
+
+
+@models.command("show")
+@click.argument("model_id")
+@json_option
+def models_show(state: State, model_id: str) -> None:
+    """Show a model and the state of its fit."""
+    emit(state, state.client.get_model(model_id), lambda m: fields(m, title=f"model {m['id']}"))
+
+
+@models.command("centers")
+@click.argument("model_id")
+@json_option
+def models_centers(state: State, model_id: str) -> None:
+    """Show the cluster centers."""
+    result = state.client.centers(model_id)
+    emit(state, result, lambda r: table(
+        ([label, *(f"{v:.6g}" for v in center)] for label, center in enumerate(r["centers"])),
+        "label", *r["columns"], title=f"centers of {model_id}",
+    ))
+
+
+@models.command("labels")
+@click.argument("model_id")
+@json_option
+def models_labels(state: State, model_id: str) -> None:
+    """Print the training rows' labels, one per line."""
+    emit(state, state.client.labels(model_id), lines)
+
+
+@models.command("cancel")
+@click.argument("model_id")
+@json_option
+def models_cancel(state: State, model_id: str) -> None:
+    """Cancel a queued or running fit."""
+    emit(state, state.client.cancel_model(model_id), lambda m: out.print(f"model {m['id']} is {m['status']}"))
+
+
+@models.command("delete")
+@click.argument("model_id")
+@json_option
+def models_delete(state: State, model_id: str) -> None:
+    """Delete a model."""
+    state.client.delete_model(model_id)
+    emit(state, {"deleted": model_id}, lambda r: out.print(f"deleted model {model_id}"))
+
+
+@cli.command()
+@click.argument("model_id")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@json_option
+def predict(state: State, model_id: str, file: Path) -> None:
+    """Label the points of a CSV FILE with MODEL_ID, one label per line."""
+    emit(state, state.client.predict(model_id, file), lines)
+
+
+def _page_title(what: str, page: dict[str, Any]) -> str:
+    shown = len(page["items"])
+    if not shown:
+        return f"no {what}" + (f" after {page['offset']}" if page["offset"] else "")
+    return f"{what} {page['offset'] + 1}–{page['offset'] + shown} of {page['total']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script."""
+    cli.main(args=argv, prog_name="kmeans", obj={}, auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":  # python -m kmeans.cli
+    main()

@@ -1,0 +1,422 @@
+"""A small Python client for kmeans-service, on httpx.
+
+    from kmeans.client import KMeansClient, NotFound
+
+    with KMeansClient("http://127.0.0.1:8080") as km:
+        dataset = km.create_dataset("examples/model.csv")        # a path streams the file
+        model = km.create_model(dataset["id"], {"n_clusters": 2, "random_state": 0})
+        model = km.wait_for_model(model["id"], timeout=60)
+        km.labels(model["id"]), km.centers(model["id"])["centers"]
+        km.predict(model["id"], [[0, 0], [12, 3]])               # rows, or a CSV path / file
+
+Every method returns the server's JSON (dicts and lists). An answer with a 4xx or 5xx status
+raises an ``ApiError`` subclass carrying ``.status``, ``.problem`` (the problem document) and
+``.detail``; a server that cannot be reached raises ``CannotConnect``. Files are never read
+whole: they are sent in chunks, and ``progress(sent, total)`` is called after each chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+import httpx
+
+CHUNK_BYTES = 256 * 1024
+DEFAULT_TIMEOUT = 30.0
+ACTIVE = ("queued", "running")
+Progress = Callable[[int, "int | None"], None]
+
+
+class KMeansError(Exception):
+    """Base of every error this client raises."""
+
+
+class CannotConnect(KMeansError):
+    """The server could not be reached (refused, unknown host, timed out, cut off)."""
+
+    def __init__(self, url: str, reason: Exception) -> None:
+        super().__init__(f"cannot connect to {url}: {reason or type(reason).__name__}")
+        self.url = url
+        self.reason = reason
+
+
+class ApiError(KMeansError):
+    """The server answered with a 4xx or 5xx status; ``problem`` is its problem document."""
+
+    status: int = 0
+
+    def __init__(self, status: int, problem: dict[str, Any], response: httpx.Response | None = None) -> None:
+        self.status = status
+        self.problem = problem
+        self.detail: str = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        self.response = response
+        super().__init__(f"{status}: {self.detail}")
+
+
+class BadRequest(ApiError):
+    """400: the request does not match the API (the detail names the parameter)."""
+
+
+class Unauthorized(ApiError):
+    """401."""
+
+
+class Forbidden(ApiError):
+    """403."""
+
+
+class NotFound(ApiError):
+    """404: no such dataset, model or upload."""
+
+
+class Conflict(ApiError):
+    """409: the resource is not in a state that allows this (a model not fitted yet, ...)."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: the body is larger than the server's limit."""
+
+
+class UnsupportedMediaType(ApiError):
+    """415: a content type the operation does not take."""
+
+
+class Unprocessable(ApiError):
+    """422: data that cannot be used (the detail names the row and column)."""
+
+
+class ServerError(ApiError):
+    """5xx."""
+
+
+ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: Unprocessable,
+}
+
+
+def error_for(response: httpx.Response) -> ApiError:
+    """The ApiError for a 4xx/5xx response, with its problem document (or one made up from the body)."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        text = response.text.strip()[:500]
+        problem = {"status": response.status_code, "title": response.reason_phrase, "detail": text or None}
+    status = response.status_code
+    cls = ERRORS.get(status, ServerError if status >= 500 else ApiError)
+    return cls(status, problem, response)
+
+
+def _chunks(handle: IO[bytes], total: int | None, progress: Progress | None) -> Iterator[bytes]:
+    sent = 0
+    if progress is not None:
+        progress(0, total)
+    while chunk := handle.read(CHUNK_BYTES):
+        sent += len(chunk)
+        yield chunk
+        if progress is not None:
+            progress(sent, total)
+
+
+class _ProgressReader:
+    """A read-only file wrapper that reports how much has been read (httpx reads multipart files in chunks)."""
+
+    def __init__(self, handle: IO[bytes], total: int | None, progress: Progress | None) -> None:
+        self._handle = handle
+        self._total = total
+        self._progress = progress
+        self._sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._sent += len(chunk)
+        if self._progress is not None:
+            self._progress(self._sent, self._total)
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:  # fileno, tell, seek, name: for httpx's length probe
+        return getattr(self._handle, name)
+
+
+def _size(handle: IO[bytes]) -> int | None:
+    """Bytes left to read in ``handle``, when it can tell."""
+    try:
+        return os.fstat(handle.fileno()).st_size - handle.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class KMeansClient:
+    """The kmeans-service API at ``url`` (the server's root, e.g. ``http://127.0.0.1:8080``).
+
+    ``http`` may be an ``httpx.Client`` to send requests with (its own base URL is ignored
+    when ``url`` is absolute); the client then does not close it.
+    """
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8080", timeout: float = DEFAULT_TIMEOUT, *, http: httpx.Client | None = None
+    ) -> None:
+        self.url = url.rstrip("/").removesuffix("/kmeans")
+        self.api = f"{self.url}/kmeans"
+        self._owned = http is None
+        self.http = http if http is not None else httpx.Client(timeout=timeout)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        if self._owned:
+            self.http.close()
+
+    def __enter__(self) -> KMeansClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request to ``/kmeans{path}``; raise ApiError for 4xx/5xx, CannotConnect when unreachable."""
+        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        try:
+            response = self.http.request(method, f"{self.api}{path}", headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise CannotConnect(self.url, exc) from exc
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    @staticmethod
+    def _params(**params: Any) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _open(self, source: Any) -> tuple[IO[bytes], str | None, bool]:
+        """A binary file object for a path or file object, its name, and whether we opened it."""
+        if isinstance(source, (str, os.PathLike)):
+            return open(source, "rb"), Path(source).name, True  # noqa: SIM115 - closed by the caller
+        if hasattr(source, "read"):
+            name = getattr(source, "name", None)
+            return source, Path(name).name if isinstance(name, str) else None, False
+        raise TypeError(f"expected a path, a binary file object or bytes, not {type(source).__name__}")
+
+    def _csv_body(self, source: Any, progress: Progress | None) -> tuple[Any, dict[str, str], str | None, IO | None]:
+        """Content, headers and file name for a raw text/csv body; the file to close afterwards."""
+        if isinstance(source, (bytes, bytearray)):
+            if progress is not None:
+                progress(len(source), len(source))
+            return bytes(source), {"Content-Type": "text/csv"}, None, None
+        handle, name, owned = self._open(source)
+        total = _size(handle)
+        headers = {"Content-Type": "text/csv"}
+        if total is not None:
+            headers["Content-Length"] = str(total)  # known size: no chunked encoding, early 413
+        return _chunks(handle, total, progress), headers, name, handle if owned else None
+
+    def _multipart(self, source: Any, progress: Progress | None, filename: str | None) -> tuple[dict, IO | None]:
+        """A multipart ``file`` field streamed from ``source``; the file to close afterwards."""
+        if isinstance(source, (bytes, bytearray)):
+            if progress is not None:
+                progress(len(source), len(source))
+            return {"file": (filename or "upload.csv", bytes(source), "text/csv")}, None
+        handle, name, owned = self._open(source)
+        reader = _ProgressReader(handle, _size(handle), progress)
+        return {"file": (filename or name or "upload.csv", reader, "text/csv")}, handle if owned else None
+
+    # -- health -----------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """``{"status": "ok", "version": ...}`` when the service is up."""
+        return self._json("GET", "/ping")
+
+    # -- classic endpoints --------------------------------------------------------------------
+
+    def upload(self, source: Any, *, filename: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """POST /upload: store a CSV (path, file object or bytes); the result has its ``job_id``."""
+        files, owned = self._multipart(source, progress, filename)
+        try:
+            return self._json("POST", "/upload", files=files)
+        finally:
+            if owned is not None:
+                owned.close()
+
+    def fit(self, job_id: int, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST /fit: fit the upload ``job_id`` and wait; ``{"model_id", "labels"}``."""
+        body: dict[str, Any] = {"job_id": job_id}
+        if params is not None:
+            body["model_params"] = dict(params)
+        return self._json("POST", "/fit", json=body)
+
+    def classic_predict(self, job_id: int, source: Any, *, progress: Progress | None = None) -> list[int]:
+        """POST /predict: labels for the points of a CSV with the model of upload ``job_id``."""
+        files, owned = self._multipart(source, progress, None)
+        try:
+            return self._json("POST", "/predict", data={"job_id": str(job_id)}, files=files)["labels"]
+        finally:
+            if owned is not None:
+                owned.close()
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def create_dataset(
+        self,
+        source: Any,
+        *,
+        name: str | None = None,
+        columns: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """POST /datasets from a CSV path, a binary file object, CSV bytes, or rows (a list of lists).
+
+        Files are streamed as a raw ``text/csv`` body in chunks (``progress(sent, total)``
+        after each); the name defaults to the file's name. ``columns`` is for rows only.
+        """
+        if isinstance(source, (list, tuple)) or hasattr(source, "tolist"):
+            rows = source.tolist() if hasattr(source, "tolist") else [list(row) for row in source]
+            body: dict[str, Any] = {"data": rows}
+            if columns is not None:
+                body["columns"] = list(columns)
+            if name is not None:
+                body["name"] = name
+            return self._json("POST", "/datasets", json=body)
+        if columns is not None:
+            raise TypeError("columns is for rows; a CSV names its columns in its header row")
+        content, headers, filename, owned = self._csv_body(source, progress)
+        try:
+            params = self._params(name=name or filename)
+            return self._json("POST", "/datasets", content=content, headers=headers, params=params)
+        finally:
+            if owned is not None:
+                owned.close()
+
+    def list_datasets(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of datasets, newest first: ``{"items", "offset", "limit", "total"}``."""
+        return self._json("GET", "/datasets", params={"offset": offset, "limit": limit})
+
+    def iter_datasets(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every dataset, newest first, a page at a time."""
+        yield from self._pages(self.list_datasets, page_size)
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/datasets/{_quote(dataset_id)}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.request("DELETE", f"/datasets/{_quote(dataset_id)}")
+
+    def rows(self, dataset_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """Rows ``offset`` to ``offset + limit``: ``{"items", "columns", "offset", "limit", "total"}``."""
+        return self._json("GET", f"/datasets/{_quote(dataset_id)}/rows", params={"offset": offset, "limit": limit})
+
+    # -- models -----------------------------------------------------------------------------
+
+    def create_model(
+        self,
+        dataset_id: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /models: queue a fit (202); ``options`` are further body fields such as ``time_limit``."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, **options}
+        if params is not None:
+            body["params"] = dict(params)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/models", json=body, headers=headers)
+
+    def list_models(
+        self, offset: int = 0, limit: int = 100, *, dataset_id: str | None = None, status: str | None = None
+    ) -> dict[str, Any]:
+        """A page of models, newest first (optionally of one dataset, or in one state)."""
+        params = self._params(offset=offset, limit=limit, dataset_id=dataset_id, status=status)
+        return self._json("GET", "/models", params=params)
+
+    def iter_models(self, page_size: int = 100, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every model, newest first, a page at a time."""
+        yield from self._pages(lambda offset, limit: self.list_models(offset, limit, **filters), page_size)
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/models/{_quote(model_id)}")
+
+    def delete_model(self, model_id: str) -> None:
+        self.request("DELETE", f"/models/{_quote(model_id)}")
+
+    def cancel_model(self, model_id: str) -> dict[str, Any]:
+        """Cancel a queued or running fit."""
+        return self._json("POST", f"/models/{_quote(model_id)}/cancel")
+
+    def wait_for_model(
+        self,
+        model_id: str,
+        timeout: float = 600,
+        poll: float = 0.2,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the model until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s.
+
+        ``on_update(model)`` sees every state polled. A failed fit is returned, not raised:
+        look at ``model["status"]`` and ``model["error"]``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            model = self.get_model(model_id)
+            if on_update is not None:
+                on_update(model)
+            if model["status"] not in ACTIVE:
+                return model
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"model {model_id} is still {model['status']} after {timeout:g} s")
+            time.sleep(min(poll, left))
+
+    def labels(self, model_id: str) -> list[int]:
+        """The training rows' labels, in row order."""
+        return self._json("GET", f"/models/{_quote(model_id)}/labels")["labels"]
+
+    def centers(self, model_id: str) -> dict[str, Any]:
+        """``{"model_id", "columns", "centers"}``: one center per cluster, in label order."""
+        return self._json("GET", f"/models/{_quote(model_id)}/centers")
+
+    def predict(self, model_id: str, points: Any, *, progress: Progress | None = None) -> list[int]:
+        """Labels for ``points``: rows (a list of lists), or a CSV path, binary file object or bytes."""
+        path = f"/models/{_quote(model_id)}/predictions"
+        if isinstance(points, (list, tuple)) or hasattr(points, "tolist"):
+            rows = points.tolist() if hasattr(points, "tolist") else [list(row) for row in points]
+            return self._json("POST", path, json={"data": rows})["labels"]
+        content, headers, _, owned = self._csv_body(points, progress)
+        try:
+            return self._json("POST", path, content=content, headers=headers)["labels"]
+        finally:
+            if owned is not None:
+                owned.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _pages(fetch: Callable[[int, int], dict[str, Any]], page_size: int) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = fetch(offset, page_size)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+
+def _quote(value: str) -> str:
+    """An id as one path segment."""
+    return quote(str(value), safe="")

@@ -1,0 +1,219 @@
+"""kmeans.client against the app in-process (connexion's test client is an httpx.Client)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from kmeans import client as sdk
+from kmeans.client import KMeansClient
+
+ROOT = Path(__file__).resolve().parents[2]
+POINTS = [[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]]
+# Each operation of api.yaml that the client covers, and its method.
+METHODS = {
+    "ping": "ping",
+    "upload": "upload",
+    "fit": "fit",
+    "predict": "classic_predict",
+    "create_dataset": "create_dataset",
+    "list_datasets": "list_datasets",
+    "get_dataset": "get_dataset",
+    "delete_dataset": "delete_dataset",
+    "get_dataset_rows": "rows",
+    "create_model": "create_model",
+    "list_models": "list_models",
+    "get_model": "get_model",
+    "delete_model": "delete_model",
+    "cancel_model": "cancel_model",
+    "get_model_labels": "labels",
+    "get_model_centers": "centers",
+    "predict_with_model": "predict",
+}
+
+
+@pytest.fixture
+def km(client) -> KMeansClient:
+    return KMeansClient("http://testserver", http=client)
+
+
+@pytest.fixture
+def model_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "points.csv"
+    path.write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in POINTS))
+    return path
+
+
+def fitted(km: KMeansClient, k: int = 2) -> dict:
+    dataset = km.create_dataset(POINTS, columns=["x", "y"], name="points")
+    model = km.create_model(dataset["id"], {"n_clusters": k, "random_state": 0})
+    return km.wait_for_model(model["id"], timeout=30, poll=0.02)
+
+
+def test_every_core_operation_has_a_client_method():
+    spec = yaml.safe_load((ROOT / "api.yaml").read_text())
+    ids = {op["operationId"] for item in spec["paths"].values() for op in item.values() if isinstance(op, dict)}
+    assert set(METHODS) <= ids, set(METHODS) - ids
+    for method in METHODS.values():
+        assert callable(getattr(KMeansClient, method)), method
+
+
+def test_ping(km):
+    assert km.ping()["status"] == "ok"
+
+
+def test_dataset_from_a_path_streams_it_with_progress(km, model_csv: Path):
+    calls = []
+    dataset = km.create_dataset(model_csv, progress=lambda sent, total: calls.append((sent, total)))
+    assert dataset["name"] == "points.csv" and dataset["rows"] == 6 and dataset["columns"] == ["x", "y"]
+    size = model_csv.stat().st_size
+    assert calls[0] == (0, size) and calls[-1] == (size, size)
+    assert km.get_dataset(dataset["id"]) == dataset
+
+
+def test_a_large_file_is_read_in_chunks_not_whole(km, tmp_path: Path):
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"".join(b"%d,%d\n" % (i, i % 7) for i in range(90_000)))  # ~0.8 MB
+    reads: list[int] = []
+
+    class Spy(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            reads.append(size)
+            return super().read(size)
+
+    with Spy(path, "rb") as handle:
+        dataset = km.create_dataset(handle, name="big")
+    assert dataset["rows"] == 90_000 and dataset["name"] == "big"
+    assert len(reads) > 3 and all(0 < size <= sdk.CHUNK_BYTES for size in reads)
+
+
+def test_datasets_from_bytes_rows_and_file_objects(km, model_csv: Path):
+    from_bytes = km.create_dataset(b"1,2\n3,4\n", name="b")
+    assert (from_bytes["name"], from_bytes["rows"], from_bytes["columns"]) == ("b", 2, ["x1", "x2"])
+    from_rows = km.create_dataset(POINTS, columns=["a", "b"], name="r")
+    assert (from_rows["rows"], from_rows["columns"]) == (6, ["a", "b"])
+    with open(model_csv, "rb") as handle:
+        assert km.create_dataset(handle)["name"] == "points.csv"
+    with pytest.raises(TypeError):
+        km.create_dataset(b"1,2\n", columns=["a", "b"])
+
+
+def test_list_rows_and_delete_datasets(km):
+    ids = [km.create_dataset(POINTS, name=f"d{i}")["id"] for i in range(3)]
+    page = km.list_datasets(limit=2)
+    assert page["total"] == 3 and len(page["items"]) == 2
+    assert [d["id"] for d in km.iter_datasets(page_size=1)] == ids[::-1]
+    rows = km.rows(ids[0], offset=1, limit=2)
+    assert rows["items"] == [[1.0, 4.0], [1.0, 0.0]] and rows["total"] == 6
+    km.delete_dataset(ids[0])
+    with pytest.raises(sdk.NotFound) as caught:
+        km.get_dataset(ids[0])
+    assert caught.value.status == 404
+    assert caught.value.detail == f"no dataset with id {ids[0]}"
+    assert caught.value.problem["status"] == 404 and caught.value.problem["title"] == "Not Found"
+
+
+def test_model_flow(km, model_csv: Path):
+    model = fitted(km)
+    assert model["status"] == "succeeded"
+    labels = km.labels(model["id"])
+    assert len(labels) == 6 and labels[0] == labels[1] != labels[3]
+    centers = km.centers(model["id"])
+    assert centers["columns"] == ["x", "y"] and sorted(centers["centers"]) == [[1.0, 2.0], [10.0, 2.0]]
+    assert km.predict(model["id"], [[0, 0], [12, 3]]) == [labels[0], labels[3]]
+    assert km.predict(model["id"], b"0,0\n12,3\n") == [labels[0], labels[3]]
+    assert km.predict(model["id"], model_csv) == labels
+    assert [m["id"] for m in km.list_models(dataset_id=model["dataset_id"])["items"]] == [model["id"]]
+    assert [m["id"] for m in km.iter_models(status="succeeded")] == [model["id"]]
+    assert km.get_model(model["id"])["id"] == model["id"]
+    km.delete_model(model["id"])
+    with pytest.raises(sdk.NotFound):
+        km.labels(model["id"])
+
+
+def test_classic_flow(km, model_csv: Path):
+    upload = km.upload(model_csv)
+    assert upload["job_id"] == 0 and upload["filename"] == "points.csv"
+    fit = km.fit(0, {"n_clusters": 2, "random_state": 0})
+    assert len(fit["labels"]) == 6 and fit["model_id"].startswith("m_")
+    assert km.classic_predict(0, b"0,0\n12,3\n") == [fit["labels"][2], fit["labels"][3]]
+    with pytest.raises(sdk.NotFound, match="no upload with job_id 7"):
+        km.fit(7)
+
+
+def test_wait_for_model_is_bounded(km, monkeypatch):
+    running = {"id": "m_1", "status": "running"}
+    seen = []
+    monkeypatch.setattr(km, "get_model", lambda model_id: running)
+    with pytest.raises(TimeoutError, match="m_1 is still running"):
+        km.wait_for_model("m_1", timeout=0.1, poll=0.02, on_update=seen.append)
+    assert 2 <= len(seen) <= 10
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "status"),
+    [
+        (lambda km: km.list_datasets(limit=0), sdk.BadRequest, 400),
+        (lambda km: km.create_dataset(b"1,2\n3,abc\n"), sdk.Unprocessable, 422),
+        (lambda km: km.create_dataset(b"1,2\n" * 300_000), sdk.PayloadTooLarge, 413),
+        (lambda km: km.request("POST", "/datasets", content=b"x", headers={"Content-Type": "text/plain"}),
+         sdk.UnsupportedMediaType, 415),
+    ],
+)
+def test_errors_are_typed_and_carry_the_problem(km, call, error, status):
+    with pytest.raises(error) as caught:
+        call(km)
+    assert isinstance(caught.value, sdk.ApiError)
+    assert caught.value.status == status == caught.value.problem["status"]
+    assert caught.value.detail == caught.value.problem["detail"]
+
+
+def test_unprocessable_csv_names_the_row_and_column(km):
+    with pytest.raises(sdk.Unprocessable) as caught:
+        km.create_dataset(b"1,2\n3,abc\n")
+    assert (caught.value.problem["row"], caught.value.problem["column"]) == (2, 2)
+
+
+def test_conflict_for_labels_of_a_model_that_did_not_succeed(km):
+    dataset = km.create_dataset(POINTS)
+    model = km.create_model(dataset["id"], {"n_clusters": 2})
+    with contextlib.suppress(sdk.Conflict):  # 409 when the fit has already ended
+        assert km.cancel_model(model["id"])["status"] == "cancelled"
+    if km.wait_for_model(model["id"], timeout=30, poll=0.02)["status"] == "succeeded":
+        pytest.skip("the fit finished before it could be cancelled")
+    with pytest.raises(sdk.Conflict):
+        km.labels(model["id"])
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, sdk.BadRequest), (401, sdk.Unauthorized), (403, sdk.Forbidden), (404, sdk.NotFound),
+        (409, sdk.Conflict), (413, sdk.PayloadTooLarge), (415, sdk.UnsupportedMediaType),
+        (422, sdk.Unprocessable), (500, sdk.ServerError), (503, sdk.ServerError), (429, sdk.ApiError),
+    ],
+)
+def test_error_classes_by_status(status: int, error: type):
+    problem = {"type": "about:blank", "title": "T", "status": status, "detail": "what went wrong"}
+    raised = sdk.error_for(httpx.Response(status, json=problem))
+    assert type(raised) is error and raised.status == status and raised.detail == "what went wrong"
+
+
+def test_an_error_without_a_problem_document_keeps_the_body():
+    raised = sdk.error_for(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    assert isinstance(raised, sdk.ServerError) and raised.detail == "<html>Bad Gateway</html>"
+
+
+def test_an_unreachable_server_is_cannot_connect():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with KMeansClient(f"http://127.0.0.1:{port}", timeout=5) as km, pytest.raises(sdk.CannotConnect) as caught:
+            km.ping()
+    assert f"127.0.0.1:{port}" in str(caught.value)
