@@ -7,21 +7,32 @@ requests in several threads can draw at once.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from kmeans import engine
 from kmeans.errors import Conflict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLOT_SAMPLE = 5000  # training rows drawn at most (a seeded random sample)
 SAMPLE_SEED = 0
 
 
-def _png(figure: Figure) -> bytes:
+def _figure(**options: Any) -> Figure:
+    """A new figure on an Agg canvas (matplotlib is imported on first use: servers that never
+    draw never load it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**options)
     FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Figure) -> bytes:
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=100, bbox_inches="tight")
     return out.getvalue()
@@ -49,7 +60,7 @@ def model_png(
         points = np.column_stack([features[:, 0], np.zeros(len(features))])
         marks = np.column_stack([centers[:, 0], np.zeros(len(centers))])
         xlabel, ylabel = columns[0], ""
-    figure = Figure(figsize=(6.4, 4.8))
+    figure = _figure(figsize=(6.4, 4.8))
     axes = figure.add_subplot()
     k = len(centers)
     scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10" if k <= 10 else "tab20", s=12, alpha=0.8)
@@ -77,7 +88,7 @@ def sweep_png(sweep: dict[str, Any]) -> bytes:
         ("davies_bouldin", "Davies-Bouldin (lower is better)"),
         ("calinski_harabasz", "Calinski-Harabasz (higher is better)"),
     ]
-    figure = Figure(figsize=(9, 6.5))
+    figure = _figure(figsize=(9, 6.5))
     axes_grid = figure.subplots(2, 2, sharex=True)
     best = sweep.get("recommended_k")
     for axes, (key, title), colour in zip(axes_grid.flat, metrics, ("C0", "C1", "C2", "C3"), strict=True):
