@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from typing import Any, Protocol
 
 from kmeans import fitjob
@@ -79,6 +80,9 @@ class LocalLauncher:
         self.data_dir = data_dir
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["kmeans.fitjob"])
+        # Start the fork server (it imports numpy and scikit-learn, ~2 s) now, in the
+        # background, rather than when the first fit is waiting for it.
+        threading.Thread(target=forkserver.ensure_running, name="kmeans-forkserver", daemon=True).start()
 
     def start(self, model: dict[str, Any]) -> LocalRun:
         process = self._context.Process(
