@@ -371,16 +371,26 @@ class KMeansClient:
         ``on_update(model)`` sees every state polled. A failed fit is returned, not raised:
         look at ``model["status"]`` and ``model["error"]``.
         """
+        return self._wait(lambda: self.get_model(model_id), f"model {model_id}", timeout, poll, on_update)
+
+    @staticmethod
+    def _wait(
+        fetch: Callable[[], dict[str, Any]],
+        what: str,
+        timeout: float,
+        poll: float,
+        on_update: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            model = self.get_model(model_id)
+            current = fetch()
             if on_update is not None:
-                on_update(model)
-            if model["status"] not in ACTIVE:
-                return model
+                on_update(current)
+            if current["status"] not in ACTIVE:
+                return current
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"model {model_id} is still {model['status']} after {timeout:g} s")
+                raise TimeoutError(f"{what} is still {current['status']} after {timeout:g} s")
             time.sleep(min(poll, left))
 
     def labels(self, model_id: str) -> list[int]:
@@ -391,18 +401,94 @@ class KMeansClient:
         """``{"model_id", "columns", "centers"}``: one center per cluster, in label order."""
         return self._json("GET", f"/models/{_quote(model_id)}/centers")
 
-    def predict(self, model_id: str, points: Any, *, progress: Progress | None = None) -> list[int]:
+    def predict(
+        self, model_id: str, points: Any, *, version: int | None = None, progress: Progress | None = None
+    ) -> list[int]:
         """Labels for ``points``: rows (a list of lists), or a CSV path, binary file object or bytes."""
-        path = f"/models/{_quote(model_id)}/predictions"
+        return self.predictions(model_id, points, version=version, progress=progress)["labels"]
+
+    def predictions(
+        self,
+        model_id: str,
+        points: Any,
+        *,
+        distances: bool = False,
+        all_distances: bool = False,
+        anomalies: bool = False,
+        threshold: float | None = None,
+        version: int | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """The whole prediction document: ``labels``, and distances or anomaly flags when asked for."""
+        params = self._params(
+            distances=_flag(distances), all_distances=_flag(all_distances), anomalies=_flag(anomalies),
+            threshold=threshold, version=version,
+        )
+        return self._send_points("POST", f"/models/{_quote(model_id)}/predictions", points, progress, params)
+
+    def _send_points(
+        self, method: str, path: str, points: Any, progress: Progress | None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Rows as JSON ``{"data": …}``, anything else as a streamed ``text/csv`` body."""
         if isinstance(points, (list, tuple)) or hasattr(points, "tolist"):
             rows = points.tolist() if hasattr(points, "tolist") else [list(row) for row in points]
-            return self._json("POST", path, json={"data": rows})["labels"]
+            return self._json(method, path, json={"data": rows}, params=params)
         content, headers, _, owned = self._csv_body(points, progress)
         try:
-            return self._json("POST", path, content=content, headers=headers)["labels"]
+            return self._json(method, path, content=content, headers=headers, params=params)
         finally:
             if owned is not None:
                 owned.close()
+
+    def plot(self, model_id: str) -> bytes:
+        """A PNG scatter plot of the model's clusters."""
+        return self.request("GET", f"/models/{_quote(model_id)}/plot.png", headers={"Accept": "image/png"}).content
+
+    def export_model(self, model_id: str) -> dict[str, Any]:
+        """The model as a portable JSON document (for ``import_model``)."""
+        return self._json("GET", f"/models/{_quote(model_id)}/export")
+
+    def import_model(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """A new model from an exported document."""
+        return self._json("POST", "/models/import", json=dict(document))
+
+    def push_data(self, model_id: str, points: Any, *, progress: Progress | None = None) -> dict[str, Any]:
+        """Move a minibatch model's centers with new rows; returns the new version."""
+        return self._send_points("POST", f"/models/{_quote(model_id)}/data", points, progress)
+
+    def list_versions(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/models/{_quote(model_id)}/versions")
+
+    def get_version(self, model_id: str, version: int) -> dict[str, Any]:
+        return self._json("GET", f"/models/{_quote(model_id)}/versions/{int(version)}")
+
+    def restore_version(self, model_id: str, version: int) -> dict[str, Any]:
+        return self._json("POST", f"/models/{_quote(model_id)}/versions/{int(version)}/restore")
+
+    # -- sweeps -----------------------------------------------------------------------------
+
+    def create_sweep(
+        self, dataset_id: str, k_min: int, k_max: int, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Fit every k from ``k_min`` to ``k_max`` (in the background) to choose the number of clusters."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "k_min": k_min, "k_max": k_max}
+        if params is not None:
+            body["params"] = dict(params)
+        return self._json("POST", "/sweeps", json=body)
+
+    def list_sweeps(self, offset: int = 0, limit: int = 100, *, dataset_id: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/sweeps", params=self._params(offset=offset, limit=limit, dataset_id=dataset_id))
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/sweeps/{_quote(sweep_id)}")
+
+    def wait_for_sweep(self, sweep_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+        """Poll the sweep until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s."""
+        return self._wait(lambda: self.get_sweep(sweep_id), f"sweep {sweep_id}", timeout, poll, None)
+
+    def sweep_plot(self, sweep_id: str) -> bytes:
+        """A PNG of each metric over k."""
+        return self.request("GET", f"/sweeps/{_quote(sweep_id)}/plot.png", headers={"Accept": "image/png"}).content
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -415,6 +501,10 @@ class KMeansClient:
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 return
+
+
+def _flag(value: bool) -> str | None:
+    return "true" if value else None
 
 
 def _quote(value: str) -> str:
