@@ -175,13 +175,21 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_beat = self._last_sweep = 0.0
+        self._beater: threading.Thread | None = None
+        # The runs this process owns, starting or running: {model_id: run_token}. Beaten by
+        # a thread of their own, so that a slow start (the fork server coming up on a busy
+        # machine) never looks like a dead process to the other servers.
+        self._owned: dict[str, str] = {}
+        self._owned_lock = threading.Lock()
+        self._last_sweep = 0.0
 
     def start(self) -> None:
-        """Start dispatching in a background thread."""
+        """Start dispatching (and beating the heartbeats of fits run here) in background threads."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="kmeans-dispatcher", daemon=True)
+            self._beater = threading.Thread(target=self._beat_loop, name="kmeans-heartbeat", daemon=True)
             self._thread.start()
+            self._beater.start()
 
     def wake(self) -> None:
         """Look at the queue now (a fit was just queued)."""
@@ -191,9 +199,10 @@ class Dispatcher:
         """Stop dispatching; fits running here are stopped and put back in the queue."""
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in (self._thread, self._beater):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._beater = None
         for active in list(self._active.values()):
             active.run.stop()
             # A shutdown is nobody's failure: the attempt does not count.
@@ -203,6 +212,8 @@ class Dispatcher:
                 attempts=max(0, self._attempts(active.model_id) - 1),
             )
         self._active.clear()
+        with self._owned_lock:
+            self._owned.clear()
         self.launcher.close()
 
     def running_here(self) -> list[str]:
@@ -211,6 +222,22 @@ class Dispatcher:
     def _attempts(self, model_id: str) -> int:
         model = self.store.get_model(model_id)
         return model["attempts"] if model else 0
+
+    def _own(self, model_id: str, run_token: str | None) -> None:
+        with self._owned_lock:
+            if run_token is None:
+                self._owned.pop(model_id, None)
+            else:
+                self._owned[model_id] = run_token
+
+    def _beat_loop(self) -> None:
+        while not self._stopping.wait(BEAT_EVERY):
+            with self._owned_lock:
+                owned = dict(self._owned)
+            try:
+                self.store.beat(owned)
+            except Exception:  # e.g. a locked database: the next beat comes in a second
+                log.exception("heartbeat failed")
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -222,13 +249,10 @@ class Dispatcher:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round: reap, enforce cancellations and limits, beat, sweep, claim."""
+        """One round: reap, enforce cancellations and limits, sweep, claim."""
         self._reap()
         self._enforce()
         moment = time.monotonic()
-        if moment - self._last_beat >= BEAT_EVERY:
-            self._last_beat = moment
-            self.store.beat({a.model_id: a.run_token for a in self._active.values()})
         if moment - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = moment
             self.recover_stale()
@@ -239,6 +263,7 @@ class Dispatcher:
             if not active.run.done():
                 continue
             del self._active[model_id]
+            self._own(model_id, None)
             model = self.store.get_model(model_id)
             if model is not None and model["status"] == "running" and model["run_token"] == active.run_token:
                 # The process ended without recording an outcome: it crashed or was killed.
@@ -264,7 +289,7 @@ class Dispatcher:
         """Re-queue (once) or fail running fits whose process stopped beating; returns how many."""
         count = 0
         for model in self.store.stale_runs(time.time() - self.heartbeat_timeout):
-            if model["id"] in self._active:
+            if model["id"] in self._active or model["id"] in self._owned:
                 continue
             self._requeue_or_fail(
                 model, f"the process running it ({model.get('worker')}) stopped answering for"
@@ -295,9 +320,11 @@ class Dispatcher:
             model = self.store.claim_next(self.worker, self.max_running, secrets.token_hex(8))
             if model is None:
                 return
+            self._own(model["id"], model["run_token"])
             try:
                 run = self.launcher.start(model)
             except Exception as exc:
+                self._own(model["id"], None)
                 log.exception("could not start the fit of %s", model["id"])
                 self.store.update_model(
                     model["id"], ("running",), model["run_token"], status="failed", finished_at=now(),

@@ -139,7 +139,7 @@ def kill_server_mid_fit(server, url: str, model_id: str) -> None:
 
 def test_kill_9_mid_fit_requeues_once_then_fails(gunicorn_server, tmp_path: Path):
     data_dir = tmp_path / "data"
-    env = {"KMEANS_HEARTBEAT_TIMEOUT": "3"}
+    env = {"KMEANS_HEARTBEAT_TIMEOUT": "5"}
     with gunicorn_server(data_dir, **env) as url:
         dataset_id = make_dataset(url)
         model_id = start_fit(url, dataset_id, n_init=60)
