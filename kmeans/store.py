@@ -7,6 +7,7 @@ row that points at them is committed, so a crash never leaves a row without its 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -150,7 +151,14 @@ class Store:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "kmeans.sqlite3"
         self._local = threading.local()
-        self._conn().executescript(SCHEMA)  # idempotent; executescript manages its own commit
+        # Server processes starting together on a new data dir would race to switch it to WAL
+        # and create the tables ("database is locked", a worker that fails to boot): one at a
+        # time, under a file lock. Both steps are no-ops once done.
+        with open(self.root / "kmeans.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+            conn.executescript(SCHEMA)  # executescript manages its own commit
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -160,7 +168,6 @@ class Store:
         if conn is None or self._local.pid != os.getpid():
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
