@@ -23,7 +23,7 @@ MAX_PARTS = 16
 class SpooledFile:
     """An uploaded file already on disk, with its digest and size."""
 
-    path: Path
+    path: Path | None  # None: a small body that was parsed in memory, never written
     filename: str | None = None
     field: str = "file"
     content_type: str | None = None

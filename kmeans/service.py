@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -93,19 +94,22 @@ class KMeansService:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def _spool(self, stream: BinaryIO) -> SpooledFile:
-        """Copy a body to a temp file in bounded chunks, hashing it and enforcing the size limit."""
+    def _spool(self, stream: BinaryIO, head: bytes = b"") -> SpooledFile:
+        """Copy a body (``head`` first, already read) to a temp file in bounded chunks, hashing
+        it and enforcing the size limit."""
         limit = self.settings.max_upload_bytes
         digest = hashlib.sha256()
         spooled = SpooledFile(path=self.store.temp_path(".csv"))
         try:
             with open(spooled.path, "wb") as out:
-                while chunk := stream.read(CHUNK_BYTES):
+                chunk = head
+                while chunk:
                     spooled.size += len(chunk)
                     if spooled.size > limit:
                         raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
                     digest.update(chunk)
                     out.write(chunk)
+                    chunk = stream.read(CHUNK_BYTES)
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
@@ -116,10 +120,23 @@ class KMeansService:
         """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size).
 
         ``source`` is a file already on disk (a streamed multipart part, removed by its
-        owner) or a stream, which is spooled to a temp file first and removed here.
+        owner) or a stream. A stream that ends within CHUNK_BYTES (a typical prediction
+        request) is parsed in memory; a longer one is spooled to a temp file first and the
+        file is removed here.
         """
+        if not isinstance(source, SpooledFile):
+            head = source.read(CHUNK_BYTES)
+            if len(head) < CHUNK_BYTES:
+                if len(head) > self.settings.max_upload_bytes:
+                    raise PayloadTooLarge(
+                        f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes"
+                    )
+                if not head:
+                    raise Unprocessable("the CSV file is empty: it has no rows")
+                received = SpooledFile(path=None, sha256=hashlib.sha256(head).hexdigest(), size=len(head))
+                return csvio.read_csv(io.BytesIO(head)), received
         owned = not isinstance(source, SpooledFile)
-        spooled = self._spool(source) if owned else source
+        spooled = self._spool(source, head) if owned else source
         try:
             if spooled.size == 0:
                 raise Unprocessable("the CSV file is empty: it has no rows")
