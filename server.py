@@ -19,12 +19,13 @@ from typing import Any
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 import connexion
+import yaml
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
 from kmeans.api.bridge import EagerWSGIMiddleware
-from kmeans.api.validation import DisconnectMiddleware, RequestLimitsMiddleware, validator_map
+from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings
 from kmeans.errors import ProblemError
 from kmeans.service import KMeansService
@@ -82,6 +83,14 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
         RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
     )
     app.add_middleware(DisconnectMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
+    spec = yaml.safe_load((ROOT / "api.yaml").read_text())
+    base = spec["servers"][0]["url"].rstrip("/")
+    paths = {
+        base + path: [m.upper() for m in item if m in ("get", "put", "post", "delete", "patch", "head", "options")]
+        for path, item in spec["paths"].items()
+    }
+    # Outside the exception middleware, which is where the 405 is rendered.
+    app.add_middleware(AllowMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, paths=paths)
     return app
 
 

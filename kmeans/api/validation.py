@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -80,6 +81,35 @@ class RequestLimitsMiddleware:
             await self.app(scope, limited_receive, send)
         finally:
             remove(spooled)
+
+
+class AllowMiddleware:
+    """Make a 405's ``Allow`` list every method api.yaml declares for the path.
+
+    connexion routes each operation separately, so a 405 names only one route's methods.
+    """
+
+    def __init__(self, app: ASGIApp, paths: dict[str, list[str]]) -> None:
+        self.app = app
+        self.paths = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"), sorted(methods))
+            for template, methods in paths.items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods = next((m for pattern, m in self.paths if pattern.match(scope["path"])), None)
+                if methods:
+                    headers = MutableHeaders(scope=message)
+                    headers["allow"] = ", ".join(methods)
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)
 
 
 class DisconnectMiddleware:

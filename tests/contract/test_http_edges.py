@@ -39,14 +39,6 @@ def test_multipart_fields_the_spec_does_not_name_are_400(client):
     assert "extra" in response.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: connexion's RoutingMiddleware adds one Starlette route per method, so a 405 for a"
-    " path with several operations lists only the first route's method(s) in Allow (RFC 9110"
-    " wants all of them). Fix: in server.build_app, add an ASGI middleware (position"
-    " BEFORE_SWAGGER) that, on an http.response.start with status 405, sets Allow to the"
-    " methods api.yaml declares for the path template the request path matches.",
-)
 @pytest.mark.parametrize(
     ("path", "methods"),
     [("/kmeans/models", {"GET", "POST"}), ("/kmeans/datasets/ds_0000000000000000", {"GET", "DELETE"})],
