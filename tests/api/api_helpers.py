@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from conftest import EXAMPLES, wait_for_model
 from starlette.testclient import TestClient
 
@@ -100,3 +101,13 @@ def app_client(data_dir: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2)
     with build_app(settings).test_client() as client:
         yield client
+
+
+def json_dataset(api: TestClient, data: Any, columns: list[str] | None = None) -> str:
+    """Create a dataset from JSON rows (a list or an array); returns its id."""
+    body: dict[str, Any] = {"data": np.asarray(data).tolist()}
+    if columns:
+        body["columns"] = columns
+    response = api.post("/kmeans/datasets", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]

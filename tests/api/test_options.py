@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from api_helpers import CSV, JSON, assert_problem, fit
+from api_helpers import json_dataset as dataset
 from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
 from sklearn.metrics import davies_bouldin_score, silhouette_score
 from starlette.testclient import TestClient
@@ -23,13 +24,6 @@ def api(tmp_path_factory) -> Iterator[TestClient]:
         yield client
 
 
-def dataset(api: TestClient, data, columns=None) -> str:
-    body = {"data": np.asarray(data).tolist()}
-    if columns:
-        body["columns"] = columns
-    response = api.post("/kmeans/datasets", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def succeeded(api: TestClient, dataset_id: str, **params) -> dict:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from api_helpers import assert_problem, fit
+from api_helpers import json_dataset as dataset
 from matplotlib.image import imread
 from starlette.testclient import TestClient
 
@@ -26,13 +27,6 @@ def api(tmp_path_factory) -> Iterator[TestClient]:
         yield client
 
 
-def dataset(api: TestClient, data, columns=None) -> str:
-    body = {"data": np.asarray(data).tolist()}
-    if columns:
-        body["columns"] = columns
-    response = api.post("/kmeans/datasets", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def blobs(n_centers: int, dims: int, per: int = 60, seed: int = 0) -> np.ndarray:
