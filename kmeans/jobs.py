@@ -216,9 +216,6 @@ class Dispatcher:
             self._owned.clear()
         self.launcher.close()
 
-    def running_here(self) -> list[str]:
-        return list(self._active)
-
     def _attempts(self, model_id: str) -> int:
         model = self.store.get_model(model_id)
         return model["attempts"] if model else 0

@@ -22,8 +22,6 @@ import numpy as np
 
 from kmeans.errors import Unprocessable
 
-# Options of ModelParams that are ours, not scikit-learn's.
-OWN_OPTIONS = ("method", "standardize", "distance", "columns", "weight_column", "contamination")
 DEFAULT_N_CLUSTERS = 8
 
 
