@@ -336,6 +336,19 @@ def models_labels(state: State, model_id: str) -> None:
     emit(state, state.client.labels(model_id), lines)
 
 
+@models.command("plot")
+@click.argument("model_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Where to write the PNG.")
+@json_option
+def models_plot(state: State, model_id: str, output: Path) -> None:
+    """Save a PNG scatter plot of the model's clusters (PCA when more than two features)."""
+    png = state.client.plot(model_id)
+    output.write_bytes(png)
+    emit(state, {"model_id": model_id, "path": str(output), "bytes": len(png)},
+         lambda r: out.print(f"wrote {r['path']} ({r['bytes']} bytes)"))
+
+
 @models.command("cancel")
 @click.argument("model_id")
 @json_option

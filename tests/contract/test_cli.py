@@ -96,6 +96,9 @@ def test_models_commands(run, points: Path):
     new.write_text("0,0\n12,3\n")
     assert ok(run("predict", model_id, str(new))).split() == [labels[2], labels[3]]
     assert json.loads(ok(run("predict", model_id, str(new), "--json"))) == [int(labels[2]), int(labels[3])]
+    picture = points.with_name("clusters.png")
+    assert "wrote" in ok(run("models", "plot", model_id, "-o", str(picture)))
+    assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "deleted" in ok(run("models", "delete", model_id))
 
 
