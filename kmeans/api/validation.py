@@ -22,6 +22,7 @@ from typing import Any
 
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
+from connexion.json_schema import Draft4RequestValidator
 from connexion.utils import is_null, is_nullable
 from connexion.validators import (
     VALIDATOR_MAP,
@@ -175,15 +176,39 @@ class NamingParameterValidator(ParameterValidator):
     def validate_parameter(parameter_type: str, value: Any, param: dict, param_name: str | None = None) -> str | None:
         if value is None or (is_nullable(param) and is_null(value)):
             return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        validator = _cached_validator(param.get("schema", param), _draft4)
         try:
-            Draft4Validator(param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER).validate(value)
+            validator.validate(value)
         except ValidationError as exc:
             return f"{parameter_type} parameter '{param_name or param['name']}': {exc.message}"
         return None
 
 
+_VALIDATORS: dict[int, tuple[dict, Any]] = {}
+
+
+def _draft4(schema: dict) -> Draft4Validator:
+    return Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+
+
+def _cached_validator(schema: dict, build: Callable[[dict], Any]) -> Any:
+    """One jsonschema validator per schema, not one per request: building one costs more than
+    most validations. Keyed by identity; the spec's schema dicts live as long as the app."""
+    hit = _VALIDATORS.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        hit = _VALIDATORS[id(schema)] = (schema, build(schema))
+    return hit[1]
+
+
 class Utf8JSONValidator(JSONRequestBodyValidator):
-    """Like connexion's, but a body that is not UTF-8 is a 400, not an unhandled UnicodeDecodeError."""
+    """Like connexion's, but a body that is not UTF-8 is a 400, not an unhandled UnicodeDecodeError,
+    and the schema's validator is built once."""
+
+    @property
+    def _validator(self) -> Any:
+        return _cached_validator(
+            self._schema, lambda schema: Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+        )
 
     async def _parse(self, stream: Any, scope: Scope) -> Any:
         try:
