@@ -136,22 +136,25 @@ def versions(store: Store, model: dict[str, Any]) -> dict[str, Any]:
     return {"model_id": model["id"], "current": current, "items": [_summary(r) for r in rows]}
 
 
-def version(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
-    with store.transaction() as db:
-        _ensure_first(db, store, model)
-        row = _row(db, model["id"], number)
+def _existing(db: Any, store: Store, model: dict[str, Any], number: int) -> Any:
+    """Version ``number`` of a model, or NotFound."""
+    _ensure_first(db, store, model)
+    row = _row(db, model["id"], number)
     if row is None:
         raise NotFound(f"model {model['id']} has no version {number}")
+    return row
+
+
+def version(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
+    with store.transaction() as db:
+        row = _existing(db, store, model, number)
     return {"model_id": model["id"], "columns": model["columns"], **_summary(row, True, model.get("preprocessing"))}
 
 
 def restore(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
     """Make a new version with the centers and counts of version ``number``."""
     with store.transaction() as db:
-        _ensure_first(db, store, model)
-        old = _row(db, model["id"], number)
-        if old is None:
-            raise NotFound(f"model {model['id']} has no version {number}")
+        old = _existing(db, store, model, number)
         centers = np.asarray(json.loads(old["centers"]), dtype=np.float64)
         counts = np.asarray(json.loads(old["counts"]), dtype=np.float64)
         row = _append(db, model["id"], centers, counts, 0, f"restore of {number}")
