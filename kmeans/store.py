@@ -115,6 +115,11 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 """
 
+# The newest upload of a file name and content whose dataset still exists.
+SAME_UPLOAD = (
+    "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
+    " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1"
+)
 JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -404,22 +409,14 @@ class Store:
 
     def find_upload(self, filename: str, sha256: str) -> dict[str, Any] | None:
         """The newest upload of the same name and content whose dataset still exists."""
-        return self._one(
-            "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
-            " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1",
-            (filename, sha256),
-        )
+        return self._one(SAME_UPLOAD, (filename, sha256))
 
     def add_upload(self, filename: str, sha256: str, dataset_id: str) -> int:
         """Number a new upload 0, 1, 2, … — unless the same name and content is already an
         upload with a live dataset, whose job_id is returned instead. One transaction, so
         concurrent uploads of one file (retries, several workers) get one job_id."""
         with self.transaction() as db:
-            earlier = db.execute(
-                "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
-                " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1",
-                (filename, sha256),
-            ).fetchone()
+            earlier = db.execute(SAME_UPLOAD, (filename, sha256)).fetchone()
             if earlier is not None:
                 return earlier["job_id"]
             db.execute(
