@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -59,6 +59,13 @@ def _cached_centers(path: str) -> np.ndarray:
     return Store.load_array(Path(path))
 
 
+def _parse(open_csv: Callable[[], BinaryIO], size: int) -> csvio.Table:
+    if size == 0:
+        raise Unprocessable("the CSV file is empty: it has no rows")
+    with open_csv() as handle:
+        return csvio.read_csv(handle)
+
+
 class KMeansService:
     """Datasets, models and the classic job flow, on top of a Store and a runner."""
 
@@ -94,10 +101,12 @@ class KMeansService:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def _spool(self, stream: BinaryIO, head: bytes = b"") -> SpooledFile:
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
+
+    def _spool(self, stream: BinaryIO, head: bytes) -> SpooledFile:
         """Copy a body (``head`` first, already read) to a temp file in bounded chunks, hashing
         it and enforcing the size limit."""
-        limit = self.settings.max_upload_bytes
         digest = hashlib.sha256()
         spooled = SpooledFile(path=self.store.temp_path(".csv"))
         try:
@@ -105,8 +114,8 @@ class KMeansService:
                 chunk = head
                 while chunk:
                     spooled.size += len(chunk)
-                    if spooled.size > limit:
-                        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes")
+                    if spooled.size > self.settings.max_upload_bytes:
+                        raise self._too_large()
                     digest.update(chunk)
                     out.write(chunk)
                     chunk = stream.read(CHUNK_BYTES)
@@ -124,28 +133,19 @@ class KMeansService:
         request) is parsed in memory; a longer one is spooled to a temp file first and the
         file is removed here.
         """
-        if not isinstance(source, SpooledFile):
-            head = source.read(CHUNK_BYTES)
-            if len(head) < CHUNK_BYTES:
-                if len(head) > self.settings.max_upload_bytes:
-                    raise PayloadTooLarge(
-                        f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes"
-                    )
-                if not head:
-                    raise Unprocessable("the CSV file is empty: it has no rows")
-                received = SpooledFile(path=None, sha256=hashlib.sha256(head).hexdigest(), size=len(head))
-                return csvio.read_csv(io.BytesIO(head)), received
-        owned = not isinstance(source, SpooledFile)
-        spooled = self._spool(source, head) if owned else source
+        if isinstance(source, SpooledFile):
+            return _parse(source.open, source.size), source
+        head = source.read(CHUNK_BYTES)
+        if len(head) < CHUNK_BYTES:  # that was the whole body
+            if len(head) > self.settings.max_upload_bytes:
+                raise self._too_large()
+            received = SpooledFile(path=None, sha256=hashlib.sha256(head).hexdigest(), size=len(head))
+            return _parse(lambda: io.BytesIO(head), len(head)), received
+        spooled = self._spool(source, head)
         try:
-            if spooled.size == 0:
-                raise Unprocessable("the CSV file is empty: it has no rows")
-            with spooled.open() as handle:
-                table = csvio.read_csv(handle)
+            return _parse(spooled.open, spooled.size), spooled
         finally:
-            if owned:
-                spooled.path.unlink(missing_ok=True)
-        return table, spooled
+            spooled.path.unlink(missing_ok=True)
 
     def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int) -> dict[str, Any]:
         record = {
@@ -273,17 +273,22 @@ class KMeansService:
             prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
         return pre
 
+    def _cancel(self, model_id: str) -> bool:
+        """Mark a queued or running fit cancelled (its owner kills its process); False if it was not."""
+        cancelled = self.store.update_model(
+            model_id, ACTIVE, status="cancelled", finished_at=now(), phase="cancelled", run_token=None
+        )
+        if cancelled and self.dispatcher is not None:
+            self.dispatcher.wake()
+        return cancelled
+
     def cancel_model(self, model_id: str) -> dict[str, Any]:
         """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
-        if not self.store.update_model(
-            model_id, ACTIVE, status="cancelled", finished_at=now(), phase="cancelled", run_token=None
-        ):
+        if not self._cancel(model_id):
             model = self.get_model(model_id)  # 404 if unknown
             raise Conflict(
                 f"model {model_id} is already {model['status']}; only queued or running fits can be cancelled"
             )
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
         self.notify(model_id)
         return self.get_model(model_id)
 
@@ -359,9 +364,7 @@ class KMeansService:
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model; a queued or running fit is cancelled first."""
-        cancelled = self.store.update_model(model_id, ACTIVE, status="cancelled", finished_at=now(), run_token=None)
-        if cancelled and self.dispatcher is not None:
-            self.dispatcher.wake()
+        self._cancel(model_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 
