@@ -62,10 +62,8 @@ def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: st
 
 
 def server_sent_events(changes: Iterator[tuple[int, dict]], event: str, keep_alive_every: int = 8) -> Iterator[bytes]:
-    """Format ``(id, data)`` pairs as SSE; ``(0, {})`` pairs become an occasional keep-alive comment.
-
-    Writing something every couple of seconds is also how a closed connection is noticed.
-    """
+    """Format ``(id, data)`` pairs as SSE; ``(0, {})`` pairs become an occasional keep-alive comment,
+    which keeps proxies from closing an idle stream. (A hang-up is noticed by DisconnectMiddleware.)"""
     yield b"retry: 1000\n\n"
     idle = 0
     for event_id, data in changes:
