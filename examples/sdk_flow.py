@@ -1,7 +1,10 @@
 """The whole flow with kmeans.client, the project's Python SDK: upload a CSV file, fit in the
 background, wait, read the result, label new points, and handle an error.
 
-    python examples/sdk_flow.py [--url http://localhost:8080]
+    python examples/sdk_flow.py [--url http://localhost:8080] [--token kms_…]
+
+The token defaults to $KMEANS_TOKEN (the client reads it); a server without tokens needs none
+from its own machine.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("KMEANS_URL", "http://localhost:8080"))
+    parser.add_argument("--token", help="a bearer token (default: $KMEANS_TOKEN)")
     args = parser.parse_args()
 
-    with KMeansClient(args.url, timeout=30) as km:
+    with KMeansClient(args.url, timeout=30, token=args.token) as km:
         print(f"service {km.ping()['status']}")
+        me = km.whoami()  # Unauthorized (401) without a valid token on a server that has tokens
+        print(f"working as {me['role']} in {me['project'] or 'every project'}")
 
         # A path is streamed in chunks; progress(sent, total) is called after each one.
         dataset = km.create_dataset(HERE / "model.csv", name="points", progress=lambda sent, total: None)

@@ -6,7 +6,11 @@
 
 Tables for people, ``--json`` for scripts (plain JSON on stdout). Exit codes: 0 ok, 1 the
 server answered with an error (its detail on stderr), 2 a usage error, 3 the server cannot be
-reached.
+reached, 4 the server refused the token: none, unknown, revoked or expired (401), or its role
+may not do this (403).
+
+The token comes from ``--token`` or, better (it stays out of shell history and process
+lists), the ``KMEANS_TOKEN`` environment variable; it is never printed.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 from rich.table import Table
 
 from kmeans import __version__
-from kmeans.client import ACTIVE, ApiError, CannotConnect, KMeansClient
+from kmeans.client import ACTIVE, ApiError, CannotConnect, Forbidden, InvalidToken, KMeansClient, Unauthorized
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT = 1, 2, 3
+EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH = 1, 2, 3, 4
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Piped output is not cut at 80 columns (ids stay whole); a terminal uses its own width.
 out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
@@ -39,17 +44,24 @@ err = Console(stderr=True, highlight=False)
 class State:
     """What every command needs: the client, and whether to print JSON."""
 
-    def __init__(self, url: str, timeout: float, as_json: bool, http: Any = None) -> None:
+    def __init__(
+        self, url: str, timeout: float, as_json: bool, http: Any = None, token: str | None = None
+    ) -> None:
         self.url = url
         self.as_json = as_json
         self._client: KMeansClient | None = None
         self._timeout = timeout
         self._http = http
+        self._token = token
+
+    def __repr__(self) -> str:
+        return f"State(url={self.url!r}, as_json={self.as_json})"
 
     @property
     def client(self) -> KMeansClient:
+        """The client, made on first use (with the token of --token or KMEANS_TOKEN)."""
         if self._client is None:
-            self._client = KMeansClient(self.url, timeout=self._timeout, http=self._http)
+            self._client = KMeansClient(self.url, timeout=self._timeout, token=self._token, http=self._http)
         return self._client
 
 
@@ -63,9 +75,20 @@ class KMeansGroup(click.Group):
             err.print(f"error: cannot connect to {exc.url} ({exc.reason or type(exc.reason).__name__});"
                       " is the server running? (set --url or KMEANS_URL)", markup=False)
             ctx.exit(EXIT_CONNECT)
+        except Unauthorized as exc:
+            sent = isinstance(ctx.obj, State) and ctx.obj._client is not None and ctx.obj._client.has_token
+            hint = ("the token was refused" if sent else "no token was given") + "; pass --token or set KMEANS_TOKEN"
+            err.print(f"error 401: {exc.detail} ({hint})", markup=False)
+            ctx.exit(EXIT_AUTH)
+        except Forbidden as exc:
+            err.print(f"error 403: {exc.detail} (see `kmeans whoami` for the token's role and project)", markup=False)
+            ctx.exit(EXIT_AUTH)
         except ApiError as exc:
             err.print(f"error {exc.status}: {exc.detail}", markup=False)
             ctx.exit(EXIT_API_ERROR)
+        except InvalidToken as exc:
+            err.print(f"error: --token / KMEANS_TOKEN: {exc}", markup=False)
+            ctx.exit(EXIT_USAGE)
         except TimeoutError as exc:
             err.print(f"error: {exc}", markup=False)
             ctx.exit(EXIT_API_ERROR)
@@ -131,26 +154,38 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def parse_duration(text: str) -> int:
+    """``3600``, ``90m``, ``12h`` or ``30d`` as seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
+    return int(number) * DURATION[unit]
+
+
 # -- the command tree ----------------------------------------------------------------------
 
 
 @click.group(cls=KMeansGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="KMEANS_URL", default=DEFAULT_URL, show_default=True,
               help="The server's root URL (or set KMEANS_URL).")
+@click.option("--token", envvar="KMEANS_TOKEN", metavar="TOKEN", show_default=False, show_envvar=True,
+              help="Bearer token to send (better: set KMEANS_TOKEN, which keeps it out of shell history).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds to wait for each HTTP request.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
 @click.version_option(__version__, prog_name="kmeans")
 @click.pass_context
-def cli(ctx: click.Context, url: str, timeout: float, as_json: bool) -> None:
+def cli(ctx: click.Context, url: str, token: str | None, timeout: float, as_json: bool) -> None:
     """Cluster numeric data with a kmeans-service server: upload datasets, fit k-means models,
     look at them, and label new points.
 
     Exit codes: 0 ok, 1 the server said no (its reason on stderr), 2 usage error, 3 the server
-    cannot be reached.
+    cannot be reached, 4 the token was refused (401: none, unknown, revoked or expired) or its
+    role may not do this (403).
     """
     http = ctx.obj.get("http") if isinstance(ctx.obj, dict) else None  # tests pass an in-process client
-    ctx.obj = State(url, timeout, as_json, http)
+    # "" (e.g. KMEANS_TOKEN= or --token "") means no token, not "read KMEANS_TOKEN again".
+    ctx.obj = State(url, timeout, as_json, http, token or "")
     ctx.call_on_close(lambda: ctx.obj._client and ctx.obj._client.close())
 
 
@@ -175,8 +210,9 @@ DATASET_COLUMNS = ("id", "name", "rows", "n_features", "created_at")
 @datasets.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
 @click.option("--name", help="A label for the dataset (default: the file's name).")
+@click.option("--project", help="The project to put it in (default: the token's own).")
 @json_option
-def datasets_upload(state: State, file: Path, name: str | None) -> None:
+def datasets_upload(state: State, file: Path, name: str | None, project: str | None) -> None:
     """Upload a CSV FILE as a dataset (streamed in chunks, with a progress bar)."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -185,7 +221,7 @@ def datasets_upload(state: State, file: Path, name: str | None) -> None:
         task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
         # The client reads the file in chunks through a generator and reports after each one.
         dataset = state.client.create_dataset(
-            file, name=name, progress=lambda sent, total: bar.update(task, completed=sent, total=total)
+            file, name=name, project=project, progress=lambda sent, total: bar.update(task, completed=sent, total=total)
         )
     emit(state, dataset, lambda d: fields(d, title=f"dataset {d['id']}"))
 
@@ -193,10 +229,11 @@ def datasets_upload(state: State, file: Path, name: str | None) -> None:
 @datasets.command("list")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--project", help="Only datasets of this project.")
 @json_option
-def datasets_list(state: State, offset: int, limit: int) -> None:
+def datasets_list(state: State, offset: int, limit: int, project: str | None) -> None:
     """List datasets, newest first."""
-    page = state.client.list_datasets(offset, limit)
+    page = state.client.list_datasets(offset, limit, project=project)
     emit(state, page, lambda p: table(
         ([d.get(c) for c in DATASET_COLUMNS] for d in p["items"]), *DATASET_COLUMNS,
         title=_page_title("datasets", p),
@@ -299,10 +336,13 @@ def _wait(state: State, model: dict[str, Any], timeout: float) -> dict[str, Any]
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--project", help="Only models of this project.")
 @json_option
-def models_list(state: State, dataset_id: str | None, status: str | None, offset: int, limit: int) -> None:
+def models_list(
+    state: State, dataset_id: str | None, status: str | None, offset: int, limit: int, project: str | None
+) -> None:
     """List models, newest first."""
-    page = state.client.list_models(offset, limit, dataset_id=dataset_id, status=status)
+    page = state.client.list_models(offset, limit, dataset_id=dataset_id, status=status, project=project)
     emit(state, page, lambda p: table(
         (_model_row(m) for m in p["items"]), *MODEL_COLUMNS, title=_page_title("models", p),
     ))
@@ -373,6 +413,139 @@ def models_delete(state: State, model_id: str) -> None:
 def predict(state: State, model_id: str, file: Path) -> None:
     """Label the points of a CSV FILE with MODEL_ID, one label per line."""
     emit(state, state.client.predict(model_id, file), lines)
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@json_option
+def whoami(state: State) -> None:
+    """Show who requests run as: the token's role and project."""
+    emit(state, state.client.whoami(), _describe_caller)
+
+
+def _describe_caller(me: dict[str, Any]) -> None:
+    if me.get("open"):
+        out.print(f"{me['role']} (no token needed: this server has no tokens and serves only its own machine)")
+        return
+    where = f"project {me['project']}" if me.get("project") else "every project"
+    expiry = f", expires {me['expires_at']}" if me.get("expires_at") else ""
+    out.print(f"{me['role']} in {where} (token {me['token_id']}{expiry})")
+
+
+@cli.group()
+def projects() -> None:
+    """Projects: what a guest or contributor token sees (admin)."""
+
+
+PROJECT_COLUMNS = ("id", "description", "created_at")
+
+
+@projects.command("create")
+@click.argument("project_id")
+@click.option("--description", default="", help="What the project is for.")
+@json_option
+def projects_create(state: State, project_id: str, description: str) -> None:
+    """Create a project named PROJECT_ID (lower-case letters, digits, - and _)."""
+    emit(state, state.client.create_project(project_id, description), lambda p: fields(p, title=f"project {p['id']}"))
+
+
+@projects.command("list")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def projects_list(state: State, offset: int, limit: int) -> None:
+    """List projects."""
+    page = state.client.list_projects(offset, limit)
+    emit(state, page, lambda p: table(
+        ([r.get(c) for c in PROJECT_COLUMNS] for r in p["items"]), *PROJECT_COLUMNS,
+        title=_page_title("projects", p),
+    ))
+
+
+@projects.command("show")
+@click.argument("project_id")
+@json_option
+def projects_show(state: State, project_id: str) -> None:
+    """Show a project."""
+    emit(state, state.client.get_project(project_id), lambda p: fields(p, title=f"project {p['id']}"))
+
+
+@projects.command("delete")
+@click.argument("project_id")
+@json_option
+def projects_delete(state: State, project_id: str) -> None:
+    """Delete a project; it must be empty (no datasets, models, sweeps or tokens that are not revoked)."""
+    state.client.delete_project(project_id)
+    emit(state, {"deleted": project_id}, lambda r: out.print(f"deleted project {project_id}"))
+
+
+@cli.group()
+def tokens() -> None:
+    """Bearer tokens: who may do what, in which project (admin)."""
+
+
+TOKEN_COLUMNS = ("id", "name", "role", "project", "status", "expires_at", "created_at")
+
+
+def _token_row(token: dict[str, Any]) -> list[Any]:
+    return [token["id"], token.get("name"), token["role"], token.get("project") or "(all)", token.get("status"),
+            token.get("expires_at"), token.get("created_at")]
+
+
+@tokens.command("create")
+@click.option("--role", type=click.Choice(["guest", "contributor", "admin"]), required=True,
+              help="guest reads and predicts; contributor also creates and deletes; admin does everything.")
+@click.option("--project", help="Where a guest or contributor token works (default: default); not for admin.")
+@click.option("--name", help="What the token is for.")
+@click.option("--expires-in", type=parse_duration, metavar="DURATION",
+              help="Lifetime: seconds, or 90m, 12h, 30d (default: no expiry).")
+@json_option
+def tokens_create(state: State, role: str, project: str | None, name: str | None, expires_in: int | None) -> None:
+    """Create a token and print its secret, which is shown only this once.
+
+    The secret alone goes to stdout (TOKEN=$(kmeans tokens create …) works), what it is to
+    stderr; with --json, stdout is the whole record, the secret in "token".
+    """
+    record = state.client.create_token(role, project=project, name=name, expires_in=expires_in)
+    if state.as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    where = f"project {record['project']}" if record.get("project") else "every project"
+    expiry = f", expires {record['expires_at']}" if record.get("expires_at") else ""
+    err.print(f"created {record['role']} token {record['id']} ({where}{expiry}). Its secret is shown only"
+              " this once: store it now (the server keeps only a hash).", markup=False)
+    click.echo(record["token"])
+
+
+@tokens.command("list")
+@click.option("--project", help="Only tokens of this project.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def tokens_list(state: State, project: str | None, offset: int, limit: int) -> None:
+    """List tokens (never their secrets)."""
+    page = state.client.list_tokens(offset, limit, project=project)
+    emit(state, page, lambda p: table(
+        (_token_row(t) for t in p["items"]), *TOKEN_COLUMNS, title=_page_title("tokens", p),
+    ))
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@json_option
+def tokens_show(state: State, token_id: str) -> None:
+    """Show a token (never its secret)."""
+    emit(state, state.client.get_token(token_id), lambda t: fields(t, title=f"token {t['id']}"))
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@json_option
+def tokens_revoke(state: State, token_id: str) -> None:
+    """Revoke a token: the server refuses it from the next request on."""
+    emit(state, state.client.revoke_token(token_id), lambda t: out.print(f"token {t['id']} is {t['status']}"))
 
 
 def _page_title(what: str, page: dict[str, Any]) -> str:

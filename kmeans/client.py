@@ -2,7 +2,7 @@
 
     from kmeans.client import KMeansClient, NotFound
 
-    with KMeansClient("http://127.0.0.1:8080") as km:
+    with KMeansClient("http://127.0.0.1:8080", token="kms_…") as km:   # or set KMEANS_TOKEN
         dataset = km.create_dataset("examples/model.csv")        # a path streams the file
         model = km.create_model(dataset["id"], {"n_clusters": 2, "random_state": 0})
         model = km.wait_for_model(model["id"], timeout=60)
@@ -13,10 +13,16 @@ Every method returns the server's JSON (dicts and lists). An answer with a 4xx o
 raises an ``ApiError`` subclass carrying ``.status``, ``.problem`` (the problem document) and
 ``.detail``; a server that cannot be reached raises ``CannotConnect``. Files are never read
 whole: they are sent in chunks, and ``progress(sent, total)`` is called after each chunk.
+
+Every request carries ``Authorization: Bearer <token>``: the ``token`` given, else the
+``KMEANS_TOKEN`` environment variable (a server without tokens serves local clients without
+one). A missing, unknown, revoked or expired token raises ``Unauthorized`` (401), a role that
+may not act ``Forbidden`` (403). The token is never part of a repr or an error message.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +35,7 @@ import httpx
 CHUNK_BYTES = 256 * 1024
 DEFAULT_TIMEOUT = 30.0
 ACTIVE = ("queued", "running")
+TOKEN_ENV = "KMEANS_TOKEN"
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -62,12 +69,16 @@ class BadRequest(ApiError):
     """400: the request does not match the API (the detail names the parameter)."""
 
 
+class InvalidToken(KMeansError, ValueError):
+    """The token given (or in KMEANS_TOKEN) cannot be sent in an HTTP header; raised before any request."""
+
+
 class Unauthorized(ApiError):
-    """401."""
+    """401: no bearer token, or one that is unknown, revoked or expired (the detail says which)."""
 
 
 class Forbidden(ApiError):
-    """403."""
+    """403: the token's role may not do this, or may not name that project."""
 
 
 class NotFound(ApiError):
@@ -159,23 +170,50 @@ def _size(handle: IO[bytes]) -> int | None:
         return None
 
 
+def _checked_token(token: str | None) -> str | None:
+    """``token`` without surrounding whitespace, or None for none; InvalidToken (not naming it) if unsendable."""
+    token = (token or "").strip()
+    if not token:
+        return None
+    if not all("!" <= c <= "~" for c in token):  # visible ASCII: what a bearer token is made of
+        raise InvalidToken("the bearer token has spaces, control or non-ASCII characters; is it the right value?")
+    return token
+
+
 class KMeansClient:
     """The kmeans-service API at ``url`` (the server's root, e.g. ``http://127.0.0.1:8080``).
 
+    ``token`` is sent as ``Authorization: Bearer <token>`` on every request; when it is None
+    the ``KMEANS_TOKEN`` environment variable is used, if set (pass ``token=""`` to send none).
     ``http`` may be an ``httpx.Client`` to send requests with (its own base URL is ignored
     when ``url`` is absolute); the client then does not close it.
     """
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8080", timeout: float = DEFAULT_TIMEOUT, *, http: httpx.Client | None = None
+        self,
+        url: str = "http://127.0.0.1:8080",
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        token: str | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.url = url.rstrip("/").removesuffix("/kmeans")
         self.api = f"{self.url}/kmeans"
+        self.__token = _checked_token(os.environ.get(TOKEN_ENV) if token is None else token)
         self._owned = http is None
         self.http = http if http is not None else httpx.Client(timeout=timeout)
         self.timeout = timeout
 
+    @property
+    def has_token(self) -> bool:
+        """Whether requests carry a bearer token."""
+        return self.__token is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, token={'<set>' if self.__token else None})"
+
     def close(self) -> None:
+        """Close the HTTP connections (unless ``http`` was given)."""
         if self._owned:
             self.http.close()
 
@@ -190,6 +228,8 @@ class KMeansClient:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request to ``/kmeans{path}``; raise ApiError for 4xx/5xx, CannotConnect when unreachable."""
         headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        if self.__token is not None:
+            headers["Authorization"] = f"Bearer {self.__token}"
         try:
             response = self.http.request(method, f"{self.api}{path}", headers=headers, **kwargs)
         except httpx.TransportError as exc:
@@ -278,12 +318,14 @@ class KMeansClient:
         *,
         name: str | None = None,
         columns: Sequence[str] | None = None,
+        project: str | None = None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """POST /datasets from a CSV path, a binary file object, CSV bytes, or rows (a list of lists).
 
         Files are streamed as a raw ``text/csv`` body in chunks (``progress(sent, total)``
         after each); the name defaults to the file's name. ``columns`` is for rows only.
+        ``project`` is where it goes (default: the token's project, or ``default`` for admins).
         """
         if isinstance(source, (list, tuple)) or hasattr(source, "tolist"):
             rows = source.tolist() if hasattr(source, "tolist") else [list(row) for row in source]
@@ -292,29 +334,31 @@ class KMeansClient:
                 body["columns"] = list(columns)
             if name is not None:
                 body["name"] = name
-            return self._json("POST", "/datasets", json=body)
+            return self._json("POST", "/datasets", json=body, params=self._params(project=project))
         if columns is not None:
             raise TypeError("columns is for rows; a CSV names its columns in its header row")
         content, headers, filename, owned = self._csv_body(source, progress)
         try:
-            params = self._params(name=name or filename)
+            params = self._params(name=name or filename, project=project)
             return self._json("POST", "/datasets", content=content, headers=headers, params=params)
         finally:
             if owned is not None:
                 owned.close()
 
-    def list_datasets(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
-        """A page of datasets, newest first: ``{"items", "offset", "limit", "total"}``."""
-        return self._json("GET", "/datasets", params={"offset": offset, "limit": limit})
+    def list_datasets(self, offset: int = 0, limit: int = 100, *, project: str | None = None) -> dict[str, Any]:
+        """A page of datasets, newest first (optionally of one project): ``{"items", "offset", "limit", "total"}``."""
+        return self._json("GET", "/datasets", params=self._params(offset=offset, limit=limit, project=project))
 
-    def iter_datasets(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_datasets(self, page_size: int = 100, *, project: str | None = None) -> Iterator[dict[str, Any]]:
         """Every dataset, newest first, a page at a time."""
-        yield from self._pages(self.list_datasets, page_size)
+        yield from self._pages(lambda offset, limit: self.list_datasets(offset, limit, project=project), page_size)
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        """One dataset."""
         return self._json("GET", f"/datasets/{_quote(dataset_id)}")
 
     def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset."""
         self.request("DELETE", f"/datasets/{_quote(dataset_id)}")
 
     def rows(self, dataset_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
@@ -339,10 +383,16 @@ class KMeansClient:
         return self._json("POST", "/models", json=body, headers=headers)
 
     def list_models(
-        self, offset: int = 0, limit: int = 100, *, dataset_id: str | None = None, status: str | None = None
+        self,
+        offset: int = 0,
+        limit: int = 100,
+        *,
+        dataset_id: str | None = None,
+        status: str | None = None,
+        project: str | None = None,
     ) -> dict[str, Any]:
-        """A page of models, newest first (optionally of one dataset, or in one state)."""
-        params = self._params(offset=offset, limit=limit, dataset_id=dataset_id, status=status)
+        """A page of models, newest first (optionally of one dataset, in one state, or of one project)."""
+        params = self._params(offset=offset, limit=limit, dataset_id=dataset_id, status=status, project=project)
         return self._json("GET", "/models", params=params)
 
     def iter_models(self, page_size: int = 100, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -350,9 +400,11 @@ class KMeansClient:
         yield from self._pages(lambda offset, limit: self.list_models(offset, limit, **filters), page_size)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
+        """One model and the state of its fit."""
         return self._json("GET", f"/models/{_quote(model_id)}")
 
     def delete_model(self, model_id: str) -> None:
+        """Delete a model."""
         self.request("DELETE", f"/models/{_quote(model_id)}")
 
     def cancel_model(self, model_id: str) -> dict[str, Any]:
@@ -448,21 +500,24 @@ class KMeansClient:
         """The model as a portable JSON document (for ``import_model``)."""
         return self._json("GET", f"/models/{_quote(model_id)}/export")
 
-    def import_model(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        """A new model from an exported document."""
-        return self._json("POST", "/models/import", json=dict(document))
+    def import_model(self, document: Mapping[str, Any], *, project: str | None = None) -> dict[str, Any]:
+        """A new model from an exported document (in ``project``, default: the token's)."""
+        return self._json("POST", "/models/import", json=dict(document), params=self._params(project=project))
 
     def push_data(self, model_id: str, points: Any, *, progress: Progress | None = None) -> dict[str, Any]:
         """Move a minibatch model's centers with new rows; returns the new version."""
         return self._send_points("POST", f"/models/{_quote(model_id)}/data", points, progress)
 
     def list_versions(self, model_id: str) -> dict[str, Any]:
+        """The versions of a minibatch model's centers."""
         return self._json("GET", f"/models/{_quote(model_id)}/versions")
 
     def get_version(self, model_id: str, version: int) -> dict[str, Any]:
+        """One version of a model's centers."""
         return self._json("GET", f"/models/{_quote(model_id)}/versions/{int(version)}")
 
     def restore_version(self, model_id: str, version: int) -> dict[str, Any]:
+        """Go back to a version (as a new version)."""
         return self._json("POST", f"/models/{_quote(model_id)}/versions/{int(version)}/restore")
 
     # -- sweeps -----------------------------------------------------------------------------
@@ -476,10 +531,15 @@ class KMeansClient:
             body["params"] = dict(params)
         return self._json("POST", "/sweeps", json=body)
 
-    def list_sweeps(self, offset: int = 0, limit: int = 100, *, dataset_id: str | None = None) -> dict[str, Any]:
-        return self._json("GET", "/sweeps", params=self._params(offset=offset, limit=limit, dataset_id=dataset_id))
+    def list_sweeps(
+        self, offset: int = 0, limit: int = 100, *, dataset_id: str | None = None, project: str | None = None
+    ) -> dict[str, Any]:
+        """A page of sweeps, newest first (optionally of one dataset or project)."""
+        params = self._params(offset=offset, limit=limit, dataset_id=dataset_id, project=project)
+        return self._json("GET", "/sweeps", params=params)
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep: its state, per-k metrics and recommended k."""
         return self._json("GET", f"/sweeps/{_quote(sweep_id)}")
 
     def wait_for_sweep(self, sweep_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
@@ -489,6 +549,57 @@ class KMeansClient:
     def sweep_plot(self, sweep_id: str) -> bytes:
         """A PNG of each metric over k."""
         return self.request("GET", f"/sweeps/{_quote(sweep_id)}/plot.png", headers={"Accept": "image/png"}).content
+
+    # -- access -----------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """Who requests run as: ``{"role", "project", "token_id", "expires_at", "open"}``."""
+        return self._json("GET", "/me")
+
+    def create_project(self, project_id: str, description: str = "") -> dict[str, Any]:
+        """A new, empty project (admin)."""
+        return self._json("POST", "/projects", json={"id": project_id, "description": description})
+
+    def list_projects(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of projects (admin)."""
+        return self._json("GET", "/projects", params={"offset": offset, "limit": limit})
+
+    def get_project(self, project_id: str) -> dict[str, Any]:
+        """One project (admin)."""
+        return self._json("GET", f"/projects/{_quote(project_id)}")
+
+    def delete_project(self, project_id: str) -> None:
+        """Delete an empty project (admin; 409 while it holds resources or live tokens)."""
+        self.request("DELETE", f"/projects/{_quote(project_id)}")
+
+    def create_token(
+        self,
+        role: str,
+        project: str | None = None,
+        name: str | None = None,
+        expires_in: int | dt.timedelta | None = None,
+    ) -> dict[str, Any]:
+        """A new token (admin); the record's ``token`` is its secret, which the server never shows again.
+
+        ``role`` is ``guest``, ``contributor`` or ``admin``; ``project`` is where a guest or
+        contributor token works (``default`` if None); ``expires_in`` is seconds or a timedelta.
+        """
+        if isinstance(expires_in, dt.timedelta):
+            expires_in = int(expires_in.total_seconds())
+        body = self._params(role=role, project=project, name=name, expires_in=expires_in)
+        return self._json("POST", "/tokens", json=body)
+
+    def list_tokens(self, offset: int = 0, limit: int = 100, *, project: str | None = None) -> dict[str, Any]:
+        """A page of tokens, never their secrets (admin)."""
+        return self._json("GET", "/tokens", params=self._params(offset=offset, limit=limit, project=project))
+
+    def get_token(self, token_id: str) -> dict[str, Any]:
+        """One token, without its secret (admin)."""
+        return self._json("GET", f"/tokens/{_quote(token_id)}")
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token (admin): it is refused from the next request on."""
+        return self._json("POST", f"/tokens/{_quote(token_id)}/revoke")
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -510,3 +621,6 @@ def _flag(value: bool) -> str | None:
 def _quote(value: str) -> str:
     """An id as one path segment."""
     return quote(str(value), safe="")
+
+
+Client = KMeansClient  # the short name

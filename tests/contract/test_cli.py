@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
-from kmeans.cli import cli, parse_param
+from kmeans.cli import EXIT_AUTH, cli, parse_duration, parse_param
+from kmeans.config import Settings
+from server import build_app
+from tests.e2e.conftest import ROOT, free_port, running
 
 POINTS = "x,y\n1,2\n1,4\n1,0\n10,2\n10,4\n10,0\n"
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_the_environment(monkeypatch):
+    """A KMEANS_TOKEN of the person running the tests must not leak into them."""
+    monkeypatch.delenv("KMEANS_TOKEN", raising=False)
 
 
 @pytest.fixture
@@ -147,3 +160,146 @@ def test_kmeans_url_comes_from_the_environment():
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         result = CliRunner(env={"KMEANS_URL": url}).invoke(cli, ["ping"], obj={})
     assert result.exit_code == 3 and url in result.stderr
+
+
+# -- bearer tokens -------------------------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """``text`` with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def secured(settings: Settings) -> Iterator[tuple[httpx.Client, str]]:
+    """A test client of an app that has an admin token, from another machine (only a token lets
+    it in), and that token's secret."""
+    app = build_app(settings)
+    with app.test_client() as http:
+        _, secret = app.app.extensions["kmeans"].access.create_token("admin")
+        yield http, secret
+
+
+@pytest.fixture
+def srun(secured):
+    """Run ``kmeans ARGS…`` against the secured app; ``token=`` adds --token, ``env=`` sets variables."""
+
+    def invoke(*args: str, token: str | None = None, env: dict | None = None):
+        options = ["--url", "http://testserver", *(["--token", token] if token is not None else [])]
+        return CliRunner(env=env).invoke(cli, [*options, *args], obj={"http": secured[0]})
+
+    return invoke
+
+
+def test_token_option_is_sent_and_accepted(srun, secured):
+    assert one_line(ok(srun("whoami", token=secured[1]))).startswith("admin in every project (token tok_")
+    me = json.loads(ok(srun("whoami", "--json", token=secured[1])))
+    assert (me["role"], me["project"], me["open"]) == ("admin", None, False)
+
+
+def test_kmeans_token_comes_from_the_environment(srun, secured):
+    assert json.loads(ok(srun("--json", "whoami", env={"KMEANS_TOKEN": secured[1]})))["role"] == "admin"
+    assert "KMEANS_TOKEN" in ok(srun("--help"))
+
+
+def test_no_token_exits_4_saying_how_to_give_one(srun):
+    result = srun("datasets", "list")
+    assert result.exit_code == EXIT_AUTH == 4 and result.stdout == ""
+    message = one_line(result.stderr)
+    assert message.startswith("error 401: this server requires a bearer token")
+    assert "no token was given; pass --token or set KMEANS_TOKEN" in message
+
+
+def test_an_unknown_token_exits_4_and_is_not_printed(srun):
+    result = srun("whoami", token="kms_wrong-secret")
+    assert result.exit_code == 4
+    assert "error 401: the bearer token is not valid (the token was refused" in one_line(result.stderr)
+    assert "wrong-secret" not in result.stderr + result.stdout
+
+
+def test_a_token_that_cannot_be_sent_is_a_usage_error(srun):
+    result = srun("whoami", env={"KMEANS_TOKEN": "kms_two words"})
+    assert result.exit_code == 2 and "KMEANS_TOKEN" in result.stderr and "words" not in result.stderr
+
+
+def test_a_guest_may_not_upload_exit_4(srun, secured, points: Path):
+    guest = ok(srun("tokens", "create", "--role", "guest", token=secured[1])).strip()
+    assert json.loads(ok(srun("datasets", "list", "--json", token=guest)))["total"] == 0
+    result = srun("datasets", "upload", str(points), token=guest)
+    assert result.exit_code == 4 and result.stdout == ""
+    message = one_line(result.stderr)
+    assert message.startswith("error 403: a guest token may not do this; it needs the contributor role")
+    assert "kmeans whoami" in message
+
+
+def test_projects_and_tokens_round_trip(srun, secured, points: Path):
+    admin = {"KMEANS_TOKEN": secured[1]}
+    assert "project team-a" in ok(srun("projects", "create", "team-a", "--description", "churn", env=admin))
+    listed = ok(srun("projects", "list", env=admin))
+    assert "team-a" in listed and "churn" in listed
+    assert json.loads(ok(srun("projects", "show", "team-a", "--json", env=admin)))["description"] == "churn"
+
+    # Plain: the secret alone on stdout (for TOKEN=$(kmeans tokens create …)), the rest on stderr.
+    made = srun("tokens", "create", "--role", "contributor", "--project", "team-a", "--name", "ci",
+                "--expires-in", "30d", env=admin)
+    secret = ok(made).strip()
+    assert secret.startswith("kms_") and "\n" not in secret
+    assert "shown only this once" in one_line(made.stderr) and "contributor token tok_" in made.stderr
+    # --json: the whole record, the secret in "token".
+    record = json.loads(ok(srun("tokens", "create", "--role", "guest", "--project", "team-a", "--json", env=admin)))
+    assert record["token"].startswith("kms_") and record["role"] == "guest" and record["status"] == "active"
+
+    contributor = {"KMEANS_TOKEN": secret}
+    assert one_line(ok(srun("whoami", env=contributor))).startswith("contributor in project team-a (token tok_")
+    dataset = json.loads(ok(srun("datasets", "upload", str(points), "--json", env=contributor)))
+    assert dataset["project"] == "team-a"
+    assert json.loads(ok(srun("datasets", "list", "--project", "team-a", "--json", env=admin)))["total"] == 1
+    assert json.loads(ok(srun("datasets", "list", "--project", "default", "--json", env=admin)))["total"] == 0
+    refused = srun("datasets", "upload", str(points), "--project", "default", env=contributor)
+    assert refused.exit_code == 4 and "error 403" in refused.stderr
+
+    tokens = json.loads(ok(srun("tokens", "list", "--project", "team-a", "--json", env=admin)))
+    assert tokens["total"] == 2 and all("token" not in t for t in tokens["items"])
+    token_id = next(t["id"] for t in tokens["items"] if t["name"] == "ci")
+    table = ok(srun("tokens", "list", env=admin))
+    assert token_id in table and secret not in table and record["token"] not in table
+    assert secret not in ok(srun("tokens", "show", token_id, env=admin))
+
+    busy = srun("projects", "delete", "team-a", env=admin)
+    assert busy.exit_code == 1 and busy.stderr.startswith("error 409:")
+    assert f"token {token_id} is revoked" in ok(srun("tokens", "revoke", token_id, env=admin))
+    after = srun("datasets", "list", env=contributor)
+    assert after.exit_code == 4
+    assert "error 401: the bearer token was revoked (the token was refused" in one_line(after.stderr)
+    assert secret not in after.stderr
+
+    ok(srun("tokens", "revoke", record["id"], env=admin))
+    ok(srun("datasets", "delete", dataset["id"], env=admin))
+    assert "deleted project team-a" in ok(srun("projects", "delete", "team-a", env=admin))
+
+
+def test_durations():
+    assert [parse_duration(t) for t in ("3600", "90m", "12h", "30d")] == [3600, 5400, 43200, 2592000]
+
+
+def test_bad_token_options_are_usage_errors(srun, secured):
+    assert srun("tokens", "create", "--role", "root", token=secured[1]).exit_code == 2
+    assert srun("tokens", "create", "--role", "guest", "--expires-in", "soon", token=secured[1]).exit_code == 2
+
+
+@pytest.mark.e2e
+def test_a_real_server_with_a_token_from_create_token(tmp_path: Path):
+    data_dir = tmp_path / "data"
+    secret = subprocess.run(
+        [sys.executable, "server.py", "create-token", "--role", "admin", "--data-dir", str(data_dir)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()
+    port = free_port()
+    cmd = [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)]
+    with running(cmd, data_dir, port, tmp_path / "server.log") as url:
+        runner = CliRunner(env={"KMEANS_URL": url, "KMEANS_TOKEN": secret})
+        result = runner.invoke(cli, ["whoami", "--json"], obj={})
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["role"] == "admin"
+        refused = CliRunner(env={"KMEANS_URL": url}).invoke(cli, ["datasets", "list"], obj={})
+        assert refused.exit_code == 4 and "error 401" in refused.stderr

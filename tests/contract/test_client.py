@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,8 @@ import yaml
 
 from kmeans import client as sdk
 from kmeans.client import KMeansClient
+from kmeans.config import Settings
+from server import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = [[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]]
@@ -46,9 +50,24 @@ METHODS = {
     "list_sweeps": "list_sweeps",
     "get_sweep": "get_sweep",
     "get_sweep_plot": "sweep_plot",
+    "whoami": "whoami",
+    "create_project": "create_project",
+    "list_projects": "list_projects",
+    "get_project": "get_project",
+    "delete_project": "delete_project",
+    "create_token": "create_token",
+    "list_tokens": "list_tokens",
+    "get_token": "get_token",
+    "revoke_token": "revoke_token",
 }
 # Server-Sent Events are a stream, not a request/response: poll get_model (wait_for_model) instead.
 NOT_IN_THE_CLIENT = {"get_model_events"}
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_the_environment(monkeypatch):
+    """A KMEANS_TOKEN of the person running the tests must not leak into them."""
+    monkeypatch.delenv("KMEANS_TOKEN", raising=False)
 
 
 @pytest.fixture
@@ -267,3 +286,147 @@ def test_sweeps(km):
     assert [s["id"] for s in km.list_sweeps(dataset_id=dataset["id"])["items"]] == [sweep["id"]]
     assert km.get_sweep(sweep["id"])["id"] == sweep["id"]
     assert km.sweep_plot(sweep["id"]).startswith(b"\x89PNG")
+
+
+# -- bearer tokens -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(settings: Settings) -> Iterator[tuple[httpx.Client, str]]:
+    """A test client of an app that has an admin token, from another machine (so only a token
+    lets it in, not being local), and that token's secret."""
+    app = build_app(settings)
+    with app.test_client() as http:
+        _, secret = app.app.extensions["kmeans"].access.create_token("admin", name="test admin")
+        yield http, secret
+
+
+def as_(secured: tuple[httpx.Client, str], token: str | None) -> KMeansClient:
+    """A client of the secured app with ``token`` (None: from KMEANS_TOKEN)."""
+    return KMeansClient("http://testserver", token=token, http=secured[0])
+
+
+def test_the_token_is_sent_as_a_bearer_header_on_every_request(model_csv: Path):
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("Authorization")))
+        return httpx.Response(201, json={"id": "ds_1"})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        km = KMeansClient("http://server", token="kms_abc", http=http)
+        km.create_dataset(model_csv)
+        km.create_dataset(POINTS)
+        km.upload(b"1,2\n")
+        km.whoami()
+        assert KMeansClient("http://server", token="  kms_abc\n", http=http).whoami()  # whitespace of a pasted token
+        KMeansClient("http://server", token="", http=http).whoami()
+    assert [auth for _, auth in seen] == ["Bearer kms_abc"] * 5 + [None]
+
+
+def test_a_token_is_accepted(secured):
+    me = as_(secured, secured[1]).whoami()
+    assert me["role"] == "admin" and me["project"] is None and me["open"] is False
+    assert me["token_id"].startswith("tok_")
+    assert as_(secured, secured[1]).list_datasets()["total"] == 0
+
+
+def test_kmeans_token_from_the_environment(secured, monkeypatch):
+    monkeypatch.setenv("KMEANS_TOKEN", secured[1])
+    assert as_(secured, None).whoami()["role"] == "admin"
+    with pytest.raises(sdk.Unauthorized):  # token="" sends none, whatever the environment says
+        as_(secured, "").whoami()
+
+
+def test_no_token_is_unauthorized(secured):
+    with pytest.raises(sdk.Unauthorized) as caught:
+        as_(secured, None).list_datasets()
+    assert isinstance(caught.value, sdk.ApiError) and caught.value.status == 401 == caught.value.problem["status"]
+    assert "requires a bearer token" in caught.value.detail
+    assert caught.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_unknown_token_is_unauthorized_and_never_shown(secured):
+    km = as_(secured, "kms_not-a-real-token")
+    with pytest.raises(sdk.Unauthorized) as caught:
+        km.whoami()
+    assert caught.value.detail == "the bearer token is not valid"
+    for text in (str(caught.value), repr(caught.value), repr(km), repr(caught.value.problem)):
+        assert "not-a-real-token" not in text
+    assert repr(km) == "KMeansClient('http://testserver', token=<set>)"
+
+
+def test_a_token_that_cannot_be_sent_is_refused_before_any_request():
+    with pytest.raises(sdk.InvalidToken) as caught:
+        KMeansClient("http://127.0.0.1:1", token="kms_secret with a space")
+    assert isinstance(caught.value, ValueError) and "secret" not in str(caught.value)
+
+
+def test_a_guest_may_not_create_a_dataset(secured):
+    admin = as_(secured, secured[1])
+    guest = as_(secured, admin.create_token("guest")["token"])
+    assert guest.list_datasets()["total"] == 0  # a guest reads
+    with pytest.raises(sdk.Forbidden) as caught:
+        guest.create_dataset(POINTS)
+    assert caught.value.status == 403 and "needs the contributor role" in caught.value.detail
+    with pytest.raises(sdk.Forbidden):
+        guest.list_tokens()
+
+
+def test_projects_and_tokens_round_trip(secured):
+    admin = as_(secured, secured[1])
+    project = admin.create_project("team-a", "churn")
+    assert (project["id"], project["description"]) == ("team-a", "churn")
+    assert admin.get_project("team-a") == project
+    assert "team-a" in [p["id"] for p in admin.list_projects()["items"]]
+    with pytest.raises(sdk.Conflict):
+        admin.create_project("team-a")
+
+    created = admin.create_token("contributor", project="team-a", name="ci", expires_in=dt.timedelta(days=1))
+    secret = created["token"]
+    assert secret.startswith("kms_") and created["role"] == "contributor" and created["project"] == "team-a"
+    assert created["name"] == "ci" and created["status"] == "active" and created["expires_at"]
+
+    contributor = as_(secured, secret)
+    me = contributor.whoami()
+    assert (me["role"], me["project"], me["token_id"]) == ("contributor", "team-a", created["id"])
+    dataset = contributor.create_dataset(POINTS, name="pts")
+    assert dataset["project"] == "team-a"
+    assert contributor.create_dataset(b"1,2\n3,4\n", project="team-a")["project"] == "team-a"
+    with pytest.raises(sdk.Forbidden):  # a project token works in its own project only
+        contributor.create_dataset(POINTS, project="default")
+    assert contributor.list_datasets()["total"] == 2
+    assert admin.list_datasets(project="team-a")["total"] == 2 and admin.list_datasets(project="default")["total"] == 0
+    assert [d["id"] for d in admin.iter_datasets(project="team-a")][-1] == dataset["id"]
+
+    listed = admin.list_tokens(project="team-a")["items"]
+    assert [t["id"] for t in listed] == [created["id"]]
+    assert all("token" not in t for t in admin.list_tokens()["items"])
+    assert "token" not in admin.get_token(created["id"])
+
+    with pytest.raises(sdk.Conflict):  # the project still has datasets and a live token
+        admin.delete_project("team-a")
+    revoked = admin.revoke_token(created["id"])
+    assert revoked["status"] == "revoked" and revoked["revoked_at"]
+    with pytest.raises(sdk.Unauthorized) as caught:
+        contributor.list_datasets()
+    assert caught.value.detail == "the bearer token was revoked"
+    assert secret not in str(caught.value)
+
+    for item in admin.list_datasets(project="team-a")["items"]:
+        admin.delete_dataset(item["id"])
+    admin.delete_project("team-a")
+    with pytest.raises(sdk.NotFound):
+        admin.get_project("team-a")
+
+
+def test_lists_and_imports_take_a_project(secured):
+    admin = as_(secured, secured[1])
+    admin.create_project("team-b")
+    model = fitted(admin)
+    document = admin.export_model(model["id"])
+    imported = admin.import_model(document, project="team-b")
+    assert imported["project"] == "team-b" and model["project"] == "default"
+    assert [m["id"] for m in admin.list_models(project="team-b")["items"]] == [imported["id"]]
+    assert admin.list_models(project="default")["total"] == 1
+    assert admin.list_sweeps(project="team-b")["total"] == 0
