@@ -1,9 +1,12 @@
 # kmeans-service, production: gunicorn with uvicorn workers serving the connexion app.
 FROM python:3.11-slim
 
+# KMEANS_AUTH=required: every request needs a bearer token, even before the first exists.
+# Make the first admin token with: docker exec <container> python server.py create-token --role admin
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    KMEANS_DATA_DIR=/data
+    KMEANS_DATA_DIR=/data \
+    KMEANS_AUTH=required
 
 WORKDIR /app
 COPY requirements.txt .

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import sys
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,14 +21,17 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 
 import connexion
 import yaml
+from connexion.exceptions import Unauthorized as ConnexionUnauthorized
 from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
+from kmeans.access import is_loopback
 from kmeans.api.bridge import EagerWSGIMiddleware
+from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings
-from kmeans.errors import ProblemError
+from kmeans.errors import ProblemError, Unauthorized
 from kmeans.service import KMeansService
 
 ROOT = Path(__file__).resolve().parent
@@ -40,6 +44,11 @@ logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
 
 def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     """Render a ProblemError (or any unexpected error, without its traceback) as problem+json."""
+    if isinstance(exc, ConnexionUnauthorized):  # connexion found no usable bearer token
+        if _request.headers.get("authorization"):
+            exc = malformed_header()
+        else:
+            exc = Unauthorized("this server requires a bearer token (Authorization: Bearer ...)", presented=False)
     if not isinstance(exc, ProblemError):
         log.error("unhandled error", exc_info=exc)
         exc = ProblemError("the server hit an unexpected error; it has been logged")
@@ -68,8 +77,20 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     app = connexion.FlaskApp(
         __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":")), lifespan=lifespan
     )
+    spec = yaml.safe_load((ROOT / "api.yaml").read_text())
+    if not service.access.required():
+        # No tokens yet: requests without one are let through connexion's security check; the
+        # RoleMiddleware serves them as the local user, and only to local clients, until the
+        # first token exists (then they get 401, from the next request on, in every process).
+        spec["security"] = [*spec["security"], {}]
+        log.warning(
+            "no tokens exist in %s: serving without authentication, to clients on this machine only%s;"
+            " create the first admin token with `python server.py create-token --role admin`",
+            settings.data_dir,
+            " (and, with --insecure, to every client)" if settings.insecure else "",
+        )
     app.add_api(
-        "api.yaml",
+        spec,
         strict_validation=True,
         validate_responses=False,
         validator_map=validator_map(service.store.root / "tmp"),
@@ -78,12 +99,20 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
     # connexion's documented place for the WSGI side (see FlaskApp.add_wsgi_middleware).
     app._middleware_app.asgi_app = EagerWSGIMiddleware(app.app.wsgi_app)
     app.add_error_handler(ProblemError, problem_response)
+    app.add_error_handler(ConnexionUnauthorized, problem_response)
     app.add_error_handler(Exception, problem_response)
+    app.add_middleware(AccessMiddleware, position=MiddlewarePosition.BEFORE_SECURITY, access=service.access)
+    roles = {
+        operation["operationId"]: operation["x-kmeans-role"]
+        for item in spec["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "x-kmeans-role" in operation
+    }
+    app.add_middleware(RoleMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, roles=roles)
     app.add_middleware(
         RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
     )
     app.add_middleware(DisconnectMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
-    spec = yaml.safe_load((ROOT / "api.yaml").read_text())
     base = spec["servers"][0]["url"].rstrip("/")
     paths = {
         base + path: [m.upper() for m in item if m in ("get", "put", "post", "delete", "patch", "head", "options")]
@@ -102,17 +131,78 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve with the embedded uvicorn server."""
-    import uvicorn
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+
+def _seconds(text: str) -> int:
+    """``3600``, ``90m``, ``12h`` or ``30d`` as seconds (for --expires-in)."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
+    return int(number) * DURATION[unit]
+
+
+def create_token(args: argparse.Namespace) -> None:
+    """Print a new token for the data dir (the first admin's, typically) to stdout, once."""
+    from kmeans.access import Access
+    from kmeans.errors import ProblemError as Problem
+    from kmeans.store import Store
+
+    settings = Settings.from_env(data_dir=args.data_dir)
+    try:
+        record, secret = Access(Store(settings.data_dir)).create_token(
+            args.role, args.project, args.name, args.expires_in
+        )
+    except Problem as exc:
+        raise SystemExit(f"create-token: {exc.detail}") from None
+    where = record["project"] or "every project"
+    expiry = f", expires {record['expires_at']}" if record["expires_at"] else ""
+    print(f"created {record['role']} token {record['id']} ({where}{expiry}) in {settings.data_dir.resolve()};"
+          " it is shown only now. Servers of this data dir now require tokens.", file=sys.stderr)
+    print(secret)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve with the embedded uvicorn server, or run one of the admin commands."""
     parser = argparse.ArgumentParser(description="Run kmeans-service.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     parser.add_argument("--data-dir", help="where state is kept (default $KMEANS_DATA_DIR or ./kmeans-data)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve clients on other machines although no token exists (KMEANS_INSECURE=1)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    token = commands.add_parser(
+        "create-token", help="create a token and print it (once); the first admin token is made this way"
+    )
+    token.add_argument("--role", required=True, choices=["admin", "contributor", "guest"])
+    token.add_argument("--project", help="the project of a contributor or guest token (default: default)")
+    token.add_argument("--name", help="what the token is for")
+    token.add_argument("--expires-in", type=_seconds, help="lifetime: seconds, or 90m, 12h, 30d")
+    token.add_argument("--data-dir", dest="token_data_dir", help="the data dir (as for serving)")
     args = parser.parse_args(argv)
+    if args.command == "create-token":
+        args.data_dir = args.token_data_dir or args.data_dir
+        create_token(args)
+        return
+
+    import uvicorn
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env(data_dir=args.data_dir)
+    settings = Settings.from_env(data_dir=args.data_dir, insecure=args.insecure or None)
+    if not is_loopback(args.host) and not settings.insecure:
+        from kmeans.access import Access
+        from kmeans.store import Store
+
+        if not Access(Store(settings.data_dir), settings.auth_required).required():
+            parser.exit(
+                2,
+                f"refusing to listen on {args.host} without authentication: no token exists in"
+                f" {settings.data_dir}. Create one with `python server.py create-token --role admin`"
+                " (clients then send it as a bearer token), or pass --insecure to serve everyone.\n",
+            )
     log.info("data dir %s; Swagger UI at http://%s:%d/kmeans/ui/", settings.data_dir.resolve(), args.host, args.port)
     uvicorn.run(build_app(settings), host=args.host, port=args.port)
 

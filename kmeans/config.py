@@ -23,6 +23,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, values: dict[str, bool]) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return False
+    if raw not in values:
+        raise ValueError(f"{name} must be one of {', '.join(values)}, not {raw!r}")
+    return values[raw]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app needs to know about its environment."""
@@ -43,6 +52,11 @@ class Settings:
     webhook_allow: tuple[str, ...] = ()
     webhook_attempts: int = 5
     webhook_max_wait: float = 8.0
+    # Every request needs a bearer token, even before the first one exists (KMEANS_AUTH=required).
+    # Otherwise tokens are required once any exists, and until then only local clients are served.
+    auth_required: bool = False
+    # Serve clients on other machines without tokens (KMEANS_INSECURE=1, or --insecure).
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -58,6 +72,8 @@ class Settings:
             dask_address=env.get("KMEANS_DASK_ADDRESS") or None,
             webhook_allow=tuple(h.strip() for h in env.get("KMEANS_WEBHOOK_ALLOW", "").split(",") if h.strip()),
             webhook_attempts=_int(env, "KMEANS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
+            auth_required=_choice(env, "KMEANS_AUTH", {"auto": False, "required": True}),
+            insecure=_choice(env, "KMEANS_INSECURE", {"0": False, "1": True, "false": False, "true": True}),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:

@@ -58,3 +58,21 @@ class FitFailed(ProblemError):
 
 class Unavailable(ProblemError):
     status, title = 503, "Service Unavailable"
+
+
+class Unauthorized(ProblemError):
+    """No token, or one that is unknown, revoked or expired; tells the client to use a bearer token."""
+
+    status, title = 401, "Unauthorized"
+
+    def __init__(self, detail: str, presented: bool = True, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        challenge = 'Bearer realm="kmeans"'
+        if presented:  # RFC 6750: an error code only when a token was sent
+            quoted = detail.replace("\\", "").replace('"', "'")
+            challenge += f', error="invalid_token", error_description="{quoted}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(ProblemError):
+    status, title = 403, "Forbidden"

@@ -73,7 +73,7 @@ def _vector(pre: dict[str, Any], name: str, width: int) -> list[float] | None:
     return array.tolist()
 
 
-def import_document(store: Store, doc: dict[str, Any]) -> str:
+def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
     """Store a document as a new succeeded model; returns its id. 422 for an inconsistent document."""
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise Unprocessable(f"this is not a {FORMAT} version {FORMAT_VERSION} document", parameter="format")
@@ -115,6 +115,7 @@ def import_document(store: Store, doc: dict[str, Any]) -> str:
     sizes = metrics.get("cluster_sizes")
     record = {
         "id": model_id,
+        "project": project,
         "dataset_id": doc.get("dataset_id") or "",
         "status": "succeeded",
         "params": params,

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kmeans import csvio, engine, prep, webhooks
+from kmeans import access, csvio, engine, prep, webhooks
 from kmeans.config import Settings
 from kmeans.errors import (
     Conflict,
@@ -72,6 +72,7 @@ class KMeansService:
     def __init__(self, settings: Settings, store: Store | None = None, launcher: Launcher | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.data_dir)
+        self.access = access.Access(self.store, settings.auth_required, settings.insecure)
         self._launcher = launcher
         self.dispatcher: Dispatcher | None = None
 
@@ -147,7 +148,7 @@ class KMeansService:
         finally:
             spooled.path.unlink(missing_ok=True)
 
-    def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int) -> dict[str, Any]:
+    def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int, project: str) -> dict[str, Any]:
         record = {
             "id": new_id("ds"),
             "name": name,
@@ -157,20 +158,29 @@ class KMeansService:
             "sha256": sha,
             "size_bytes": size,
             "created_at": now(),
+            "project": project,
         }
         self.store.add_dataset(record, table.chunks)
         return record
 
-    def create_dataset_from_stream(self, source: Upload, name: str | None) -> dict[str, Any]:
-        """A dataset from CSV bytes."""
+    def create_dataset_from_stream(
+        self, source: Upload, name: str | None, project: str | None = None
+    ) -> dict[str, Any]:
+        """A dataset from CSV bytes, in ``project`` (the caller's own by default)."""
+        project = self.access.home(project)  # 403/404 before reading the body
         table, spooled = self.read_table(source)
         name = name or getattr(source, "filename", None)
-        return self._add_dataset(table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size)
+        return self._add_dataset(table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size, project)
 
     def create_dataset_from_rows(
-        self, data: Sequence[Sequence[float]], columns: Sequence[str] | None, name: str | None
+        self,
+        data: Sequence[Sequence[float]],
+        columns: Sequence[str] | None,
+        name: str | None,
+        project: str | None = None,
     ) -> dict[str, Any]:
-        """A dataset from JSON rows (and optional column names)."""
+        """A dataset from JSON rows (and optional column names), in ``project``."""
+        project = self.access.home(project)
         values = csvio.check_rows(data)
         if columns is not None:
             if len(columns) != values.shape[1]:
@@ -184,19 +194,20 @@ class KMeansService:
         canonical = json.dumps({"columns": names, "data": values.tolist()}).encode()
         table = csvio.Table.of(values, names)
         sha = hashlib.sha256(canonical).hexdigest()
-        return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical))
+        return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical), project)
 
-    def list_datasets(self, offset: int, limit: int) -> dict[str, Any]:
-        items, total = self.store.list_datasets(offset, limit)
+    def list_datasets(self, offset: int, limit: int, project: str | None = None) -> dict[str, Any]:
+        """A page of the datasets the caller sees, newest first."""
+        items, total = self.store.list_datasets(offset, limit, access.current().scope(project))
         return {"items": items, "offset": offset, "limit": limit, "total": total}
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        record = self.store.get_dataset(dataset_id)
-        if record is None:
-            raise NotFound(f"no dataset with id {dataset_id}")
-        return record
+        """One dataset (404 if unknown or in another project)."""
+        return access.visible(self.store.get_dataset(dataset_id), "dataset", dataset_id)
 
     def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset (409 while a fit on it runs)."""
+        self.get_dataset(dataset_id)
         if not self.store.delete_dataset(dataset_id):
             raise NotFound(f"no dataset with id {dataset_id}")
 
@@ -251,8 +262,10 @@ class KMeansService:
             "preprocessing": pre,
             "time_limit": time_limit or self.settings.fit_time_limit,
             "callback_url": callback_url,
+            "project": dataset["project"],
         }
-        key = (idempotency_key, fingerprint) if idempotency_key else None
+        # Keys are per project: one project's key never finds another's model.
+        key = (f"{dataset['project']}/{idempotency_key}", fingerprint) if idempotency_key else None
         stored = self.store.add_model(record, key)
         if stored["id"] != record["id"]:
             if stored.get("fingerprint") != fingerprint:
@@ -284,6 +297,7 @@ class KMeansService:
 
     def cancel_model(self, model_id: str) -> dict[str, Any]:
         """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
+        self.get_model(model_id)  # 404 if unknown or another project's
         if not self._cancel(model_id):
             model = self.get_model(model_id)  # 404 if unknown
             raise Conflict(
@@ -296,7 +310,10 @@ class KMeansService:
         """Call a finished model's webhook, once, in the background."""
         if not self.store.claim_callback(model_id):
             return
-        model = self.get_model(model_id)
+        record = self.store.get_model(model_id)  # runs outside requests too: no caller to check
+        if record is None:
+            return
+        model = _public(record)
         threading.Thread(target=self._deliver, args=(model,), name="kmeans-webhook", daemon=True).start()
 
     def _deliver(self, model: dict[str, Any]) -> None:
@@ -351,19 +368,24 @@ class KMeansService:
             stop.wait(EVENT_POLL)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
-        record = self.store.get_model(model_id)
-        if record is None:
-            raise NotFound(f"no model with id {model_id}")
-        return _public(record)
+        """One model (404 if unknown or in another project)."""
+        return _public(access.visible(self.store.get_model(model_id), "model", model_id))
 
     def list_models(
-        self, offset: int, limit: int, dataset_id: str | None = None, status: str | None = None
+        self,
+        offset: int,
+        limit: int,
+        dataset_id: str | None = None,
+        status: str | None = None,
+        project: str | None = None,
     ) -> dict[str, Any]:
-        items, total = self.store.list_models(offset, limit, dataset_id, status)
+        """A page of the models the caller sees, newest first."""
+        items, total = self.store.list_models(offset, limit, dataset_id, status, access.current().scope(project))
         return {"items": [_public(m) for m in items], "offset": offset, "limit": limit, "total": total}
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model; a queued or running fit is cancelled first."""
+        self.get_model(model_id)  # 404 if unknown or another project's
         self._cancel(model_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
@@ -442,11 +464,12 @@ class KMeansService:
     def classic_upload(self, source: Upload, filename: str | None) -> dict[str, Any]:
         """Store an upload and number it; the same name and content give the same job_id."""
         name = display_name(filename)
+        project = self.access.home(None)
         table, spooled = self.read_table(source)
-        upload = self.store.find_upload(name, spooled.sha256)
+        upload = self.store.find_upload(name, spooled.sha256, project)
         if upload is None:
-            dataset = self._add_dataset(table, name, spooled.sha256, spooled.size)
-            upload = self.store.get_upload(self.store.add_upload(name, spooled.sha256, dataset["id"]))
+            dataset = self._add_dataset(table, name, spooled.sha256, spooled.size, project)
+            upload = self.store.get_upload(self.store.add_upload(name, spooled.sha256, dataset["id"], project))
             if upload["dataset_id"] != dataset["id"]:  # a concurrent upload of the same file won
                 self.store.delete_dataset(dataset["id"])
         dataset = self.get_dataset(upload["dataset_id"])
@@ -460,7 +483,8 @@ class KMeansService:
 
     def _upload(self, job_id: int) -> dict[str, Any]:
         upload = self.store.get_upload(job_id)
-        if upload is None:
+        dataset = self.store.get_dataset(upload["dataset_id"]) if upload is not None else None
+        if upload is None or (dataset is not None and not access.current().sees(dataset["project"])):
             raise NotFound(f"no upload with job_id {job_id}; POST a file to /kmeans/upload first")
         return upload
 

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     columns TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY,
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS models (
     davies_bouldin REAL,
     calinski_harabasz REAL,
     anomaly_threshold REAL,
-    center_version INTEGER
+    center_version INTEGER,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE TABLE IF NOT EXISTS model_versions (
     model_id TEXT NOT NULL,
@@ -94,7 +96,8 @@ CREATE TABLE IF NOT EXISTS sweeps (
     worker TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    project TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
@@ -113,12 +116,34 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     model_id TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    project TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT
+);
 """
+# Tables that gained a column after data dirs already existed: added on open.
+MIGRATIONS = {
+    "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+    "models": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+    "sweeps": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+}
+DEFAULT_PROJECT = "default"
 
-# The newest upload of a file name and content whose dataset still exists.
+# The newest upload of a file name and content whose dataset still exists, in one project.
 SAME_UPLOAD = (
     "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
-    " WHERE u.filename = ? AND u.sha256 = ? ORDER BY u.job_id DESC LIMIT 1"
+    " WHERE u.filename = ? AND u.sha256 = ? AND d.project = ? ORDER BY u.job_id DESC LIMIT 1"
 )
 JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
 ACTIVE = ("queued", "running")
@@ -164,6 +189,15 @@ class Store:
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
             conn.executescript(SCHEMA)  # executescript manages its own commit
+            for table, columns in MIGRATIONS.items():
+                have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column, decl in columns.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            conn.execute(
+                "INSERT OR IGNORE INTO projects (id, description, created_at) VALUES (?, ?, ?)",
+                (DEFAULT_PROJECT, "Where resources go when no project is named.", now()),
+            )
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -246,16 +280,17 @@ class Store:
 
     def add_dataset(self, record: dict[str, Any], values: np.ndarray | list[np.ndarray]) -> None:
         """Store the array (or its row chunks), then the row that makes it visible."""
+        record = {"project": DEFAULT_PROJECT, **record}
         path = self.dataset_path(record["id"])
         self.save_array(path, values)
         try:
             with self.transaction() as db:
                 db.execute(
                     "INSERT INTO datasets (id, name, rows, n_features, columns, sha256,"
-                    " size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " size_bytes, created_at, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     tuple(_encode(record[k]) for k in (
                         "id", "name", "rows", "n_features", "columns", "sha256",
-                        "size_bytes", "created_at")),
+                        "size_bytes", "created_at", "project")),
                 )
         except BaseException:
             path.unlink(missing_ok=True)
@@ -264,8 +299,8 @@ class Store:
     def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
 
-    def list_datasets(self, offset: int, limit: int) -> tuple[list[dict], int]:
-        return self._page("datasets", {}, offset, limit)
+    def list_datasets(self, offset: int, limit: int, project: str | None = None) -> tuple[list[dict], int]:
+        return self._page("datasets", {"project": project} if project else {}, offset, limit)
 
     def delete_dataset(self, dataset_id: str) -> bool:
         """Remove a dataset unless a fit on it is still queued or running."""
@@ -312,9 +347,15 @@ class Store:
         return self._one("SELECT * FROM models WHERE id = ?", (model_id,))
 
     def list_models(
-        self, offset: int, limit: int, dataset_id: str | None = None, status: str | None = None
+        self,
+        offset: int,
+        limit: int,
+        dataset_id: str | None = None,
+        status: str | None = None,
+        project: str | None = None,
     ) -> tuple[list[dict], int]:
-        where = {k: v for k, v in (("dataset_id", dataset_id), ("status", status)) if v}
+        pairs = (("dataset_id", dataset_id), ("status", status), ("project", project))
+        where = {k: v for k, v in pairs if v}
         return self._page("models", where, offset, limit)
 
     def update_model(
@@ -407,16 +448,16 @@ class Store:
 
     # -- classic uploads ------------------------------------------------------------------
 
-    def find_upload(self, filename: str, sha256: str) -> dict[str, Any] | None:
-        """The newest upload of the same name and content whose dataset still exists."""
-        return self._one(SAME_UPLOAD, (filename, sha256))
+    def find_upload(self, filename: str, sha256: str, project: str) -> dict[str, Any] | None:
+        """The newest upload of the same name and content in ``project`` whose dataset still exists."""
+        return self._one(SAME_UPLOAD, (filename, sha256, project))
 
-    def add_upload(self, filename: str, sha256: str, dataset_id: str) -> int:
+    def add_upload(self, filename: str, sha256: str, dataset_id: str, project: str) -> int:
         """Number a new upload 0, 1, 2, … — unless the same name and content is already an
         upload with a live dataset, whose job_id is returned instead. One transaction, so
         concurrent uploads of one file (retries, several workers) get one job_id."""
         with self.transaction() as db:
-            earlier = db.execute(SAME_UPLOAD, (filename, sha256)).fetchone()
+            earlier = db.execute(SAME_UPLOAD, (filename, sha256, project)).fetchone()
             if earlier is not None:
                 return earlier["job_id"]
             db.execute(
@@ -432,6 +473,65 @@ class Store:
     def set_upload_model(self, job_id: int, model_id: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE uploads SET model_id = ? WHERE job_id = ?", (model_id, job_id))
+
+    # -- projects and tokens --------------------------------------------------------------
+
+    def add_project(self, project_id: str, description: str) -> dict[str, Any]:
+        """Create a project; Conflict if the name is taken."""
+        record = {"id": project_id, "description": description, "created_at": now()}
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO projects (id, description, created_at) VALUES (?, ?, ?)", (
+                    project_id, description, record["created_at"]))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"project {project_id!r} exists already") from None
+        return record
+
+    def get_project(self, project_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM projects WHERE id = ?", (project_id,))
+
+    def list_projects(self, offset: int, limit: int) -> tuple[list[dict], int]:
+        return self._page("projects", {}, offset, limit)
+
+    def delete_project(self, project_id: str) -> bool:
+        """Remove an empty project; Conflict while it holds datasets, models, sweeps or live tokens."""
+        with self.transaction() as db:
+            for table in ("datasets", "models", "sweeps"):
+                if db.execute(f"SELECT 1 FROM {table} WHERE project = ? LIMIT 1", (project_id,)).fetchone():
+                    raise Conflict(f"project {project_id!r} still has {table}; delete them first")
+            if db.execute(
+                "SELECT 1 FROM tokens WHERE project = ? AND revoked_at IS NULL LIMIT 1", (project_id,)
+            ).fetchone():
+                raise Conflict(f"project {project_id!r} still has tokens that are not revoked; revoke them first")
+            return db.execute("DELETE FROM projects WHERE id = ?", (project_id,)).rowcount > 0
+
+    def add_token(self, record: dict[str, Any]) -> None:
+        """Store a token's record (its hash, never the token)."""
+        keys = list(record)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO tokens ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                tuple(record[k] for k in keys),
+            )
+
+    def token_by_hash(self, digest: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM tokens WHERE hash = ?", (digest,))
+
+    def get_token(self, token_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM tokens WHERE id = ?", (token_id,))
+
+    def list_tokens(self, offset: int, limit: int, project: str | None = None) -> tuple[list[dict], int]:
+        return self._page("tokens", {"project": project} if project else {}, offset, limit)
+
+    def revoke_token(self, token_id: str) -> dict[str, Any] | None:
+        """Mark a token revoked (once; the first time is kept)."""
+        with self.transaction() as db:
+            db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now(), token_id))
+        return self.get_token(token_id)
+
+    def has_tokens(self) -> bool:
+        """Whether any token was ever created here (revoked ones count: auth stays on)."""
+        return self._conn().execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
 
     # -- health ---------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any
 
-from kmeans import engine, prep
-from kmeans.errors import NotFound, Unprocessable
+from kmeans import access, engine, prep
+from kmeans.errors import Unprocessable
 from kmeans.store import Store, new_id, now
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,12 @@ class Sweeps:
         with self.store.transaction() as db:
             db.execute(f"UPDATE sweeps SET {sets} WHERE id = ?", (*args, sweep_id))
 
+    def _record(self, sweep_id: str) -> dict[str, Any] | None:
+        return self.store._one("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+
     def get(self, sweep_id: str) -> dict[str, Any]:
-        record = self.store._one("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
-        if record is None:
-            raise NotFound(f"no sweep with id {sweep_id}")
-        return self._checked(record)
+        """One sweep the caller may see."""
+        return self._checked(access.visible(self._record(sweep_id), "sweep", sweep_id))
 
     def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
         """Fail a sweep whose process on this host is gone."""
@@ -87,8 +88,11 @@ class Sweeps:
             record = {**record, "status": "failed", "error": error}
         return record
 
-    def list(self, offset: int, limit: int, dataset_id: str | None = None) -> dict[str, Any]:
-        where = {"dataset_id": dataset_id} if dataset_id else {}
+    def list(
+        self, offset: int, limit: int, dataset_id: str | None = None, project: str | None = None
+    ) -> dict[str, Any]:
+        pairs = (("dataset_id", dataset_id), ("project", access.current().scope(project)))
+        where = {k: v for k, v in pairs if v}
         items, total = self.store._page("sweeps", where, offset, limit)
         return {"items": [self._checked(i) for i in items], "offset": offset, "limit": limit, "total": total}
 
@@ -126,6 +130,7 @@ class Sweeps:
             "progress": 0.0,
             "worker": _worker(),
             "created_at": now(),
+            "project": dataset["project"],
         }
         keys = list(record)
         with self.store.transaction() as db:
@@ -147,7 +152,7 @@ class Sweeps:
                 )
 
     def _sweep(self, sweep_id: str, pre: dict[str, Any]) -> None:
-        sweep = self.get(sweep_id)
+        sweep = self._record(sweep_id)  # in its own thread: no caller to check
         self._update(sweep_id, status="running", started_at=now())
         params = sweep["params"]
         values = self.store.load_array(self.store.dataset_path(sweep["dataset_id"]), mmap=True)

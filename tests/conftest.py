@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -14,6 +15,12 @@ from server import build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+
+
+def local_client(app: Any) -> TestClient:
+    """A test client whose requests come from 127.0.0.1, as a local user's would (a server
+    without tokens serves only local clients)."""
+    return app.test_client(client=("127.0.0.1", 50000))
 
 
 @pytest.fixture
@@ -26,7 +33,7 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     """A connexion test client over a fresh app."""
     app = build_app(settings)
-    with app.test_client() as test_client:
+    with local_client(app) as test_client:
         yield test_client
 
 

@@ -10,22 +10,23 @@ from kmeans import csvio
 from kmeans.api import media, service
 
 
-def create_dataset(name: str | None = None, file: Any = None) -> Any:
+def create_dataset(name: str | None = None, file: Any = None, project: str | None = None) -> Any:
     """Create a dataset from a multipart file, a raw CSV body or JSON rows."""
     if file is not None:
         content, filename = media.upload(file)
-        record = service().create_dataset_from_stream(content, name or filename)
+        record = service().create_dataset_from_stream(content, name or filename, project)
     elif flask.request.mimetype == media.JSON:
         body = flask.request.get_json()
-        record = service().create_dataset_from_rows(body["data"], body.get("columns"), name or body.get("name"))
+        rows, columns = body["data"], body.get("columns")
+        record = service().create_dataset_from_rows(rows, columns, name or body.get("name"), project)
     else:
-        record = service().create_dataset_from_stream(media.raw_body(), name)
+        record = service().create_dataset_from_stream(media.raw_body(), name, project)
     return media.json(record, 201, Location=media.location(record["id"]))
 
 
-def list_datasets(offset: int = 0, limit: int = 100) -> Any:
+def list_datasets(offset: int = 0, limit: int = 100, project: str | None = None) -> Any:
     """A page of datasets, newest first."""
-    return media.json(service().list_datasets(offset, limit))
+    return media.json(service().list_datasets(offset, limit, project))
 
 
 def get_dataset(dataset_id: str) -> Any:

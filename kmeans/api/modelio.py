@@ -20,10 +20,10 @@ def export_model(model_id: str) -> Any:
     return media.json(modelio.export(model, centers, counts))
 
 
-def import_model(body: dict) -> Any:
-    """A new succeeded model from an export document; 201 with Location."""
+def import_model(body: dict, project: str | None = None) -> Any:
+    """A new succeeded model from an export document, in ``project``; 201 with Location."""
     svc = service()
-    model_id = modelio.import_document(svc.store, body)
+    model_id = modelio.import_document(svc.store, body, svc.access.home(project))
     model = svc.get_model(model_id)
     location = media.location("").rsplit("/import", 1)[0] + f"/{model_id}"
     return media.json(model, 201, Location=location)

@@ -44,9 +44,15 @@ def get_model_events(model_id: str) -> Any:
     )
 
 
-def list_models(offset: int = 0, limit: int = 100, dataset_id: str | None = None, status: str | None = None) -> Any:
+def list_models(
+    offset: int = 0,
+    limit: int = 100,
+    dataset_id: str | None = None,
+    status: str | None = None,
+    project: str | None = None,
+) -> Any:
     """A page of models, newest first."""
-    return media.json(service().list_models(offset, limit, dataset_id, status))
+    return media.json(service().list_models(offset, limit, dataset_id, status, project))
 
 
 def get_model(model_id: str) -> Any:

@@ -19,9 +19,9 @@ def create_sweep(body: dict) -> Any:
     return media.json(sweep, 202, Location=media.location(sweep["id"]))
 
 
-def list_sweeps(offset: int = 0, limit: int = 100, dataset_id: str | None = None) -> Any:
+def list_sweeps(offset: int = 0, limit: int = 100, dataset_id: str | None = None, project: str | None = None) -> Any:
     """A page of sweeps, newest first."""
-    return media.json(sweeps_of(service()).list(offset, limit, dataset_id))
+    return media.json(sweeps_of(service()).list(offset, limit, dataset_id, project))
 
 
 def get_sweep(sweep_id: str) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import EXAMPLES, wait_for_model
+from conftest import EXAMPLES, local_client, wait_for_model
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -99,7 +99,7 @@ def app_client(data_dir: Path) -> Iterator[TestClient]:
     share one app instead of building their own.
     """
     settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2)
-    with build_app(settings).test_client() as client:
+    with local_client(build_app(settings)) as client:
         yield client
 
 

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
+from tests.conftest import local_client
 
 LIMIT = 1_000_000  # max_upload_bytes of the settings fixture
 TOO_LARGE = b"1,2\n" * 300_000  # 1.2 MB of valid CSV: only its size is wrong
@@ -44,7 +45,7 @@ def stored(tmp_path_factory) -> Iterator[Stored]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("bad_input") / "data", max_upload_bytes=LIMIT, max_concurrent_fits=2
     )
-    with build_app(settings).test_client() as client:
+    with local_client(build_app(settings)) as client:
         job = upload(client)
         assert job.status_code == 200, job.text
         fitted = client.post(

@@ -27,6 +27,7 @@ from api_helpers import (
 from starlette.testclient import TestClient
 
 from server import build_app
+from tests.conftest import local_client
 
 INTEGER = re.compile(r"\d+")
 
@@ -142,7 +143,7 @@ def test_job_ids_survive_a_new_app_on_the_same_data_dir(client, settings):
     model_id = classic_fit(client, n_clusters=2, random_state=0).headers["x-model-id"]
     expected = integer_labels(classic_predict(client))
 
-    with build_app(settings).test_client() as restarted:
+    with local_client(build_app(settings)) as restarted:
         assert upload(restarted).json()["job_id"] == 0
         assert upload(restarted, b"3,3\n4,4\n", "third.csv").json()["job_id"] == 2
         # The fit made before the restart still serves /predict for job 0.

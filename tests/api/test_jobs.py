@@ -20,7 +20,7 @@ from kmeans.config import Settings
 from kmeans.jobs import MAX_ATTEMPTS, Dispatcher
 from kmeans.store import Store
 from server import build_app
-from tests.conftest import wait_for_model
+from tests.conftest import local_client, wait_for_model
 
 LONG_FIT = {"n_clusters": 20, "init": "random", "n_init": 1000, "random_state": 0}
 
@@ -31,7 +31,7 @@ def app_client(settings: Settings):
     clients = []
 
     def make(**changes) -> TestClient:
-        client = build_app(replace(settings, **changes)).test_client()
+        client = local_client(build_app(replace(settings, **changes)))
         client.__enter__()
         clients.append(client)
         return client

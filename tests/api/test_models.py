@@ -30,6 +30,7 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
+from tests.conftest import local_client
 
 ROOT = EXAMPLES.parent
 MODEL_ID = re.compile(r"m_[0-9a-f]{16}")
@@ -47,7 +48,7 @@ def shared(tmp_path_factory) -> Iterator[Shared]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("models") / "data", max_upload_bytes=1_000_000, max_concurrent_fits=2
     )
-    with build_app(settings).test_client() as client:
+    with local_client(build_app(settings)) as client:
         yield Shared(client, settings)
 
 
@@ -112,7 +113,7 @@ class Blocked:
 
 @pytest.fixture
 def blocked(settings) -> Iterator[Blocked]:
-    with build_app(Settings(data_dir=settings.data_dir, max_concurrent_fits=1)).test_client() as client:
+    with local_client(build_app(Settings(data_dir=settings.data_dir, max_concurrent_fits=1))) as client:
         rows = np.random.default_rng(0).normal(size=(5000, 2)).round(4)
         dataset = client.post("/kmeans/datasets", json={"data": rows.tolist()}).json()
         blocker = client.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": LONG_FIT}).json()
@@ -336,7 +337,7 @@ def test_model_fitted_through_one_app_predicts_through_another(shared):
     labels = api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"]
 
     # Another worker process, or the service after a restart: a new app on the same data dir.
-    with build_app(shared.settings).test_client() as other:
+    with local_client(build_app(shared.settings)) as other:
         assert other.get(f"/kmeans/models/{model['id']}").json()["status"] == "succeeded"
         assert other.post(url, json={"data": [[0, 0], [12, 3]]}).json()["labels"] == expected
         assert other.get(f"/kmeans/models/{model['id']}/labels").json()["labels"] == labels

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
+from tests.conftest import local_client
 
 TRAIN = [[0, 0], [0, 2], [10, 0], [10, 2]]
 
@@ -20,7 +21,7 @@ TRAIN = [[0, 0], [0, 2], [10, 0], [10, 2]]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("online") / "data", max_concurrent_fits=2)
-    with build_app(settings).test_client() as client:
+    with local_client(build_app(settings)) as client:
         yield client
 
 

@@ -15,12 +15,13 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
+from tests.conftest import local_client
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("options") / "data", max_concurrent_fits=2)
-    with build_app(settings).test_client() as client:
+    with local_client(build_app(settings)) as client:
         yield client
 
 

@@ -20,11 +20,17 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import allow_header_conformance
 
+from kmeans.access import Access
 from kmeans.config import Settings
+from kmeans.store import Store
 from server import build_app
-from tests.conftest import wait_for_model
+from tests.conftest import local_client, wait_for_model
 
 DATA_DIR = Path(tempfile.mkdtemp(prefix="kmeans-schemathesis-"))
+# The contract as deployed: tokens required. schemathesis also sends requests without the token
+# (its ignored_auth check) and expects them refused.
+_, ADMIN_TOKEN = Access(Store(DATA_DIR)).create_token("admin")
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 APP = build_app(Settings(data_dir=DATA_DIR, max_upload_bytes=1_000_000, max_concurrent_fits=2))
 CONFIG = schemathesis.Config.from_str(
     """
@@ -45,7 +51,8 @@ SEEDED: dict[str, str] = {}
 def running_app() -> Iterator[None]:
     """Start the app's lifespan (fit workers) and seed an upload (job 0), a dataset and a fitted model."""
     points = [[x, y] for x in (1, 10, 20) for y in (0, 2, 4, 6)]
-    with APP.test_client() as client:
+    with local_client(APP) as client:
+        client.headers.update(AUTH)
         csv = "\n".join(f"{x},{y}" for x, y in points).encode()
         assert client.post("/kmeans/upload", files={"file": ("seed.csv", csv, "text/csv")}).json()["job_id"] == 0
         created = client.post("/kmeans/datasets", json={"data": points, "name": "seed"})
@@ -102,6 +109,7 @@ def test_every_operation_keeps_the_contract(case: Case):
     """Valid and invalid requests (schemathesis generates both): no 5xx, every answer as documented,
     invalid data refused with a 4xx."""
     case.call_and_validate(
+        headers=AUTH,
         # connexion routes each method of a path separately, so a 405 names only one of the
         # path's methods in Allow: see test_405_allow_lists_every_method_of_the_path below.
         excluded_checks=[allow_header_conformance],

@@ -10,7 +10,7 @@ import pytest
 
 from kmeans.config import Settings
 from server import build_app
-from tests.conftest import wait_for_model
+from tests.conftest import local_client, wait_for_model
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def cluster():
 @pytest.fixture
 def dask_client(settings: Settings, cluster):
     app = build_app(replace(settings, dask_address=cluster.scheduler_address))
-    with app.test_client() as client:
+    with local_client(app) as client:
         yield client
 
 
@@ -50,7 +50,7 @@ def test_fit_runs_on_the_cluster_and_predicts_like_a_local_one(dask_client, sett
     assert type(launcher).__name__ == "DaskLauncher"
 
     # The same fit in a local process gives the same centers: the cluster ran the same code.
-    with build_app(settings).test_client() as local:
+    with local_client(build_app(settings)) as local:
         local_model = wait_for_model(
             local, local.post("/kmeans/models", json={"dataset_id": ds, "params": params}).json()["id"]
         )

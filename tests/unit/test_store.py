@@ -58,7 +58,7 @@ def temp_files(store: Store) -> list[str]:
 
 def test_job_ids_count_from_zero(store):
     dataset_id = add_dataset(store)
-    ids = [store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id) for i in range(3)]
+    ids = [store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id, "default") for i in range(3)]
     assert ids == [0, 1, 2]
     assert store.get_upload(1)["filename"] == "f1.csv"
     assert store.get_upload(3) is None
@@ -66,9 +66,9 @@ def test_job_ids_count_from_zero(store):
 
 def test_job_ids_continue_in_a_new_store_on_the_same_dir(store):
     dataset_id = add_dataset(store)
-    store.add_upload("a.csv", "a" * 64, dataset_id)
+    store.add_upload("a.csv", "a" * 64, dataset_id, "default")
     again = Store(store.root)
-    assert again.add_upload("b.csv", "b" * 64, dataset_id) == 1
+    assert again.add_upload("b.csv", "b" * 64, dataset_id, "default") == 1
 
 
 def test_job_ids_are_distinct_and_consecutive_under_concurrency(store):
@@ -80,7 +80,7 @@ def test_job_ids_are_distinct_and_consecutive_under_concurrency(store):
     def worker(i: int) -> None:
         try:
             start.wait()
-            got[i] = store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id)
+            got[i] = store.add_upload(f"f{i}.csv", f"{i}" * 64, dataset_id, "default")
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -104,7 +104,7 @@ def test_job_ids_from_separate_stores_on_one_dir_do_not_collide(tmp_path):
 
     def worker(s: Store, i: int) -> None:
         for j in range(5):
-            ids.append(s.add_upload(f"{i}-{j}.csv", "c" * 64, dataset_id))
+            ids.append(s.add_upload(f"{i}-{j}.csv", "c" * 64, dataset_id, "default"))
 
     threads = [threading.Thread(target=worker, args=(s, i)) for i, s in enumerate(stores)]
     for thread in threads:
@@ -116,17 +116,19 @@ def test_job_ids_from_separate_stores_on_one_dir_do_not_collide(tmp_path):
 
 def test_find_upload_matches_name_and_content(store):
     dataset_id = add_dataset(store)
-    store.add_upload("a.csv", "1" * 64, dataset_id)
-    assert store.find_upload("a.csv", "1" * 64)["job_id"] == 0
-    assert store.find_upload("a.csv", "2" * 64) is None
-    assert store.find_upload("b.csv", "1" * 64) is None
+    store.add_upload("a.csv", "1" * 64, dataset_id, "default")
+    assert store.find_upload("a.csv", "1" * 64, "default")["job_id"] == 0
+    assert store.find_upload("a.csv", "2" * 64, "default") is None
+    assert store.find_upload("b.csv", "1" * 64, "default") is None
+    # The same file in another project is another upload: job_ids never lead across projects.
+    assert store.find_upload("a.csv", "1" * 64, "team-b") is None
 
 
 def test_find_upload_ignores_uploads_whose_dataset_was_deleted(store):
     dataset_id = add_dataset(store)
-    store.add_upload("a.csv", "1" * 64, dataset_id)
+    store.add_upload("a.csv", "1" * 64, dataset_id, "default")
     assert store.delete_dataset(dataset_id)
-    assert store.find_upload("a.csv", "1" * 64) is None
+    assert store.find_upload("a.csv", "1" * 64, "default") is None
 
 
 # -- guards --------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_only_the_run_that_owns_a_model_finishes_it(store):
 def test_delete_model_unlinks_it_from_uploads(store):
     dataset_id = add_dataset(store)
     model_id = add_model(store, dataset_id, "succeeded")
-    job_id = store.add_upload("a.csv", "1" * 64, dataset_id)
+    job_id = store.add_upload("a.csv", "1" * 64, dataset_id, "default")
     store.set_upload_model(job_id, model_id)
     assert store.delete_model(model_id)
     assert store.get_upload(job_id)["model_id"] is None

@@ -1,0 +1,82 @@
+"""Bearer tokens at the HTTP edge: connexion checks them (``x-bearerInfoFunc`` in api.yaml),
+these middlewares decide the caller of each request and whether its role may run the operation.
+
+Order: ``AccessMiddleware`` (before connexion's security) hands the token check its store;
+connexion's security middleware calls :func:`token_info` for a bearer token; ``RoleMiddleware``
+(after it, before validation, so a refused upload is never read) turns the outcome into a
+:class:`~kmeans.access.Caller`, checks the role the operation needs (``x-kmeans-role``), and runs
+the rest of the request as that caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kmeans import access
+from kmeans.errors import Forbidden, Unauthorized
+
+ACCESS = "kmeans.access"  # scope key: the service's Access, for token_info
+
+
+def malformed_header() -> Unauthorized:
+    """The refusal of an Authorization header that is not ``Bearer <token>``."""
+    return Unauthorized("the Authorization header is not 'Bearer <token>'")
+
+
+def token_info(token: str, request: Any) -> dict[str, Any]:
+    """connexion's bearer check: the caller of a valid token, or a 401 naming why not."""
+    caller = request.scope[ACCESS].resolve(token)
+    return {"sub": caller.token_id, "caller": caller}
+
+
+class AccessMiddleware:
+    """Put the service's Access into each request's scope."""
+
+    def __init__(self, app: ASGIApp, access: access.Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ACCESS] = self.access
+        await self.app(scope, receive, send)
+
+
+class RoleMiddleware:
+    """Run each operation as its caller, if the caller's role may run it (403 otherwise)."""
+
+    def __init__(self, app: ASGIApp, roles: dict[str, str]) -> None:
+        self.app = app
+        self.roles = roles  # operationId -> the least role that may run it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extensions = scope.get("extensions", {})
+        operation = (extensions.get("connexion_routing", {}).get("operation_id") or "").rpartition(".")[2]
+        needed = self.roles.get(operation)
+        if needed is None:  # an operation open to all (the health check), or no operation (404/405)
+            await self.app(scope, receive, send)
+            return
+        info = extensions.get("connexion_context", {}).get("token_info") or {}
+        caller = info.get("caller") or self._anonymous(scope)
+        if not caller.may(needed):
+            raise Forbidden(f"a {caller.role} token may not do this; it needs the {needed} role", role=caller.role)
+        with access.acting_as(caller):
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    def _anonymous(scope: Scope) -> access.Caller:
+        gate: access.Access = scope[ACCESS]
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                # Only reachable on a server that started open (tokens optional): a token was
+                # sent but refused; say why instead of serving the request as the open user.
+                kind, _, token = value.decode("latin-1").strip().partition(" ")
+                if kind.lower() != "bearer" or not token.strip():
+                    raise malformed_header()
+                return gate.resolve(token.strip())
+        client = scope.get("client")
+        return gate.anonymous(client[0] if client else None)
