@@ -1,5 +1,7 @@
 """The contract from outside, against a real ``python server.py``: a client generated from
-api.yaml, the SDK and generated-client examples, and the installed ``kmeans`` console script."""
+api.yaml, the SDK and generated-client examples, and the installed ``kmeans`` console script;
+also against a server that requires tokens (KMEANS_AUTH=required), where the generated
+``AuthenticatedClient`` sends api.yaml's bearerAuth token and no token is a clear 401."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import ROOT, free_port, running
+from tests.e2e.test_auth_e2e import create_token
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "examples"
@@ -31,6 +34,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp / "data")]
     with running(cmd, tmp / "data", port, tmp / "server.log") as url:
         yield str(url)
+
+
+@pytest.fixture(scope="module")
+def closed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """An embedded server that requires tokens, and a contributor token for it (from the README's command)."""
+    tmp = tmp_path_factory.mktemp("contract-e2e-auth")
+    data_dir = tmp / "data"
+    token = create_token(data_dir, "--role", "contributor", "--name", "generated client")
+    port = free_port()
+    cmd = [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)]
+    with running(cmd, data_dir, port, tmp / "server.log", env={"KMEANS_AUTH": "required"}) as url:
+        yield str(url), token
+
+
+def run_example(example: str, url: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """Run an example as a user would: the server in KMEANS_URL, the token (if any) in KMEANS_TOKEN."""
+    env = {key: value for key, value in os.environ.items() if key != "KMEANS_TOKEN"}
+    env["KMEANS_URL"] = url
+    if token is not None:
+        env["KMEANS_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / example)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def load_example(name: str):
@@ -115,12 +141,55 @@ def test_generated_client_csv_bodies_classic_endpoints_and_problems(generated, s
 
 @pytest.mark.parametrize("example", ["sdk_flow.py", "generated_client.py"])
 def test_examples_run_against_a_real_server(server: str, example: str):
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / example)], cwd=ROOT, env={**os.environ, "KMEANS_URL": server},
-        capture_output=True, text=True, timeout=120,
-    )
+    done = run_example(example, server)
     assert done.returncode == 0, f"{example}:\n{done.stdout}\n{done.stderr}"
     assert "predictions for (0, 0) and (12, 3): [" in done.stdout
+
+
+@pytest.mark.parametrize("example", ["sdk_flow.py", "generated_client.py"])
+def test_examples_run_with_a_token_against_a_server_that_requires_one(closed_server, example: str):
+    url, token = closed_server
+    done = run_example(example, url, token)
+    assert done.returncode == 0, f"{example}:\n{done.stdout}\n{done.stderr}"
+    assert "predictions for (0, 0) and (12, 3): [" in done.stdout
+    assert "contributor" in done.stdout and "default" in done.stdout  # whoami: the token's role and project
+    assert token not in done.stdout + done.stderr
+
+
+def test_generated_client_example_without_a_token_stops_at_a_clear_401(closed_server):
+    url, _ = closed_server
+    done = run_example("generated_client.py", url)
+    assert done.returncode == 1, f"{done.stdout}\n{done.stderr}"
+    assert "service ok" in done.stdout  # /ping has security: [] ...
+    assert "dataset" not in done.stdout  # ... nothing after it ran
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error 401 Unauthorized: "), done.stderr
+
+
+def test_generated_authenticated_client_sends_the_bearer_token(generated, closed_server):
+    from kmeans_api_client import AuthenticatedClient, Client
+    from kmeans_api_client.api.access import whoami
+    from kmeans_api_client.api.datasets import list_datasets
+    from kmeans_api_client.models import Problem
+
+    url, token = closed_server
+    client = generated.make_client(url, token)
+    assert isinstance(client, AuthenticatedClient)
+    seen = generated.flow(url, token=token)
+    assert seen["model"].status.value == "succeeded" and seen["predicted"] == [seen["labels"][2], seen["labels"][3]]
+    me = whoami.sync(client=client)
+    assert (me.role.value, me.project, me.open_) == ("contributor", "default", False)
+
+    # Without a token (a plain Client), or with a wrong one: 401 problems, raised clearly by the example.
+    plain = generated.make_client(url)
+    assert type(plain) is Client
+    for client in (plain, generated.make_client(url, "kms_not-a-token")):
+        refused = list_datasets.sync_detailed(client=client)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert isinstance(refused.parsed, Problem) and refused.parsed.status == 401
+        with pytest.raises(generated.ProblemAnswer, match=r"^error 401 Unauthorized: ") as raised:
+            generated.flow(url, token=client.token if isinstance(client, AuthenticatedClient) else None)
+        assert raised.value.status == 401
 
 
 def console_script() -> str:

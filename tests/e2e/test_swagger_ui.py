@@ -1,16 +1,19 @@
-"""The Swagger UI in a real headless Chromium: every operation is listed, and an upload through
-"Try it out" works from the page's own file input."""
+"""The Swagger UI in a real headless Chromium: every operation is listed, an upload through
+"Try it out" works from the page's own file input, and on a server that requires tokens the
+"Authorize" button (api.yaml's bearerAuth scheme) is what turns a 401 into a 200."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, free_port, running
+from tests.e2e.test_auth_e2e import create_token
 
 pytestmark = pytest.mark.e2e
 # Debian's package (.ci/run installs it); Playwright drives it, it never downloads a browser.
@@ -66,3 +69,46 @@ def test_swagger_ui_lists_every_operation_and_uploads_a_file(page, embedded_serv
         body = upload.locator(".live-responses-table .response-col_description pre").first.inner_text()
         result = json.loads(body)
         assert result["job_id"] == 0 and result["filename"] == "model.csv" and result["rows"] == 6
+
+
+def test_swagger_ui_authorize_button_sends_the_bearer_token(page, tmp_path: Path):
+    expect = pytest.importorskip("playwright.sync_api").expect
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir, "--role", "admin")
+    port = free_port()
+    cmd = [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)]
+    with running(cmd, data_dir, port, tmp_path / "server.log", env={"KMEANS_AUTH": "required"}) as url:
+        page.set_default_timeout(30_000)
+        page.goto(f"{url}/kmeans/ui/")
+        page.wait_for_selector(".opblock")
+        whoami = page.locator("#operations-access-whoami")
+        whoami.locator(".opblock-summary").click()
+        whoami.locator("button.try-out__btn").click()
+
+        # Not authorized yet: the server refuses, and the page shows its problem.
+        whoami.locator("button.execute").click()
+        status = whoami.locator(".live-responses-table .response .response-col_status").first
+        expect(status).to_have_text("401", timeout=30_000)
+        problem = json.loads(whoami.locator(".live-responses-table .response-col_description pre").first.inner_text())
+        assert problem["status"] == 401
+        assert "Authorization: Bearer" not in whoami.locator(".curl-command").inner_text()
+
+        # The bearerAuth dialog from api.yaml's securitySchemes.
+        page.locator(".auth-wrapper button.authorize").click()
+        dialog = page.locator(".modal-ux")
+        dialog.wait_for()
+        scheme = dialog.locator(".auth-container").filter(has_text="bearerAuth")
+        scheme.locator("input[aria-label=auth-bearer-value]").fill(token)
+        scheme.locator("button.authorize[type=submit]").click()
+        expect(scheme.locator("button", has_text="Logout")).to_be_visible(timeout=10_000)
+        expect(scheme).to_contain_text("Authorized")
+        scheme.locator("button.btn-done").click()
+        dialog.wait_for(state="detached")
+        page.locator(".auth-wrapper button.authorize.locked").wait_for()
+
+        # The same call again: now with the token, and the server knows who it is.
+        whoami.locator("button.execute").click()
+        expect(status).to_have_text("200", timeout=30_000)
+        me = json.loads(whoami.locator(".live-responses-table .response-col_description pre").first.inner_text())
+        assert me["role"] == "admin" and me["open"] is False and me["token_id"]
+        assert f"Authorization: Bearer {token}" in whoami.locator(".curl-command").inner_text()
