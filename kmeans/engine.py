@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, pairwise_distances_argmin, silhouette_score
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, pairwise_distances_argmin
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,32 @@ def _thread_stdout() -> _ThreadStdout:
         if not isinstance(sys.stdout, _ThreadStdout):
             sys.stdout = _ThreadStdout(sys.stdout)
         return sys.stdout
+
+
+def _thread_pools() -> Any:
+    """scikit-learn's threadpoolctl controller (the BLAS and OpenMP libraries it limits)."""
+    try:
+        from sklearn.utils.parallel import _get_threadpool_controller
+    except ImportError:  # a private helper that moved: a controller of our own does the same
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController()
+    return _get_threadpool_controller()
+
+
+def load_thread_pools() -> None:
+    """Find the BLAS and OpenMP libraries now rather than in the first fit (~30 ms): the
+    fork server calls this once, and every fit process it forks starts with them found."""
+    _thread_pools()
+
+
+def use_all_cpus() -> None:
+    """Let scikit-learn's OpenMP loops (the k-means iterations) use every CPU this process
+    may use, unless OMP_NUM_THREADS says otherwise: a fit process must not run on one core."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _thread_pools().limit(limits=cpus, user_api="openmp")
 
 
 def resolved_n_init(params: dict[str, Any]) -> int:
@@ -185,7 +212,7 @@ def quality(values: np.ndarray, labels: np.ndarray, seed: int | None = 0) -> dic
     """Silhouette (on a seeded random sample of at most SILHOUETTE_SAMPLE rows), Davies-Bouldin
     and Calinski-Harabasz (on one of at most SCORE_SAMPLE rows) of a clustering; None where
     undefined (fewer than 2 clusters, or every row its own cluster)."""
-    used = len(np.unique(labels))
+    used = _clusters_used(labels)
     if used < 2 or used >= len(values):
         return {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
     rng = np.random.default_rng(0 if seed is None else seed)
@@ -199,14 +226,54 @@ def quality(values: np.ndarray, labels: np.ndarray, seed: int | None = 0) -> dic
     scored, scored_labels = sample(SCORE_SAMPLE)
     small, small_labels = sample(SILHOUETTE_SAMPLE)
     silhouette = None
-    if 2 <= len(np.unique(small_labels)) < len(small):
-        silhouette = float(silhouette_score(small, small_labels))
-    defined = 2 <= len(np.unique(scored_labels)) < len(scored)
+    if 2 <= _clusters_used(small_labels) < len(small):
+        silhouette = _silhouette(small, small_labels)
+    defined = 2 <= _clusters_used(scored_labels) < len(scored)
     return {
         "silhouette": silhouette,
         "davies_bouldin": float(davies_bouldin_score(scored, scored_labels)) if defined else None,
         "calinski_harabasz": float(calinski_harabasz_score(scored, scored_labels)) if defined else None,
     }
+
+
+def _clusters_used(labels: np.ndarray) -> int:
+    # Labels are small non-negative ints: counting them is a pass, np.unique a sort.
+    return int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0
+
+
+# Rows of the silhouette's distance matrix computed at a time (rows x sample floats each).
+SILHOUETTE_CHUNK = 512
+
+
+def _silhouette(values: np.ndarray, labels: np.ndarray) -> float:
+    """The mean silhouette coefficient, as sklearn.metrics.silhouette_score computes it (the
+    same distances and rules) but with a matrix product per chunk of rows where scikit-learn
+    loops over the rows in Python: a tenth of the time on SILHOUETTE_SAMPLE rows."""
+    _, codes = np.unique(labels, return_inverse=True)
+    counts = np.bincount(codes)
+    members = np.zeros((len(values), len(counts)))
+    members[np.arange(len(values)), codes] = 1.0
+    squares = np.einsum("ij,ij->i", values, values)
+    intra = np.empty(len(values))
+    inter = np.empty(len(values))
+    for start in range(0, len(values), SILHOUETTE_CHUNK):
+        rows = slice(start, min(start + SILHOUETTE_CHUNK, len(values)))
+        chunk = np.arange(rows.stop - rows.start)
+        distances = -2.0 * (values[rows] @ values.T)
+        distances += squares[rows, None]
+        distances += squares[None, :]
+        np.maximum(distances, 0.0, out=distances)
+        distances[chunk, chunk + start] = 0.0  # a row's distance to itself, exactly
+        np.sqrt(distances, out=distances)
+        per_cluster = distances @ members
+        own = codes[rows]
+        intra[rows] = per_cluster[chunk, own]
+        per_cluster[chunk, own] = np.inf
+        inter[rows] = (per_cluster / counts).min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra /= counts[codes] - 1
+        scores = (inter - intra) / np.maximum(intra, inter)
+    return float(np.nan_to_num(scores).mean())
 
 
 def project_2d(sample: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
