@@ -23,6 +23,9 @@ from kmeans.errors import FitFailed, ProblemError
 from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
+# The fork server imports this module before it forks any fit: what is loaded here, every
+# fit process starts with.
+engine.load_thread_pools()
 
 PROGRESS_EVERY = 0.25  # seconds between progress writes
 CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
@@ -180,6 +183,7 @@ def _watch_owner(owner: int) -> None:
 def child_main(data_dir: str, model_id: str, run_token: str, owner: int) -> None:
     """Entry point of a local fit process; ``owner`` is the pid of the server process."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    engine.use_all_cpus()
     if Path("/proc").is_dir():
         threading.Thread(target=_watch_owner, args=(owner,), name="kmeans-owner-watch", daemon=True).start()
     execute(data_dir, model_id, run_token, None, cooperative=False)
