@@ -104,12 +104,6 @@ def _thread_pools() -> Any:
     return _get_threadpool_controller()
 
 
-def load_thread_pools() -> None:
-    """Find the BLAS and OpenMP libraries now rather than in the first fit (~30 ms): the
-    fork server calls this once, and every fit process it forks starts with them found."""
-    _thread_pools()
-
-
 def use_all_cpus() -> None:
     """Let scikit-learn's OpenMP loops (the k-means iterations) use every CPU this process
     may use, unless OMP_NUM_THREADS says otherwise: a fit process must not run on one core."""
@@ -117,6 +111,23 @@ def use_all_cpus() -> None:
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     _thread_pools().limit(limits=cpus, user_api="openmp")
+
+
+def warm_up() -> None:
+    """Fit and score a tiny dataset once, on one thread.
+
+    A process's first fit pays ~100 ms that later ones do not (scikit-learn finds the BLAS
+    and OpenMP libraries, narwhals its plugins' entry points, joblib the CPU count). The
+    fork server calls this before it forks any fit process, so that none of them pays it.
+    One OpenMP thread, so that the fork server starts no OpenMP threads of its own: a
+    forked child would inherit a thread pool without its threads.
+    """
+    values = np.random.default_rng(0).normal(size=(64, 2))
+    values[32:] += 10.0
+    with _thread_pools().limit(limits=1, user_api="openmp"):
+        for method in ("kmeans", "minibatch"):
+            result = fit(values, {"method": method, "n_clusters": 2, "n_init": 1, "random_state": 0})
+        quality(values, result.labels)
 
 
 def resolved_n_init(params: dict[str, Any]) -> int:

@@ -23,9 +23,6 @@ from kmeans.errors import FitFailed, ProblemError
 from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
-# The fork server imports this module before it forks any fit: what is loaded here, every
-# fit process starts with.
-engine.load_thread_pools()
 
 PROGRESS_EVERY = 0.25  # seconds between progress writes
 CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
