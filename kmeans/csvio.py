@@ -27,6 +27,8 @@ from kmeans.errors import Unprocessable
 
 # A header row longer than this is not a header anyone wrote by hand.
 MAX_FIRST_LINE_BYTES = 1024 * 1024
+# The part of the head looked at first for the first line (see _first_line).
+FIRST_LINE_WINDOW = 64 * 1024
 # Rows parsed at a time: peak memory is the final array plus one chunk, not a multiple of it.
 CHUNK_ROWS = 262144
 # Bytes per block of the parallel fast path: an input up to this size is parsed by one
@@ -79,9 +81,22 @@ def _first_line(handle: BinaryIO) -> tuple[str, int]:
     """The first non-blank line of the file, decoded (BOM removed), and the byte offset where
     the next line starts. Lines end with LF, CRLF or a lone CR (old Mac files)."""
     head = handle.read(MAX_FIRST_LINE_BYTES)
+    # First lines are short: split a window of the head before all of it (a 10,000-row
+    # prediction body fits in the head, and splitting it took longer than parsing a row).
+    if len(head) > FIRST_LINE_WINDOW and (found := _first_nonblank(head[:FIRST_LINE_WINDOW], cut=True)):
+        return found
+    if found := _first_nonblank(head, cut=len(head) == MAX_FIRST_LINE_BYTES):
+        return found
+    if len(head) == MAX_FIRST_LINE_BYTES:
+        raise Unprocessable(f"the first {MAX_FIRST_LINE_BYTES} bytes of the CSV file hold no complete row")
+    raise Unprocessable("the CSV file is empty: it has no rows")
+
+
+def _first_nonblank(head: bytes, cut: bool) -> tuple[str, int] | None:
+    """_first_line within ``head``; ``cut``: its last line may be incomplete, so skip it."""
     lines = head.splitlines(keepends=True)
-    if len(head) == MAX_FIRST_LINE_BYTES and lines:
-        lines.pop()  # may be cut short by the read
+    if cut and lines:
+        lines.pop()
     end = 0
     for number, raw in enumerate(lines, start=1):
         end += len(raw)
@@ -90,9 +105,7 @@ def _first_line(handle: BinaryIO) -> tuple[str, int]:
                 return raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"), end
             except UnicodeDecodeError as exc:
                 raise Unprocessable(f"row {number} is not UTF-8 text (byte {exc.start})", row=number) from None
-    if len(head) == MAX_FIRST_LINE_BYTES:
-        raise Unprocessable(f"the first {MAX_FIRST_LINE_BYTES} bytes of the CSV file hold no complete row")
-    raise Unprocessable("the CSV file is empty: it has no rows")
+    return None
 
 
 def _header(first_line: str) -> list[str] | None:
@@ -214,6 +227,8 @@ def _read_blocks(handle: BinaryIO) -> list[np.ndarray] | None:
     """The fast path: the rows from the current position as float64 arrays, one per block,
     parsed in parallel; None whenever the chunked reader must decide instead."""
     first = handle.read(BLOCK_BYTES)
+    while 0 < len(first) < BLOCK_BYTES and (more := handle.read(BLOCK_BYTES - len(first))):
+        first += more  # a stream may return less than asked before its end
     if len(first) < BLOCK_BYTES:  # the whole input: one call, no threads (predictions)
         values = _parse_block(first) if first else None
         return [values] if values is not None else None

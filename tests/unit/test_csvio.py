@@ -396,3 +396,17 @@ def test_format_table_round_trips_through_read_csv():
     table = csvio.read_csv(io.BytesIO(text.encode()))
     assert table.columns == ["a", "b", "c"]
     assert table.values.tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 5, 8, 64 * 1024])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"x,y\r\n1,2\r\n", b"\n\n\r\nx,y\n1,2\n", b"x,y\r1,2\r", b"\xef\xbb\xbf\n1,2\n3,4\n",
+        b"1,2\n", b"\n \n", b"x,caf\xe9\n1,2\n",
+    ],
+)
+def test_the_first_line_is_the_same_whatever_window_is_looked_at_first(monkeypatch, content: bytes, window: int):
+    expected = outcome(content)
+    monkeypatch.setattr(csvio, "FIRST_LINE_WINDOW", window)
+    assert outcome(content) == expected
