@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, pairwise_distances_argmin
+from sklearn.metrics import pairwise_distances_argmin
 
 
 @dataclass(frozen=True)
@@ -239,17 +239,38 @@ def quality(values: np.ndarray, labels: np.ndarray, seed: int | None = 0) -> dic
     silhouette = None
     if 2 <= _clusters_used(small_labels) < len(small):
         silhouette = _silhouette(small, small_labels)
-    defined = 2 <= _clusters_used(scored_labels) < len(scored)
-    return {
-        "silhouette": silhouette,
-        "davies_bouldin": float(davies_bouldin_score(scored, scored_labels)) if defined else None,
-        "calinski_harabasz": float(calinski_harabasz_score(scored, scored_labels)) if defined else None,
-    }
+    davies_bouldin = calinski_harabasz = None
+    if 2 <= _clusters_used(scored_labels) < len(scored):
+        davies_bouldin, calinski_harabasz = _davies_bouldin_calinski_harabasz(scored, scored_labels)
+    return {"silhouette": silhouette, "davies_bouldin": davies_bouldin, "calinski_harabasz": calinski_harabasz}
 
 
 def _clusters_used(labels: np.ndarray) -> int:
     # Labels are small non-negative ints: counting them is a pass, np.unique a sort.
     return int(np.count_nonzero(np.bincount(labels))) if len(labels) else 0
+
+
+def _davies_bouldin_calinski_harabasz(values: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """sklearn.metrics' davies_bouldin_score and calinski_harabasz_score (the same formulas),
+    from one pass of per-cluster sums where scikit-learn selects each cluster's rows in turn."""
+    _, codes = np.unique(labels, return_inverse=True)
+    counts = np.bincount(codes).astype(np.float64)
+    centers = np.stack([np.bincount(codes, weights=column) for column in values.T], axis=1) / counts[:, None]
+    offsets = values - centers[codes]
+    squared = np.einsum("ij,ij->i", offsets, offsets)
+    # Calinski-Harabasz: between-cluster over within-cluster dispersion, scaled by their degrees of freedom.
+    within = float(squared.sum())
+    between = float((counts * ((centers - values.mean(axis=0)) ** 2).sum(axis=1)).sum())
+    k, n = len(counts), len(values)
+    calinski_harabasz = 1.0 if within == 0.0 else between * (n - k) / (within * (k - 1.0))
+    # Davies-Bouldin: mean over clusters of the worst (spread_i + spread_j) / distance(center_i, center_j).
+    spread = np.bincount(codes, weights=np.sqrt(squared)) / counts
+    gaps = np.sqrt(((centers[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2))
+    if np.allclose(spread, 0) or np.allclose(gaps, 0):
+        return 0.0, calinski_harabasz
+    gaps[gaps == 0] = np.inf
+    davies_bouldin = float(np.max((spread[:, None] + spread[None, :]) / gaps, axis=1).mean())
+    return davies_bouldin, calinski_harabasz
 
 
 # Rows of the silhouette's distance matrix computed at a time (rows x sample floats each).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 from kmeans import engine
 
@@ -41,3 +41,24 @@ def test_quality_is_none_with_one_cluster():
     assert engine.quality(values, np.zeros(50, dtype=np.int32)) == {
         "silhouette": None, "davies_bouldin": None, "calinski_harabasz": None,
     }
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_davies_bouldin_and_calinski_harabasz_equal_scikit_learns(seed: int):
+    rng = np.random.default_rng(seed)
+    rows = int(rng.integers(3, 3000))
+    values = rng.normal(0, rng.uniform(0.1, 50), (rows, int(rng.integers(1, 9))))
+    labels = (rng.integers(0, int(rng.integers(2, 12)), rows) * 2).astype(np.int32)
+    values += labels[:, None] * rng.uniform(0, 5)
+    if not 2 <= len(np.unique(labels)) < rows:
+        labels[:2] = [0, 1]
+    davies_bouldin, calinski_harabasz = engine._davies_bouldin_calinski_harabasz(values, labels)
+    assert davies_bouldin == pytest.approx(davies_bouldin_score(values, labels), rel=1e-9)
+    assert calinski_harabasz == pytest.approx(calinski_harabasz_score(values, labels), rel=1e-9)
+
+
+def test_davies_bouldin_and_calinski_harabasz_of_clusters_of_identical_rows():
+    values = np.array([[1.0, 1.0], [1.0, 1.0], [5.0, 5.0], [5.0, 5.0]])
+    labels = np.array([0, 0, 1, 1])
+    expected = (davies_bouldin_score(values, labels), calinski_harabasz_score(values, labels))
+    assert engine._davies_bouldin_calinski_harabasz(values, labels) == pytest.approx(expected)
