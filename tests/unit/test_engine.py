@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 from kmeans import engine
@@ -62,3 +63,39 @@ def test_davies_bouldin_and_calinski_harabasz_of_clusters_of_identical_rows():
     labels = np.array([0, 0, 1, 1])
     expected = (davies_bouldin_score(values, labels), calinski_harabasz_score(values, labels))
     assert engine._davies_bouldin_calinski_harabasz(values, labels) == pytest.approx(expected)
+
+
+# -- progress of a fit ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_clusters": 4, "n_init": 3, "random_state": 0},
+        {"n_clusters": 4, "n_init": 2, "random_state": 1, "algorithm": "elkan"},
+        {"n_clusters": 5, "n_init": 1, "random_state": 2, "max_iter": 2, "tol": 0.0},
+        {"n_clusters": 3, "init": "random", "random_state": 3},
+    ],
+)
+def test_hooked_progress_equals_what_verbose_mode_reported(monkeypatch, params):
+    rng = np.random.default_rng(5)
+    values = np.concatenate([c + rng.normal(0, 2, (300, 2)) for c in ([0, 0], [6, 0], [0, 6], [6, 6])])
+    assert engine.HOOKED
+
+    def run() -> tuple[list[tuple[float, str]], engine.FitResult]:
+        calls: list[tuple[float, str]] = []
+        result = engine.fit(values, params, lambda fraction, phase: calls.append((fraction, phase)))
+        return calls, result
+
+    hooked, result = run()
+    monkeypatch.setattr(engine, "HOOKED", False)
+    verbose, reference = run()
+    assert hooked == verbose and len(hooked) >= 3
+    assert np.array_equal(result.labels, reference.labels) and result.inertia == reference.inertia
+
+
+def test_hooks_call_through_without_a_progress_reader():
+    values = np.random.default_rng(0).normal(size=(200, 2))
+    result = engine.fit(values, {"n_clusters": 3, "random_state": 0})
+    reference = KMeans(n_clusters=3, random_state=0).fit(values)
+    assert np.array_equal(result.labels, reference.labels_) and result.n_iter == reference.n_iter_
