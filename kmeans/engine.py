@@ -160,12 +160,15 @@ def _thread_stdout() -> _ThreadStdout:
 
 
 def _thread_pools() -> Any:
-    """scikit-learn's threadpoolctl controller (the BLAS and OpenMP libraries it limits)."""
+    """scikit-learn's threadpoolctl controller (the BLAS and OpenMP libraries it limits), or
+    None where neither it nor threadpoolctl's own controller exists (older releases)."""
     try:
         from sklearn.utils.parallel import _get_threadpool_controller
     except ImportError:  # a private helper that moved: a controller of our own does the same
-        from threadpoolctl import ThreadpoolController
-
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
         return ThreadpoolController()
     return _get_threadpool_controller()
 
@@ -173,10 +176,11 @@ def _thread_pools() -> Any:
 def use_all_cpus() -> None:
     """Let scikit-learn's OpenMP loops (the k-means iterations) use every CPU this process
     may use, unless OMP_NUM_THREADS says otherwise: a fit process must not run on one core."""
-    if os.environ.get("OMP_NUM_THREADS"):
+    pools = _thread_pools()
+    if os.environ.get("OMP_NUM_THREADS") or pools is None:
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    _thread_pools().limit(limits=cpus, user_api="openmp")
+    pools.limit(limits=cpus, user_api="openmp")
 
 
 def warm_up() -> None:
@@ -186,11 +190,15 @@ def warm_up() -> None:
     and OpenMP libraries, narwhals its plugins' entry points, joblib the CPU count). The
     fork server calls this before it forks any fit process, so that none of them pays it.
     One OpenMP thread, so that the fork server starts no OpenMP threads of its own: a
-    forked child would inherit a thread pool without its threads.
+    forked child would inherit a thread pool without its threads. Without a way to limit
+    the threads, it does nothing.
     """
+    pools = _thread_pools()
+    if pools is None:
+        return
     values = np.random.default_rng(0).normal(size=(64, 2))
     values[32:] += 10.0
-    with _thread_pools().limit(limits=1, user_api="openmp"):
+    with pools.limit(limits=1, user_api="openmp"):
         for method in ("kmeans", "minibatch"):
             result = fit(values, {"method": method, "n_clusters": 2, "n_init": 1, "random_state": 0})
         quality(values, result.labels)
