@@ -7,6 +7,8 @@ upload of any size costs a bounded amount of memory and is written to disk exact
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +34,101 @@ class SpooledFile:
 
     def open(self) -> BinaryIO:
         return open(self.path, "rb")
+
+
+class SpoolingReader(io.RawIOBase):
+    """A body stream that a parser reads while it still arrives: every byte pulled from
+    ``stream`` is written to ``path`` and hashed on the way, and a seek back reads the file.
+
+    ``limit`` bounds the body; ``too_large()`` is raised past it. ``finish`` reads what the
+    parser left, and gives the file with its sha256 and size; the caller removes the file.
+    """
+
+    def __init__(self, stream: BinaryIO, head: bytes, path: Path, limit: int, too_large: Callable[[], Exception],
+                 chunk_bytes: int = 1024 * 1024) -> None:
+        super().__init__()
+        self._stream, self._limit, self._too_large, self._chunk = stream, limit, too_large, chunk_bytes
+        self._digest = hashlib.sha256()
+        self._file = open(path, "w+b")  # noqa: SIM115 -- closed by close()
+        self._path = path
+        self._size = self._pos = 0
+        self._ended = False
+        try:
+            self._append(head)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _append(self, chunk: bytes) -> None:
+        if self._size + len(chunk) > self._limit:
+            raise self._too_large()
+        self._file.seek(self._size)
+        self._file.write(chunk)
+        self._digest.update(chunk)
+        self._size += len(chunk)
+
+    def _pull(self, wanted: int) -> bytes:
+        """Up to ``wanted`` new bytes of the body (fewer only at its end), spooled and hashed."""
+        pieces: list[bytes] = []
+        got = 0
+        while got < wanted and not self._ended:
+            chunk = self._stream.read(max(self._chunk, wanted - got))
+            if not chunk:
+                self._ended = True
+                break
+            self._append(chunk)
+            pieces.append(chunk)
+            got += len(chunk)
+        return b"".join(pieces)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            self.finish()
+            offset += self._size
+        self._pos = max(0, offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self.finish().size - self._pos)
+        front = self._size
+        fresh = self._pull(self._pos + size - front) if self._pos + size > front else b""
+        if self._pos == front:  # reading as the body arrives: no read back from the file
+            data = fresh[:size]
+        else:
+            self._file.seek(self._pos)
+            data = self._file.read(max(0, min(size, self._size - self._pos)))
+        self._pos += len(data)
+        return data
+
+    read1 = read
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> SpooledFile:
+        """Spool the rest of the body; the file, its sha256 and its size."""
+        while self._pull(self._chunk):
+            pass
+        self._file.flush()
+        return SpooledFile(path=self._path, sha256=self._digest.hexdigest(), size=self._size)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 @dataclass

@@ -26,7 +26,7 @@ from kmeans.errors import (
     Unprocessable,
 )
 from kmeans.jobs import DaskLauncher, Dispatcher, Launcher, LocalLauncher
-from kmeans.multipart import SpooledFile
+from kmeans.multipart import SpooledFile, SpoolingReader
 from kmeans.store import ACTIVE, TERMINAL, Store, new_id, now
 
 log = logging.getLogger(__name__)
@@ -105,34 +105,14 @@ class KMeansService:
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
 
-    def _spool(self, stream: BinaryIO, head: bytes) -> SpooledFile:
-        """Copy a body (``head`` first, already read) to a temp file in bounded chunks, hashing
-        it and enforcing the size limit."""
-        digest = hashlib.sha256()
-        spooled = SpooledFile(path=self.store.temp_path(".csv"))
-        try:
-            with open(spooled.path, "wb") as out:
-                chunk = head
-                while chunk:
-                    spooled.size += len(chunk)
-                    if spooled.size > self.settings.max_upload_bytes:
-                        raise self._too_large()
-                    digest.update(chunk)
-                    out.write(chunk)
-                    chunk = stream.read(CHUNK_BYTES)
-        except BaseException:
-            spooled.path.unlink(missing_ok=True)
-            raise
-        spooled.sha256 = digest.hexdigest()
-        return spooled
-
-    def read_table(self, source: Upload) -> tuple[csvio.Table, SpooledFile]:
-        """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size).
+    def read_table(self, source: Upload, hashed: bool = True) -> tuple[csvio.Table, SpooledFile]:
+        """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size;
+        ``hashed`` False: a small body's sha256 is left empty, for callers that never look).
 
         ``source`` is a file already on disk (a streamed multipart part, removed by its
         owner) or a stream. A stream that ends within CHUNK_BYTES (a typical prediction
-        request) is parsed in memory; a longer one is spooled to a temp file first and the
-        file is removed here.
+        request) is parsed in memory; a longer one is parsed as it arrives, spooled to a temp
+        file on the way (which is removed here).
         """
         if isinstance(source, SpooledFile):
             return _parse(source.open, source.size), source
@@ -140,13 +120,20 @@ class KMeansService:
         if len(head) < CHUNK_BYTES:  # that was the whole body
             if len(head) > self.settings.max_upload_bytes:
                 raise self._too_large()
-            received = SpooledFile(path=None, sha256=hashlib.sha256(head).hexdigest(), size=len(head))
+            sha256 = hashlib.sha256(head).hexdigest() if hashed else ""  # 0.4 ms of a 10,000-row prediction
+            received = SpooledFile(path=None, sha256=sha256, size=len(head))
             return _parse(lambda: io.BytesIO(head), len(head)), received
-        spooled = self._spool(source, head)
+        path = self.store.temp_path(".csv")
         try:
-            return _parse(spooled.open, spooled.size), spooled
+            with SpoolingReader(source, head, path, self.settings.max_upload_bytes, self._too_large) as reader:
+                try:
+                    table = csvio.read_csv(reader)
+                except Unprocessable:
+                    reader.finish()  # a body over the size limit is a 413 whatever is in it
+                    raise
+                return table, reader.finish()
         finally:
-            spooled.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
     def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int, project: str) -> dict[str, Any]:
         record = {
@@ -430,7 +417,7 @@ class KMeansService:
     def predict_stream(self, model_id: str, source: Upload) -> np.ndarray:
         """Labels for the points of an uploaded CSV."""
         model = self._fitted(model_id)  # a 404/409 before reading a possibly large body
-        table, _ = self.read_table(source)
+        table, _ = self.read_table(source, hashed=False)
         return self._predict(model, table.values)
 
     def _predict(self, model: dict[str, Any], values: np.ndarray, version: int | None = None) -> np.ndarray:
@@ -455,7 +442,7 @@ class KMeansService:
         version = options.pop("version", None)
         centers = self.fitted_centers(model, version)  # a 404 for an unknown version before reading the body
         if values is None:
-            values = self.read_table(source)[0].values
+            values = self.read_table(source, hashed=False)[0].values
         labels = self._predict(model, values, version)
         return scoring.score(model, centers, values, labels, **options)
 

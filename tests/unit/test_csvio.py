@@ -207,6 +207,113 @@ def test_semicolon_separated_file_is_refused_naming_the_cell():
     assert "row" in error.detail
 
 
+# -- the block-parallel fast path and the chunked reader agree ---------------------------
+
+SAMPLES = [
+    b"1,2\n3,4\n",
+    b"x,y\n1,2\n3,4\n",
+    b"x, y\n1, 2\n3,   4\n",
+    b" 1 , 2 \n3 ,4\n",
+    b"1,\t2\n3,4\n",
+    b"x,y\r\n1,2\r\n3,4\r\n",
+    b"x,y\r1,2\r3,4\r",
+    b"\xef\xbb\xbfx,y\n1,2\n",
+    b"\xef\xbb\xbf1,2\n3,4\n",
+    b"1,2\n3,4",
+    b"1\n2\n3\n",
+    b"\n\nx,y\n\n1,2\n   \n3,4\n\n",
+    b'"a","b"\n"1","2.5"\n"3","4"\n',
+    b'"a", "b"\n"1", "2.5"\n3, "4"\n',
+    b'1,"2\n"\n3,4\n5,6\n',
+    b"+1,-2,.5,5.,1e3,-1.5E-2\n" * 5,
+    b"1,2\n3,4\n5,abc\n",
+    b"x,y\n\n1,2\n3,oops\n",
+    b"1,2\n3,4,5\n",
+    b"1,2\n3,4\n5\n",
+    b"x,y\n1,2,3\n4,5,6\n",
+    b"x,y,z\n1,2\n",
+    b"1,2\n3,nan\n",
+    b"1,2\n3,1e999\n",
+    b"1,2\n,4\n",
+    b"1,2,\n3,4,\n",
+    b"1,2\n3,\xff\n",
+    b"1;2\n3;4\n",
+    b"x,y\n",
+    b"x,y\n\n\n",
+]
+
+
+def outcome(content: bytes) -> tuple:
+    """What read_csv makes of ``content``: the values, columns and chunk widths, or the error."""
+    try:
+        table = csvio.read_csv(io.BytesIO(content))
+    except Unprocessable as error:
+        return ("error", error.detail, error.extra)
+    assert all(c.dtype == np.float64 and c.flags.c_contiguous for c in table.chunks)
+    return ("table", table.values.tolist(), table.columns)
+
+
+def rows_text(rows: int, seed: int = 0) -> bytes:
+    values = np.random.default_rng(seed).normal(0, 10, (rows, 3))
+    out = io.BytesIO()
+    np.savetxt(out, values, fmt="%.6f", delimiter=",")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("content", SAMPLES)
+@pytest.mark.parametrize("block_bytes", [1, 5, 16])
+def test_blocks_of_any_size_give_what_the_chunked_reader_gives(monkeypatch, content: bytes, block_bytes: int):
+    whole = outcome(content)
+    monkeypatch.setattr(csvio, "BLOCK_BYTES", block_bytes)
+    in_blocks = outcome(content)
+    monkeypatch.setattr(csvio, "_read_blocks", lambda handle: None)
+    assert in_blocks == whole == outcome(content)
+
+
+def test_a_large_file_is_parsed_in_blocks_by_threads(monkeypatch):
+    content = b"a,b,c\n" + rows_text(5000)
+    monkeypatch.setattr(csvio, "BLOCK_BYTES", 4096)
+    table = csvio.read_csv(io.BytesIO(content))
+    assert len(table.chunks) > 10 and table.rows == 5000 and table.columns == ["a", "b", "c"]
+    reference = np.loadtxt(io.BytesIO(content), delimiter=",", skiprows=1)
+    assert np.array_equal(table.values, reference)
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "cell", "fragment"),
+    [(4000, "abc", "'abc' is not a number"), (2500, "", "the value is empty"), (4999, "inf", "not a finite")],
+)
+def test_a_bad_cell_deep_in_a_large_file_is_named_as_by_the_chunked_reader(monkeypatch, bad_row, cell, fragment):
+    lines = rows_text(5000, seed=1).split(b"\n")
+    lines[bad_row - 1] = b"1.5," + cell.encode() + b",2.5"
+    content = b"\n".join(lines)
+    monkeypatch.setattr(csvio, "BLOCK_BYTES", 4096)
+    error = refused(content)
+    assert fragment in error.detail
+    assert (error.extra["row"], error.extra["column"]) == (bad_row, 2)
+    monkeypatch.setattr(csvio, "_read_blocks", lambda handle: None)
+    chunked = refused(content)
+    assert (chunked.detail, chunked.extra) == (error.detail, error.extra)
+
+
+def test_ragged_blocks_are_refused_as_by_the_chunked_reader(monkeypatch):
+    content = rows_text(3000) + b"1,2\n" * 10 + rows_text(3000)
+    monkeypatch.setattr(csvio, "BLOCK_BYTES", 4096)
+    error = refused(content)
+    assert (error.extra["row"], "has 2 values but row 1 has 3") == (3001, error.detail.split(" ", 2)[2])
+    monkeypatch.setattr(csvio, "_read_blocks", lambda handle: None)
+    assert refused(content).detail == error.detail
+
+
+def test_a_large_file_with_quotes_or_lone_cr_line_ends_takes_the_chunked_reader(monkeypatch):
+    monkeypatch.setattr(csvio, "BLOCK_BYTES", 4096)
+    quoted = rows_text(1000) + b'"1.5", "2",3\n' + rows_text(999)
+    for content in (rows_text(2000).replace(b"\n", b"\r"), quoted):
+        table = csvio.read_csv(io.BytesIO(content))
+        assert len(table.chunks) == 1 and table.rows == 2000  # one chunk of CHUNK_ROWS rows
+    assert csvio.read_csv(io.BytesIO(quoted)).values[1000].tolist() == [1.5, 2, 3]
+
+
 # -- check_rows (JSON input) ---------------------------------------------------------------
 
 
@@ -289,3 +396,17 @@ def test_format_table_round_trips_through_read_csv():
     table = csvio.read_csv(io.BytesIO(text.encode()))
     assert table.columns == ["a", "b", "c"]
     assert table.values.tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 5, 8, 64 * 1024])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"x,y\r\n1,2\r\n", b"\n\n\r\nx,y\n1,2\n", b"x,y\r1,2\r", b"\xef\xbb\xbf\n1,2\n3,4\n",
+        b"1,2\n", b"\n \n", b"x,caf\xe9\n1,2\n",
+    ],
+)
+def test_the_first_line_is_the_same_whatever_window_is_looked_at_first(monkeypatch, content: bytes, window: int):
+    expected = outcome(content)
+    monkeypatch.setattr(csvio, "FIRST_LINE_WINDOW", window)
+    assert outcome(content) == expected
