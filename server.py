@@ -26,13 +26,14 @@ from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
-from kmeans.access import is_loopback
+from kmeans.access import ROLES, Access, is_loopback, token_missing
 from kmeans.api.bridge import EagerWSGIMiddleware
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
-from kmeans.config import Settings
-from kmeans.errors import ProblemError, Unauthorized
+from kmeans.config import Settings, parse_duration
+from kmeans.errors import ProblemError
 from kmeans.service import KMeansService
+from kmeans.store import Store
 
 ROOT = Path(__file__).resolve().parent
 PROBLEM_JSON = "application/problem+json"
@@ -45,10 +46,7 @@ logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
 def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     """Render a ProblemError (or any unexpected error, without its traceback) as problem+json."""
     if isinstance(exc, ConnexionUnauthorized):  # connexion found no usable bearer token
-        if _request.headers.get("authorization"):
-            exc = malformed_header()
-        else:
-            exc = Unauthorized("this server requires a bearer token (Authorization: Bearer ...)", presented=False)
+        exc = malformed_header() if _request.headers.get("authorization") else token_missing()
     if not isinstance(exc, ProblemError):
         log.error("unhandled error", exc_info=exc)
         exc = ProblemError("the server hit an unexpected error; it has been logged")
@@ -131,29 +129,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _seconds(text: str) -> int:
-    """``3600``, ``90m``, ``12h`` or ``30d`` as seconds (for --expires-in)."""
-    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION else (text, "s")
-    if not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
-    return int(number) * DURATION[unit]
+    """--expires-in as seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def create_token(args: argparse.Namespace) -> None:
     """Print a new token for the data dir (the first admin's, typically) to stdout, once."""
-    from kmeans.access import Access
-    from kmeans.errors import ProblemError as Problem
-    from kmeans.store import Store
-
     settings = Settings.from_env(data_dir=args.data_dir)
     try:
         record, secret = Access(Store(settings.data_dir)).create_token(
             args.role, args.project, args.name, args.expires_in
         )
-    except Problem as exc:
+    except ProblemError as exc:
         raise SystemExit(f"create-token: {exc.detail}") from None
     where = record["project"] or "every project"
     expiry = f", expires {record['expires_at']}" if record["expires_at"] else ""
@@ -177,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     token = commands.add_parser(
         "create-token", help="create a token and print it (once); the first admin token is made this way"
     )
-    token.add_argument("--role", required=True, choices=["admin", "contributor", "guest"])
+    token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--project", help="the project of a contributor or guest token (default: default)")
     token.add_argument("--name", help="what the token is for")
     token.add_argument("--expires-in", type=_seconds, help="lifetime: seconds, or 90m, 12h, 30d")
@@ -192,17 +183,14 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(data_dir=args.data_dir, insecure=args.insecure or None)
-    if not is_loopback(args.host) and not settings.insecure:
-        from kmeans.access import Access
-        from kmeans.store import Store
-
-        if not Access(Store(settings.data_dir), settings.auth_required).required():
-            parser.exit(
-                2,
-                f"refusing to listen on {args.host} without authentication: no token exists in"
-                f" {settings.data_dir}. Create one with `python server.py create-token --role admin`"
-                " (clients then send it as a bearer token), or pass --insecure to serve everyone.\n",
-            )
+    exposed = not is_loopback(args.host) and not settings.insecure
+    if exposed and not Access(Store(settings.data_dir), settings.auth_required).required():
+        parser.exit(
+            2,
+            f"refusing to listen on {args.host} without authentication: no token exists in"
+            f" {settings.data_dir}. Create one with `python server.py create-token --role admin`"
+            " (clients then send it as a bearer token), or pass --insecure to serve everyone.\n",
+        )
     log.info("data dir %s; Swagger UI at http://%s:%d/kmeans/ui/", settings.data_dir.resolve(), args.host, args.port)
     uvicorn.run(build_app(settings), host=args.host, port=args.port)
 

@@ -112,6 +112,11 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def token_missing() -> Unauthorized:
+    """The refusal of a request without a token by a server that requires one."""
+    return Unauthorized("this server requires a bearer token (Authorization: Bearer ...)", presented=False)
+
+
 def _public_token(record: dict[str, Any]) -> dict[str, Any]:
     status = "active"
     if record["revoked_at"]:
@@ -156,7 +161,7 @@ class Access:
     def anonymous(self, client_host: str | None) -> Caller:
         """The caller of a request without a token: the local user of an open server, or 401/403."""
         if self.required():
-            raise Unauthorized("this server requires a bearer token (Authorization: Bearer ...)", presented=False)
+            raise token_missing()
         if not self.insecure and not is_loopback(client_host):
             raise Forbidden(
                 "this server has no tokens yet and so serves only clients on its own machine;"

@@ -29,12 +29,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from kmeans import __version__
+from kmeans import __version__, config
 from kmeans.client import ACTIVE, ApiError, CannotConnect, Forbidden, InvalidToken, KMeansClient, Unauthorized
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_API_ERROR, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH = 1, 2, 3, 4
-DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Piped output is not cut at 80 columns (ids stay whole); a terminal uses its own width.
 out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
@@ -156,10 +155,10 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def parse_duration(text: str) -> int:
     """``3600``, ``90m``, ``12h`` or ``30d`` as seconds."""
-    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION else (text, "s")
-    if not number.isdigit() or int(number) == 0:
-        raise click.BadParameter(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
-    return int(number) * DURATION[unit]
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 # -- the command tree ----------------------------------------------------------------------

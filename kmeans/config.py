@@ -32,6 +32,17 @@ def _choice(env: Mapping[str, str], name: str, values: dict[str, bool]) -> bool:
     return values[raw]
 
 
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``3600``, ``90m``, ``12h`` or ``30d`` as seconds; ValueError for anything else."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise ValueError(f"{text!r} is not a duration such as 3600, 90m, 12h or 30d")
+    return int(number) * DURATION[unit]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app needs to know about its environment."""

@@ -286,7 +286,7 @@ class KMeansService:
         """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
         self.get_model(model_id)  # 404 if unknown or another project's
         if not self._cancel(model_id):
-            model = self.get_model(model_id)  # 404 if unknown
+            model = self.get_model(model_id)  # its state now, for the message
             raise Conflict(
                 f"model {model_id} is already {model['status']}; only queued or running fits can be cancelled"
             )
