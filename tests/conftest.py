@@ -37,11 +37,16 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def wait_for_model(client: TestClient, model_id: str, timeout: float = 30) -> dict:
-    """Poll a model until it leaves queued/running; bounded by ``timeout`` seconds."""
+def wait_until_done(client: TestClient, path: str, timeout: float = 30) -> dict:
+    """Poll the resource at ``path`` until it leaves queued/running; bounded by ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        model = client.get(f"/kmeans/models/{model_id}").json()
-        if model["status"] not in ("queued", "running") or time.monotonic() > deadline:
-            return model
+        resource = client.get(path).json()
+        if resource["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return resource
         time.sleep(0.02)
+
+
+def wait_for_model(client: TestClient, model_id: str, timeout: float = 30) -> dict:
+    """Poll a model until it leaves queued/running; bounded by ``timeout`` seconds."""
+    return wait_until_done(client, f"/kmeans/models/{model_id}", timeout)

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
-from tests.conftest import local_client
+from tests.conftest import local_client, wait_until_done
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,7 @@ def blobs(n_centers: int, dims: int, per: int = 60, seed: int = 0) -> np.ndarray
 
 
 def wait_sweep(api: TestClient, sweep_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        sweep = api.get(f"/kmeans/sweeps/{sweep_id}").json()
-        if sweep["status"] not in ("queued", "running") or time.monotonic() > deadline:
-            return sweep
-        time.sleep(0.05)
+    return wait_until_done(api, f"/kmeans/sweeps/{sweep_id}", timeout)
 
 
 def colours(png: bytes) -> int:
