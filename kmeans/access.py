@@ -221,19 +221,18 @@ class Access:
         else:
             project = project or DEFAULT_PROJECT
             self.get_project(project)  # 404 for an unknown project
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         created = datetime.now(UTC)
         record = {
             "id": new_id("tok"),
             "name": name or f"{role} token",
             "role": role,
             "project": project,
-            "hash": "",
+            "hash": digest(secret),
             "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=expires_in)).isoformat() if expires_in else None,
             "revoked_at": None,
         }
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record["hash"] = digest(secret)
         self.store.add_token(record)
         self._required = True
         return _public_token(record), secret
