@@ -33,8 +33,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     columns TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    project TEXT NOT NULL DEFAULT 'default'
+    created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY,
@@ -68,8 +67,7 @@ CREATE TABLE IF NOT EXISTS models (
     davies_bouldin REAL,
     calinski_harabasz REAL,
     anomaly_threshold REAL,
-    center_version INTEGER,
-    project TEXT NOT NULL DEFAULT 'default'
+    center_version INTEGER
 );
 CREATE TABLE IF NOT EXISTS model_versions (
     model_id TEXT NOT NULL,
@@ -96,8 +94,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     worker TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT,
-    project TEXT NOT NULL DEFAULT 'default'
+    finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
@@ -132,7 +129,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at TEXT
 );
 """
-# Tables that gained a column after data dirs already existed: added on open.
+# Columns added after data dirs already existed: added on open, to new and old tables alike.
 MIGRATIONS = {
     "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'"},
     "models": {"project": "TEXT NOT NULL DEFAULT 'default'"},
