@@ -27,7 +27,6 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
 from kmeans.access import ROLES, Access, is_loopback, token_missing
-from kmeans.api.bridge import EagerWSGIMiddleware
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings, parse_duration
@@ -58,7 +57,7 @@ def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionRes
     )
 
 
-def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
+def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     """The connexion app for ``settings`` (from the environment when not given)."""
     settings = settings or Settings.from_env()
     service = KMeansService(settings)
@@ -72,7 +71,9 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
         finally:
             service.stop()
 
-    app = connexion.FlaskApp(
+    # AsyncApp: the handlers (plain functions) run in its thread pool behind Starlette, with no
+    # WSGI bridge between the server and them.
+    app = connexion.AsyncApp(
         __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":")), lifespan=lifespan
     )
     spec = yaml.safe_load((ROOT / "api.yaml").read_text())
@@ -93,13 +94,11 @@ def build_app(settings: Settings | None = None) -> connexion.FlaskApp:
         validate_responses=False,
         validator_map=validator_map(service.store.root / "tmp"),
     )
-    app.app.extensions["kmeans"] = service
-    # connexion's documented place for the WSGI side (see FlaskApp.add_wsgi_middleware).
-    app._middleware_app.asgi_app = EagerWSGIMiddleware(app.app.wsgi_app)
+    app.service = service  # for tests and tools holding the app
     app.add_error_handler(ProblemError, problem_response)
     app.add_error_handler(ConnexionUnauthorized, problem_response)
     app.add_error_handler(Exception, problem_response)
-    app.add_middleware(AccessMiddleware, position=MiddlewarePosition.BEFORE_SECURITY, access=service.access)
+    app.add_middleware(AccessMiddleware, position=MiddlewarePosition.BEFORE_SECURITY, service=service)
     roles = {
         operation["operationId"]: operation["x-kmeans-role"]
         for item in spec["paths"].values()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import flask
+from connexion import context
 
 from kmeans.service import KMeansService
+
+SERVICE = "kmeans.service"  # scope key: the app's service (put there by AccessMiddleware)
 
 
 def service() -> KMeansService:
     """The service instance of the app handling this request."""
-    return flask.current_app.extensions["kmeans"]
+    return context.scope[SERVICE]

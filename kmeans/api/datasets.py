@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
-
 from kmeans import csvio
 from kmeans.api import media, service
 
@@ -15,8 +13,8 @@ def create_dataset(name: str | None = None, file: Any = None, project: str | Non
     if file is not None:
         content, filename = media.upload(file)
         record = service().create_dataset_from_stream(content, name or filename, project)
-    elif flask.request.mimetype == media.JSON:
-        body = flask.request.get_json()
+    elif media.is_json():
+        body = media.json_body()
         rows, columns = body["data"], body.get("columns")
         record = service().create_dataset_from_rows(rows, columns, name or body.get("name"), project)
     else:

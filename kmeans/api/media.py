@@ -1,28 +1,54 @@
-"""Content negotiation and the shapes of CSV and JSON responses."""
+"""Content negotiation, request bodies, and the shapes of CSV and JSON responses.
+
+Handlers are plain functions that connexion's AsyncApp runs in its thread pool; they see
+the request through ``connexion.request`` and answer Starlette responses (or connexion's
+``(body, status, headers)`` tuples for JSON).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json as jsonlib
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
-import flask
-import numpy as np
+import anyio.from_thread
+from connexion import context, request
+from starlette.responses import Response, StreamingResponse
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 from kmeans import csvio
-from kmeans.api.validation import spooled_file
+from kmeans.api.validation import JSON_BODY, spooled_file
+from kmeans.errors import BadRequest
 from kmeans.service import Upload
 
 CSV = "text/csv"
 JSON = "application/json"
 # Label responses longer than this are streamed in pieces of this many labels.
 STREAM_LABELS = 262144
+# A raw body is handed to the parser in reads of about this size (one event-loop round trip each).
+PULL_BYTES = 1024 * 1024
 
 
 def wants_csv(default: str = JSON) -> bool:
     """True when the client's Accept header prefers CSV (``default`` when it says neither)."""
+    accept = request.headers.get("accept")
+    if not accept:
+        return default == CSV
     order = [CSV, JSON] if default == CSV else [JSON, CSV]
-    return (flask.request.accept_mimetypes.best_match(order) or default) == CSV
+    return (parse_accept_header(accept, MIMEAccept).best_match(order) or default) == CSV
+
+
+def is_json() -> bool:
+    """Whether the request body is JSON (the operations that take several media types ask)."""
+    return request.mimetype == JSON
+
+
+def json_body() -> Any:
+    """The JSON body, as connexion's validator parsed and checked it against the spec."""
+    return context.scope[JSON_BODY]
 
 
 def json(body: Any, status: int = 200, **headers: str) -> tuple[Any, int, dict[str, str]]:
@@ -30,16 +56,22 @@ def json(body: Any, status: int = 200, **headers: str) -> tuple[Any, int, dict[s
     return body, status, {"Content-Type": JSON, **headers}
 
 
-def no_content() -> flask.Response:
+def no_content() -> Response:
     """204 without a body or Content-Type (the spec's only media types are the error ones)."""
-    return flask.Response(status=204)
+    return Response(status_code=204)
 
 
-def csv_response(text: str | bytes, **headers: str) -> flask.Response:
-    return flask.Response(text, status=200, mimetype=CSV, headers=headers)
+def csv_response(text: str | bytes, **headers: str) -> Response:
+    """A CSV document."""
+    return Response(text, media_type=CSV, headers=headers)
 
 
-def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: str) -> Any:
+def png_response(png: bytes) -> Response:
+    """A PNG picture."""
+    return Response(png, media_type="image/png")
+
+
+def labels(values: Any, model_id: str, default: str = JSON, **headers: str) -> Any:
     """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON).
 
     Large label sets are sent in pieces as they are formatted, never as one big string.
@@ -47,10 +79,12 @@ def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: st
     if len(values) <= STREAM_LABELS:
         if wants_csv(default):
             return csv_response(csvio.format_labels(values), **headers)
-        return json({"model_id": model_id, "labels": values.tolist()}, **headers)
+        body = b'{"model_id":"%s","labels":[%s]}' % (model_id.encode(), csvio.format_labels(values)[:-1].replace(
+            b"\n", b","))
+        return Response(body, media_type=JSON, headers=headers)
     pieces = [values[i : i + STREAM_LABELS] for i in range(0, len(values), STREAM_LABELS)]
     if wants_csv(default):
-        return flask.Response((csvio.format_labels(p) for p in pieces), mimetype=CSV, headers=headers)
+        return StreamingResponse((csvio.format_labels(p) for p in pieces), media_type=CSV, headers=headers)
 
     def json_pieces() -> Iterator[bytes]:
         yield b'{"model_id":"%s","labels":[' % model_id.encode()
@@ -58,7 +92,16 @@ def labels(values: np.ndarray, model_id: str, default: str = JSON, **headers: st
             yield (b"," if i else b"") + csvio.format_labels(piece)[:-1].replace(b"\n", b",")
         yield b"]}"
 
-    return flask.Response(json_pieces(), mimetype=JSON, headers=headers)
+    return StreamingResponse(json_pieces(), media_type=JSON, headers=headers)
+
+
+def event_stream(changes: Iterator[tuple[int, dict]], event: str) -> StreamingResponse:
+    """A Server-Sent Events response of ``changes`` (see :func:`server_sent_events`)."""
+    return StreamingResponse(
+        server_sent_events(changes, event),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def server_sent_events(changes: Iterator[tuple[int, dict]], event: str, keep_alive_every: int = 8) -> Iterator[bytes]:
@@ -78,23 +121,67 @@ def server_sent_events(changes: Iterator[tuple[int, dict]], event: str, keep_ali
 
 def location(resource_id: str) -> str:
     """The URL of a resource created under the requested collection."""
-    return f"{flask.request.path.rstrip('/')}/{resource_id}"
+    return f"{context.scope['path'].rstrip('/')}/{resource_id}"
+
+
+def header(name: str) -> str | None:
+    """A request header's value (None when absent)."""
+    return request.headers.get(name)
 
 
 def upload(file: Any) -> tuple[Upload, str | None]:
-    """The content and client file name of a multipart file parameter.
+    """The content and client file name of the multipart ``file`` parameter.
 
     The streaming validator has already written the part to disk; the framework only saw an
     empty placeholder for it.
     """
-    spooled = spooled_file(flask.request.environ["asgi.scope"], file.name)
+    spooled = spooled_file(context.scope, "file")
     if spooled is not None:
         return spooled, spooled.filename
-    return file.stream, file.filename
+    return file.file, file.filename
 
 
-def raw_body() -> BinaryIO:
+def raw_body() -> ReceiveStream:
     """The request body as a stream, read in chunks by the caller (never buffered whole)."""
-    # The server's input stream ends with the body, also for chunked uploads without a
-    # Content-Length, where Werkzeug's request.stream would read nothing.
-    return flask.request.environ["wsgi.input"]
+    loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
+    return ReceiveStream(context.receive, loop)
+
+
+class ReceiveStream(io.RawIOBase):
+    """A blocking, file-like view of an ASGI request body for code running in a worker thread.
+
+    Each read asks the event loop for the next messages of the body (one round trip for up to
+    ``PULL_BYTES``), so a large upload is parsed while it arrives and never held whole.
+    """
+
+    def __init__(self, receive: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._receive, self._loop = receive, loop
+        self._buffer = bytearray()
+        self._ended = False
+
+    async def _pull(self, wanted: int) -> None:
+        while len(self._buffer) < wanted and not self._ended:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("the client disconnected before the body was complete")
+            self._buffer += message.get("body", b"")
+            self._ended = not message.get("more_body", False)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); fewer only at the end of the body."""
+        wanted = size if size is not None and size >= 0 else 1 << 62
+        if len(self._buffer) < wanted and not self._ended:
+            ask = min(max(wanted, PULL_BYTES), 1 << 62)
+            asyncio.run_coroutine_threadsafe(self._pull(ask), self._loop).result()
+        data = bytes(self._buffer[:wanted])
+        del self._buffer[:wanted]
+        return data
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)

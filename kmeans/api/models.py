@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
+from connexion import context
 
 from kmeans import csvio, scoring
 from kmeans.api import media, service
@@ -21,7 +21,7 @@ def create_model(body: dict) -> Any:
         body.get("params"),
         time_limit=body.get("time_limit"),
         callback_url=body.get("callback_url"),
-        idempotency_key=flask.request.headers.get("Idempotency-Key"),
+        idempotency_key=media.header("Idempotency-Key"),
     )
     replayed = {} if created else {"Idempotent-Replayed": "true"}
     return media.json(model, 202, Location=media.location(model["id"]), **replayed)
@@ -34,14 +34,10 @@ def cancel_model(model_id: str) -> Any:
 
 def get_model_events(model_id: str) -> Any:
     """Status and progress as Server-Sent Events until the fit ends."""
-    last = flask.request.headers.get("Last-Event-ID", "")
-    gone = disconnected(flask.request.environ["asgi.scope"])
+    last = media.header("Last-Event-ID") or ""
+    gone = disconnected(context.scope)
     changes = service().model_events(model_id, int(last) if last.isdigit() else None, EVENT_STREAM_SECONDS, gone)
-    return flask.Response(
-        media.server_sent_events(changes, "model"),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return media.event_stream(changes, "model")
 
 
 def list_models(
@@ -94,8 +90,8 @@ def predict_with_model(
         return scored_predictions(model_id, file, distances, all_distances, anomalies, threshold, version)
     if file is not None:
         result = service().predict_stream(model_id, media.upload(file)[0])
-    elif flask.request.mimetype == media.JSON:
-        result = service().predict_rows(model_id, flask.request.get_json()["data"])
+    elif media.is_json():
+        result = service().predict_rows(model_id, media.json_body()["data"])
     else:
         result = service().predict_stream(model_id, media.raw_body())
     return media.labels(result, model_id)
@@ -121,8 +117,8 @@ def scored_predictions(
     }
     if file is not None:
         result = service().score(model_id, source=media.upload(file)[0], **options)
-    elif flask.request.mimetype == media.JSON:
-        result = service().score(model_id, csvio.check_rows(flask.request.get_json()["data"]), **options)
+    elif media.is_json():
+        result = service().score(model_id, csvio.check_rows(media.json_body()["data"]), **options)
     else:
         result = service().score(model_id, source=media.raw_body(), **options)
     if len(result) == 1:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
-
 from kmeans import csvio, online
 from kmeans.api import media, service
 
@@ -23,8 +21,8 @@ def push_model_data(model_id: str, file: Any = None) -> Any:
     online._check_updatable(model)  # 409 before reading a possibly large body
     if file is not None:
         values = svc.read_table(media.upload(file)[0])[0].values
-    elif flask.request.mimetype == media.JSON:
-        values = csvio.check_rows(flask.request.get_json()["data"])
+    elif media.is_json():
+        values = csvio.check_rows(media.json_body()["data"])
     else:
         values = svc.read_table(media.raw_body())[0].values
     return media.json(online.push(svc.store, model, values))

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
-
 from kmeans import plots, prep
-from kmeans.api import service
+from kmeans.api import media, service
 from kmeans.errors import Conflict
 
 
@@ -33,4 +31,4 @@ def get_model_plot(model_id: str) -> Any:
         centers = svc.fitted_centers(model)
         columns = [f"{c} (normalised)" for c in columns]
     png = plots.model_png(model, features, labels[rows], centers, columns)
-    return flask.Response(png, mimetype="image/png")
+    return media.png_response(png)

@@ -1,7 +1,7 @@
 """Bearer tokens at the HTTP edge: connexion checks them (``x-bearerInfoFunc`` in api.yaml),
 these middlewares decide the caller of each request and whether its role may run the operation.
 
-Order: ``AccessMiddleware`` (before connexion's security) hands the token check its store;
+Order: ``AccessMiddleware`` (before connexion's security) hands the token check and the handlers the service;
 connexion's security middleware calls :func:`token_info` for a bearer token; ``RoleMiddleware``
 (after it, before validation, so a refused upload is never read) turns the outcome into a
 :class:`~kmeans.access.Caller`, checks the role the operation needs (``x-kmeans-role``), and runs
@@ -15,7 +15,9 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kmeans import access
+from kmeans.api import SERVICE
 from kmeans.errors import Forbidden, Unauthorized
+from kmeans.service import KMeansService
 
 ACCESS = "kmeans.access"  # scope key: the service's Access, for token_info
 
@@ -32,14 +34,15 @@ def token_info(token: str, request: Any) -> dict[str, Any]:
 
 
 class AccessMiddleware:
-    """Put the service's Access into each request's scope."""
+    """Put the service, and its Access for the token check, into each request's scope."""
 
-    def __init__(self, app: ASGIApp, access: access.Access) -> None:
+    def __init__(self, app: ASGIApp, service: KMeansService) -> None:
         self.app = app
-        self.access = access
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[ACCESS] = self.access
+        scope[SERVICE] = self.service
+        scope[ACCESS] = self.service.access
         await self.app(scope, receive, send)
 
 

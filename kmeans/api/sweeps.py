@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
-
 from kmeans import plots
 from kmeans.api import media, service
 from kmeans.sweeps import sweeps_of
@@ -32,4 +30,4 @@ def get_sweep(sweep_id: str) -> Any:
 def get_sweep_plot(sweep_id: str) -> Any:
     """Each metric over k, the recommended k marked (PNG)."""
     png = plots.sweep_png(sweeps_of(service()).get(sweep_id))
-    return flask.Response(png, mimetype="image/png")
+    return media.png_response(png)

@@ -40,6 +40,7 @@ from kmeans.multipart import MultipartSpooler, SpooledFile, remove
 DISCONNECTED = "kmeans.disconnected"  # scope key: threading.Event set when the client hangs up
 SPOOLED = "kmeans.spooled"  # scope key: every file spooled for this request (for clean-up)
 FILES = "kmeans.files"  # scope key: field name -> SpooledFile, for the handler
+JSON_BODY = "kmeans.json"  # scope key: the JSON body as the validator parsed it, for the handler
 
 
 class RequestLimitsMiddleware:
@@ -116,8 +117,8 @@ class AllowMiddleware:
 class DisconnectMiddleware:
     """Tell streaming handlers when their client hangs up.
 
-    The server says so only through ``receive()``, which a WSGI handler never sees, so an
-    event stream would go on writing into a closed connection and hold its thread. For
+    The server says so only through ``receive()``, which a handler's event generator (running
+    in a worker thread) never sees, so it would go on polling for a client that is gone. For
     GET requests to ``.../events`` this listens for ``http.disconnect`` alongside the
     handler (relaying every message on) and sets ``scope[DISCONNECTED]``.
     """
@@ -212,10 +213,13 @@ class Utf8JSONValidator(JSONRequestBodyValidator):
 
     async def _parse(self, stream: Any, scope: Scope) -> Any:
         try:
-            return await super()._parse(stream, scope)
+            body = await super()._parse(stream, scope)
         except UnicodeDecodeError as exc:
             detail = f"the JSON body is not valid {self._encoding}: {exc.reason} at byte {exc.start}"
             raise BadRequestProblem(detail=detail) from None
+        # Handlers of operations that also take CSV read it from here instead of parsing it again.
+        scope[JSON_BODY] = body
+        return body
 
 
 class StreamingMultipartValidator(MultiPartFormDataValidator):

@@ -485,7 +485,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         record, secrets["admin"] = Access(Store(data_dir)).create_token("admin")
         token_ids["admin"] = record["id"]
     app = build_app(settings)
-    service = app.app.extensions["kmeans"]
+    service = app.service
     if request.param == "token-after-start":  # the server started open, the first token came later
         record, secrets["admin"] = service.access.create_token("admin")
         token_ids["admin"] = record["id"]

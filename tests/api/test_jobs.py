@@ -68,7 +68,7 @@ def wait_until(predicate, timeout: float = 20, every: float = 0.05):
 
 def fit_pid(client: TestClient, model_id: str) -> int:
     """The pid of the local process running a model's fit."""
-    dispatcher = client.app.app.extensions["kmeans"].dispatcher
+    dispatcher = client.app.service.dispatcher
     return wait_until(lambda: model_id in dispatcher._active and dispatcher._active[model_id].run.process.pid)
 
 

@@ -264,7 +264,7 @@ def test_a_sweep_whose_process_is_gone_is_reported_failed(client):
     from kmeans.access import OPEN, acting_as
     from kmeans.sweeps import sweeps_of
 
-    service = client.app.app.extensions["kmeans"]
+    service = client.app.service
     ds = dataset(client, blobs(2, 2))
     with acting_as(OPEN):  # the service called directly, as the local user of this open app
         sweep = sweeps_of(service).create(service.get_dataset(ds), 2, 3, {})

@@ -176,7 +176,7 @@ def secured(settings: Settings) -> Iterator[tuple[httpx.Client, str]]:
     it in), and that token's secret."""
     app = build_app(settings)
     with app.test_client() as http:
-        _, secret = app.app.extensions["kmeans"].access.create_token("admin")
+        _, secret = app.service.access.create_token("admin")
         yield http, secret
 
 

@@ -297,7 +297,7 @@ def secured(settings: Settings) -> Iterator[tuple[httpx.Client, str]]:
     lets it in, not being local), and that token's secret."""
     app = build_app(settings)
     with app.test_client() as http:
-        _, secret = app.app.extensions["kmeans"].access.create_token("admin", name="test admin")
+        _, secret = app.service.access.create_token("admin", name="test admin")
         yield http, secret
 
 

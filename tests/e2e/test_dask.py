@@ -46,7 +46,7 @@ def test_fit_runs_on_the_cluster_and_predicts_like_a_local_one(dask_client, sett
     model = wait_for_model(dask_client, queued["id"], timeout=60)
     assert model["status"] == "succeeded", model
     assert model["progress"] == 1.0 and model["attempts"] == 1
-    launcher = dask_client.app.app.extensions["kmeans"].dispatcher.launcher
+    launcher = dask_client.app.service.dispatcher.launcher
     assert type(launcher).__name__ == "DaskLauncher"
 
     # The same fit in a local process gives the same centers: the cluster ran the same code.
@@ -63,7 +63,7 @@ def test_cancel_stops_the_task_on_the_cluster(dask_client):
     ds = upload(dask_client, 8000)
     params = {"n_clusters": 20, "init": "random", "n_init": 1000, "random_state": 0}
     queued = dask_client.post("/kmeans/models", json={"dataset_id": ds, "params": params}).json()
-    launcher = dask_client.app.app.extensions["kmeans"].dispatcher.launcher
+    launcher = dask_client.app.service.dispatcher.launcher
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         current = dask_client.get(f"/kmeans/models/{queued['id']}").json()
