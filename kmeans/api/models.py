@@ -75,6 +75,7 @@ def get_model_centers(model_id: str) -> Any:
     return media.json({"model_id": model_id, "columns": columns, "centers": values.tolist()})
 
 
+@media.inline_small_json
 def predict_with_model(
     model_id: str,
     file: Any = None,

@@ -171,7 +171,17 @@ def validator_map(spool_dir: Path) -> dict[str, Any]:
 
 
 class NamingParameterValidator(ParameterValidator):
-    """Like connexion's, but an error says which parameter is wrong, without a schema dump."""
+    """Like connexion's, but an error says which parameter is wrong, without a schema dump,
+    and each parameter is checked once."""
+
+    def __init__(self, parameters: list[dict], *args: Any, **kwargs: Any) -> None:
+        # connexion appends a path's shared parameters to the operation's own list each time
+        # one of its middlewares builds the operation, so {model_id} arrives six times; keep the
+        # first of each (the operation's own definition wins over the path's, as OpenAPI says).
+        unique: dict[tuple[str, str], dict] = {}
+        for parameter in parameters:
+            unique.setdefault((parameter["in"], parameter["name"]), parameter)
+        super().__init__(list(unique.values()), *args, **kwargs)
 
     @staticmethod
     def validate_parameter(parameter_type: str, value: Any, param: dict, param_name: str | None = None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -297,6 +298,21 @@ def test_predictions_from_raw_csv(api, blobs, blob_model, sklearn_model):
     )
     assert response.status_code == 200, response.text
     assert response.json()["labels"] == sklearn_model.predict(new).tolist()
+
+
+@pytest.mark.parametrize("rows", [1, 6000])
+def test_json_predictions_small_and_large_equal_csv_predictions(api, blob_model, rows):
+    # A small JSON body is handled on the event loop, one over 64 KiB in a worker thread.
+    points = np.random.default_rng(rows).normal(scale=5, size=(rows, 3)).round(6)
+    body = {"data": points.tolist()}
+    assert (len(json.dumps(body)) > 65536) == (rows > 1)
+    path = f"/kmeans/models/{blob_model['id']}/predictions"
+    as_json = api.post(path, json=body)
+    content = "".join(",".join(repr(v) for v in row) + "\n" for row in points.tolist()).encode()
+    as_csv = api.post(path, content=content, headers={"Content-Type": CSV})
+    assert as_json.status_code == as_csv.status_code == 200, (as_json.text, as_csv.text)
+    assert as_json.headers["content-type"].startswith(JSON)
+    assert as_json.json() == as_csv.json() and len(as_json.json()["labels"]) == rows
 
 
 def test_predictions_from_json(api, example_model):
