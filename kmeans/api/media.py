@@ -7,7 +7,6 @@ the request through ``connexion.request`` and answer Starlette responses (or con
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import json as jsonlib
@@ -166,20 +165,19 @@ def upload(file: Any) -> tuple[Upload, str | None]:
 
 def raw_body() -> ReceiveStream:
     """The request body as a stream, read in chunks by the caller (never buffered whole)."""
-    loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
-    return ReceiveStream(context.receive, loop)
+    return ReceiveStream(context.receive)
 
 
 class ReceiveStream(io.RawIOBase):
-    """A blocking, file-like view of an ASGI request body for code running in a worker thread.
+    """A blocking, file-like view of an ASGI request body for a handler in connexion's thread pool.
 
     Each read asks the event loop for the next messages of the body (one round trip for up to
     ``PULL_BYTES``), so a large upload is parsed while it arrives and never held whole.
     """
 
-    def __init__(self, receive: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, receive: Any) -> None:
         super().__init__()
-        self._receive, self._loop = receive, loop
+        self._receive = receive
         self._buffer = bytearray()
         self._ended = False
 
@@ -199,7 +197,7 @@ class ReceiveStream(io.RawIOBase):
         wanted = size if size is not None and size >= 0 else 1 << 62
         if len(self._buffer) < wanted and not self._ended:
             ask = min(max(wanted, PULL_BYTES), 1 << 62)
-            asyncio.run_coroutine_threadsafe(self._pull(ask), self._loop).result()
+            anyio.from_thread.run(self._pull, ask)
         data = bytes(self._buffer[:wanted])
         del self._buffer[:wanted]
         return data
