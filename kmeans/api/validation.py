@@ -31,6 +31,7 @@ from connexion.validators import (
     ParameterValidator,
 )
 from jsonschema import Draft4Validator, ValidationError
+from jsonschema.validators import extend
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -211,6 +212,38 @@ def _cached_validator(schema: dict, build: Callable[[dict], Any]) -> Any:
     return hit[1]
 
 
+# The shapes of schema that all_valid() decides by itself: numbers, and arrays of them (or of
+# such arrays) with bounds on their length, as the spec's rows of points are.
+_ARRAY_KEYS = {"type", "minItems", "maxItems", "items"}
+
+
+def all_valid(schema: dict, instance: Any) -> bool:
+    """True if ``instance`` certainly matches ``schema`` (a number, or an array of such with length
+    bounds); False if it does not or the schema is of another shape, for jsonschema to decide."""
+    if schema == {"type": "number"}:
+        return type(instance) is float or type(instance) is int  # bool is not a number in JSON Schema
+    if schema.get("type") != "array" or not schema.keys() <= _ARRAY_KEYS or type(instance) is not list:
+        return False
+    if not schema.get("minItems", 0) <= len(instance) <= schema.get("maxItems", len(instance)):
+        return False
+    items = schema.get("items", {})
+    if items == {"type": "number"}:
+        return {type(value) for value in instance} <= {float, int}
+    return all(all_valid(items, value) for value in instance)
+
+
+def _items(validator: Any, items: Any, instance: Any, schema: dict) -> Any:
+    """jsonschema's ``items``, but a list of numbers (or of rows of numbers) is checked in one pass:
+    1,000 rows of 8 took jsonschema 40 ms. Only a list that fails the pass is walked item by item,
+    so errors are jsonschema's own."""
+    if isinstance(items, dict) and type(instance) is list and all(all_valid(items, value) for value in instance):
+        return
+    yield from Draft4Validator.VALIDATORS["items"](validator, items, instance, schema)
+
+
+FastRequestValidator = extend(Draft4RequestValidator, {"items": _items})
+
+
 class Utf8JSONValidator(JSONRequestBodyValidator):
     """Like connexion's, but a body that is not UTF-8 is a 400, not an unhandled UnicodeDecodeError,
     and the schema's validator is built once."""
@@ -218,7 +251,7 @@ class Utf8JSONValidator(JSONRequestBodyValidator):
     @property
     def _validator(self) -> Any:
         return _cached_validator(
-            self._schema, lambda schema: Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+            self._schema, lambda schema: FastRequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
         )
 
     async def _parse(self, stream: Any, scope: Scope) -> Any:

@@ -99,3 +99,15 @@ def test_hooks_call_through_without_a_progress_reader():
     result = engine.fit(values, {"n_clusters": 3, "random_state": 0})
     reference = KMeans(n_clusters=3, random_state=0).fit(values)
     assert np.array_equal(result.labels, reference.labels_) and result.n_iter == reference.n_iter_
+
+
+@pytest.mark.parametrize(("rows", "k"), [(1, 3), (500, 8), (10_000, 8), (300_000, 5), (2_000, 200)])
+def test_predict_gives_kmeans_predict_labels(rows: int, k: int, monkeypatch):
+    rng = np.random.default_rng(rows + k)
+    train = rng.normal(scale=4, size=(max(rows, k * 3), 6))
+    model = KMeans(n_clusters=k, n_init=1, max_iter=5, random_state=0).fit(train)
+    points = rng.normal(scale=5, size=(rows, 6))
+    expected = model.predict(points)
+    monkeypatch.setattr(engine, "PREDICT_BLOCK", 7 * k)  # several blocks, the last one short
+    labels = engine.predict(model.cluster_centers_, points)
+    assert labels.dtype == np.int32 and labels.tolist() == expected.tolist()
