@@ -270,29 +270,6 @@ def test_blocks_of_any_size_give_what_the_chunked_reader_gives(monkeypatch, cont
     assert in_blocks == whole == outcome(content)
 
 
-@pytest.mark.parametrize("content", SAMPLES)
-def test_whole_inputs_split_in_halves_give_what_the_chunked_reader_gives(monkeypatch, content: bytes):
-    whole = outcome(content)
-    monkeypatch.setattr(csvio, "SPLIT_BYTES", 1)
-    halves = outcome(content)
-    monkeypatch.setattr(csvio, "_read_blocks", lambda handle: None)
-    assert halves == whole == outcome(content)
-
-
-@pytest.mark.parametrize("tail", [b"1,2\n", b"1.5,abc,2\n", b"1,inf,2\n"])
-def test_a_prediction_sized_input_is_parsed_in_two_halves_with_the_same_errors(monkeypatch, tail: bytes):
-    content = rows_text(20000)
-    assert csvio.SPLIT_BYTES <= len(content) < csvio.BLOCK_BYTES
-    halves = csvio._parse_whole(content)
-    assert halves is not None and len(halves) == 2 and sum(len(h) for h in halves) == 20000
-    assert np.array_equal(np.concatenate(halves), np.loadtxt(io.BytesIO(content), delimiter=","))
-    error = refused(content + tail)
-    assert error.extra["row"] == 20001
-    monkeypatch.setattr(csvio, "_read_blocks", lambda handle: None)
-    chunked = refused(content + tail)
-    assert (chunked.detail, chunked.extra) == (error.detail, error.extra)
-
-
 def test_a_large_file_is_parsed_in_blocks_by_threads(monkeypatch):
     content = b"a,b,c\n" + rows_text(5000)
     monkeypatch.setattr(csvio, "BLOCK_BYTES", 4096)
