@@ -101,8 +101,7 @@ def labels(values: Any, model_id: str, default: str = JSON, **headers: str) -> A
     if len(values) <= STREAM_LABELS:
         if wants_csv(default):
             return csv_response(csvio.format_labels(values), **headers)
-        body = b'{"model_id":"%s","labels":[%s]}' % (model_id.encode(), csvio.format_labels(values)[:-1].replace(
-            b"\n", b","))
+        body = b'{"model_id":"%s","labels":[%s]}' % (model_id.encode(), _json_items(values))
         return Response(body, media_type=JSON, headers=headers)
     pieces = [values[i : i + STREAM_LABELS] for i in range(0, len(values), STREAM_LABELS)]
     if wants_csv(default):
@@ -111,10 +110,15 @@ def labels(values: Any, model_id: str, default: str = JSON, **headers: str) -> A
     def json_pieces() -> Iterator[bytes]:
         yield b'{"model_id":"%s","labels":[' % model_id.encode()
         for i, piece in enumerate(pieces):
-            yield (b"," if i else b"") + csvio.format_labels(piece)[:-1].replace(b"\n", b",")
+            yield (b"," if i else b"") + _json_items(piece)
         yield b"]}"
 
     return StreamingResponse(json_pieces(), media_type=JSON, headers=headers)
+
+
+def _json_items(values: Any) -> bytes:
+    """Labels as the items of a JSON array (``0,2,1``), from the same byte table as CSV."""
+    return csvio.format_labels(values)[:-1].replace(b"\n", b",")
 
 
 def event_stream(changes: Iterator[tuple[int, dict]], event: str) -> StreamingResponse:
