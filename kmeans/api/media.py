@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import json as jsonlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -176,35 +177,48 @@ class ReceiveStream(io.RawIOBase):
     """A blocking, file-like view of an ASGI request body for a handler in connexion's thread pool.
 
     Each read asks the event loop for the next messages of the body (one round trip for up to
-    ``PULL_BYTES``), so a large upload is parsed while it arrives and never held whole.
+    ``PULL_BYTES``), so a large upload is parsed while it arrives and never held whole. The
+    messages are kept as they came and joined once per read: a 68 MB upload went through
+    this thread's CPU five times with a bytearray buffer.
     """
 
     def __init__(self, receive: Any) -> None:
         super().__init__()
         self._receive = receive
-        self._buffer = bytearray()
+        self._pieces: deque[bytes] = deque()
+        self._buffered = 0
         self._ended = False
 
     async def _pull(self, wanted: int) -> None:
-        while len(self._buffer) < wanted and not self._ended:
+        while self._buffered < wanted and not self._ended:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise BadRequest("the client disconnected before the body was complete")
-            self._buffer += message.get("body", b"")
+            body = message.get("body", b"")
+            if body:
+                self._pieces.append(body)
+                self._buffered += len(body)
             self._ended = not message.get("more_body", False)
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes (all that is left when negative); fewer only at the end of the body."""
         wanted = size if size is not None and size >= 0 else 1 << 62
-        if len(self._buffer) < wanted and not self._ended:
-            ask = min(max(wanted, PULL_BYTES), 1 << 62)
-            anyio.from_thread.run(self._pull, ask)
-        data = bytes(self._buffer[:wanted])
-        del self._buffer[:wanted]
-        return data
+        if self._buffered < wanted and not self._ended:
+            anyio.from_thread.run(self._pull, max(wanted, PULL_BYTES))
+        taken: list[bytes] = []
+        got = 0
+        while self._pieces and got < wanted:
+            piece = self._pieces.popleft()
+            if got + len(piece) > wanted:  # only the last piece taken is split
+                self._pieces.appendleft(piece[wanted - got :])
+                piece = piece[: wanted - got]
+            taken.append(piece)
+            got += len(piece)
+        self._buffered -= got
+        return b"".join(taken)
 
     def readinto(self, target: Any) -> int:
         data = self.read(len(target))
