@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 0.25  # seconds between progress writes
 CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
 OWNER_CHECK_EVERY = 0.5  # seconds between checks that the server that started a fit still runs
+IDLE_SECONDS = 60.0  # a local fit process with no next fit for this long exits
 
 
 class Stopped(Exception):
@@ -197,11 +199,22 @@ def _reuse_freed_memory() -> None:
     mallopt(m_trim_threshold, 512 * 1024 * 1024)
 
 
-def child_main(data_dir: str, model_id: str, run_token: str, owner: int) -> None:
-    """Entry point of a local fit process; ``owner`` is the pid of the server process."""
+def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
+    """Entry point of a local fit process; ``owner`` is the pid of the server process.
+
+    It runs the fits ``(model_id, run_token)`` that arrive on ``jobs`` one after the other,
+    answering each with how it ended, and exits when none came for IDLE_SECONDS or the server
+    hung up. A process's first fit is the slow one (1M x 8: 0.44-0.74 s where the next fits of
+    the same process took 0.35-0.45 s), so a process is kept for the next fit.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _reuse_freed_memory()
     engine.use_all_cpus()
     if Path("/proc").is_dir():
         threading.Thread(target=_watch_owner, args=(owner,), name="kmeans-owner-watch", daemon=True).start()
-    execute(data_dir, model_id, run_token, None, cooperative=False)
+    try:
+        while jobs.poll(IDLE_SECONDS):
+            model_id, run_token = jobs.recv()
+            jobs.send(execute(data_dir, model_id, run_token, None, cooperative=False))
+    except (EOFError, OSError):  # the server closed its end: nothing more will come
+        pass

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from kmeans import fitjob
@@ -55,47 +56,84 @@ class Launcher(Protocol):
 
 
 class LocalRun:
-    """A fit in a child process of this server process."""
+    """A fit in a child process of this server process (which may have run fits before)."""
 
-    def __init__(self, process: multiprocessing.Process) -> None:
+    def __init__(self, process: multiprocessing.Process, jobs: Connection) -> None:
         self.process = process
+        self.jobs = jobs
+        self.ended: str | None = None  # how execute() said the fit ended, once it has
 
     def done(self) -> bool:
-        return not self.process.is_alive()
+        if self.ended is None:
+            try:
+                if self.jobs.poll():
+                    self.ended = self.jobs.recv()
+            except (EOFError, OSError):  # the process is gone
+                pass
+        return self.ended is not None or not self.process.is_alive()
+
+    def reusable(self) -> bool:
+        """Whether the process finished this fit and waits for the next one."""
+        return self.ended is not None and self.process.is_alive()
 
     def stop(self) -> None:
         self.process.kill()
         self.process.join(timeout=5)
 
     def outcome(self) -> str:
+        if self.ended is not None:
+            return "exited normally"
         code = self.process.exitcode
         return "exited normally" if code == 0 else f"ended with exit code {code}"
 
 
 class LocalLauncher:
     """Fits in child processes forked from a server that has numpy and scikit-learn loaded,
-    so a fit starts in milliseconds and can be killed for real."""
+    so a fit starts in milliseconds and can be killed for real. A process whose fit is done
+    runs the next one (see :func:`kmeans.fitjob.child_main`); a killed one is replaced."""
 
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["kmeans.fitjob", "kmeans.fitwarm"])
+        self._runs: list[LocalRun] = []  # the latest run of each fit process
         # Start the fork server (it imports numpy and scikit-learn and warms them up, ~2 s)
         # now, in the background, rather than when the first fit is waiting for it.
         threading.Thread(target=forkserver.ensure_running, name="kmeans-forkserver", daemon=True).start()
 
     def start(self, model: dict[str, Any]) -> LocalRun:
+        for run in list(self._runs):
+            if run.done():
+                self._runs.remove(run)
+                if run.reusable():
+                    try:
+                        run.jobs.send((model["id"], model["run_token"]))
+                    except OSError:  # it exited (idle for too long) just now
+                        run.jobs.close()
+                        continue
+                    return self._track(LocalRun(run.process, run.jobs))
+                run.jobs.close()
+        ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=fitjob.child_main,
-            args=(self.data_dir, model["id"], model["run_token"], os.getpid()),
-            name=f"kmeans-fit-{model['id']}",
+            args=(self.data_dir, theirs, os.getpid()),
+            name="kmeans-fit",
             daemon=True,
         )
         process.start()
-        return LocalRun(process)
+        theirs.close()
+        ours.send((model["id"], model["run_token"]))
+        return self._track(LocalRun(process, ours))
+
+    def _track(self, run: LocalRun) -> LocalRun:
+        self._runs.append(run)
+        return run
 
     def close(self) -> None:
-        pass
+        """Let the waiting fit processes go (they exit when their pipe closes)."""
+        for run in self._runs:
+            run.jobs.close()
+        self._runs.clear()
 
 
 class DaskRun:

@@ -119,6 +119,31 @@ def test_cancel_running_fit_kills_its_process_within_two_seconds(client: TestCli
     assert client.get(f"/kmeans/models/{model['id']}").json()["status"] == "cancelled"
 
 
+def finished_pids(launcher) -> list[int]:
+    """The fit processes whose latest fit the dispatcher has seen end (read, not polled: the
+    dispatcher's thread alone talks to them)."""
+    return [run.process.pid for run in list(launcher._runs) if run.ended is not None]
+
+
+def test_a_fit_process_runs_the_next_fit_and_a_cancelled_one_is_replaced(client: TestClient):
+    dataset_id = dataset(client)
+    launcher = client.app.service.dispatcher.launcher
+    pids = []
+    for seed in (0, 1):
+        model = fit(client, dataset_id, {"n_clusters": 3, "random_state": seed})
+        assert wait_for_model(client, model["id"])["status"] == "succeeded"
+        pids.append(wait_until(lambda: finished_pids(launcher)))
+    assert pids[0] == pids[1] and len(pids[1]) == 1  # one process, reused
+    first = pids[0][0]
+    long = fit(client, dataset_id, LONG_FIT)
+    assert fit_pid(client, long["id"]) == first
+    assert client.post(f"/kmeans/models/{long['id']}/cancel").status_code == 200
+    wait_until(lambda: process_gone(first), timeout=5)
+    model = fit(client, dataset_id, {"n_clusters": 3, "random_state": 2})
+    assert wait_for_model(client, model["id"])["status"] == "succeeded"
+    assert wait_until(lambda: finished_pids(launcher)) != [first]
+
+
 def test_fifo_queue_is_bounded_and_a_queued_fit_can_be_cancelled(app_client):
     client = app_client(max_concurrent_fits=1)
     ds = dataset(client)
