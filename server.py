@@ -92,7 +92,7 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
         spec,
         strict_validation=True,
         validate_responses=False,
-        validator_map=validator_map(service.store.root / "tmp"),
+        validator_map=validator_map(service.store.root / "tmp", on_file=service.parse_as_it_arrives),
     )
     app.service = service  # for tests and tools holding the app
     app.add_error_handler(ProblemError, problem_response)

@@ -30,6 +30,7 @@ PROGRESS_EVERY = 0.25  # seconds between progress writes
 CHECK_EVERY = 0.5  # seconds between checks for cancellation (cooperative mode)
 OWNER_CHECK_EVERY = 0.5  # seconds between checks that the server that started a fit still runs
 IDLE_SECONDS = 60.0  # a local fit process with no next fit for this long exits
+REUSABLE = ("succeeded", "failed", "skipped")  # after these a local fit process takes the next fit
 
 
 class Stopped(Exception):
@@ -203,8 +204,8 @@ def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
     """Entry point of a local fit process; ``owner`` is the pid of the server process.
 
     It runs the fits ``(model_id, run_token)`` that arrive on ``jobs`` one after the other,
-    answering each with how it ended, and exits when none came for IDLE_SECONDS or the server
-    hung up. A process's first fit is the slow one (1M x 8: 0.44-0.74 s where the next fits of
+    answering each with how it ended, and exits when none came for IDLE_SECONDS, the server
+    hung up, or a fit was stopped. A process's first fit is the slow one (1M x 8: 0.44-0.74 s where the next fits of
     the same process took 0.35-0.45 s), so a process is kept for the next fit.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -215,6 +216,9 @@ def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
     try:
         while jobs.poll(IDLE_SECONDS):
             model_id, run_token = jobs.recv()
-            jobs.send(execute(data_dir, model_id, run_token, None, cooperative=False))
+            outcome = execute(data_dir, model_id, run_token, None, cooperative=False)
+            jobs.send(outcome)
+            if outcome not in REUSABLE:  # stopped (cancelled, deleted, taken over): as if killed
+                break
     except (EOFError, OSError):  # the server closed its end: nothing more will come
         pass

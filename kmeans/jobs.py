@@ -32,6 +32,7 @@ TICK = 0.2  # seconds between dispatcher rounds (a local submission wakes it at 
 BEAT_EVERY = 1.0
 SWEEP_EVERY = 2.0
 MAX_ATTEMPTS = 2  # a fit whose process dies is re-queued once, then marked failed
+REUSE_MARGIN = 10.0  # seconds: an idle fit process is reused only this long before it would exit
 
 
 def worker_name() -> str:
@@ -62,19 +63,22 @@ class LocalRun:
         self.process = process
         self.jobs = jobs
         self.ended: str | None = None  # how execute() said the fit ended, once it has
+        self.ended_at = 0.0
 
     def done(self) -> bool:
         if self.ended is None:
             try:
                 if self.jobs.poll():
-                    self.ended = self.jobs.recv()
+                    self.ended, self.ended_at = self.jobs.recv(), time.monotonic()
             except (EOFError, OSError):  # the process is gone
                 pass
         return self.ended is not None or not self.process.is_alive()
 
     def reusable(self) -> bool:
-        """Whether the process finished this fit and waits for the next one."""
-        return self.ended is not None and self.process.is_alive()
+        """Whether the process finished this fit and waits for the next one, well within the
+        time it waits (a fit sent to a process that is just exiting would be lost)."""
+        idle = time.monotonic() - self.ended_at
+        return self.ended in fitjob.REUSABLE and idle < fitjob.IDLE_SECONDS - REUSE_MARGIN and self.process.is_alive()
 
     def stop(self) -> None:
         self.process.kill()

@@ -6,12 +6,16 @@ upload of any size costs a bounded amount of memory and is written to disk exact
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -19,11 +23,18 @@ from kmeans.errors import BadRequest
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
+# A reader of a part that is still arriving waits at most this long for its next bytes.
+GROWTH_TIMEOUT = 600.0
 
 
 @dataclass
 class SpooledFile:
-    """An uploaded file already on disk, with its digest and size."""
+    """An uploaded file already on disk, with its digest and size.
+
+    A multipart part is ``"writing"`` while it arrives (``size`` grows), then ``"complete"``, or
+    ``"abandoned"`` if its request failed or ended; ``parsed`` is the parse of it that was
+    started as it arrived, if one was (see MultipartSpooler's ``on_file``).
+    """
 
     path: Path | None  # None: a small body that was parsed in memory, never written
     filename: str | None = None
@@ -31,9 +42,71 @@ class SpooledFile:
     content_type: str | None = None
     sha256: str = ""
     size: int = 0
+    state: str = "complete"
+    parsed: Future | None = None
+    # (dataclasses.field in full: "field" in this class body is the attribute above)
+    _growth: threading.Condition = dataclasses.field(default_factory=threading.Condition, repr=False, compare=False)
 
     def open(self) -> BinaryIO:
         return open(self.path, "rb")
+
+    def grew(self, more: int = 0, state: str | None = None) -> None:
+        """Record ``more`` bytes written, or a new state; wakes the readers of the part."""
+        with self._growth:
+            self.size += more
+            if state is not None and self.state != "abandoned":
+                self.state = state
+            self._growth.notify_all()
+
+    def wait_for(self, end: int) -> None:
+        """Wait until the part has ``end`` bytes or is complete; raise if it was abandoned."""
+        deadline = time.monotonic() + GROWTH_TIMEOUT
+        with self._growth:
+            while self.state == "writing" and self.size < end and time.monotonic() < deadline:
+                self._growth.wait(timeout=1.0)
+            if self.state != "complete" and self.size < end:
+                raise BadRequest("the upload ended before the file was complete")
+
+
+class GrowingReader(io.RawIOBase):
+    """A reader of a spooled part while it still arrives: a read past the bytes written so far
+    waits for more, so a parser can work on an upload alongside its receipt."""
+
+    def __init__(self, spooled: SpooledFile) -> None:
+        super().__init__()
+        self._spooled = spooled
+        self._file = open(spooled.path, "rb", buffering=0)  # noqa: SIM115 -- closed by close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            self._spooled.wait_for(1 << 62)
+        return self._file.seek(offset, whence)
+
+    def readinto(self, buffer: Any) -> int:
+        self._spooled.wait_for(self._file.tell() + len(buffer))
+        return self._file.readinto(buffer)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            self._spooled.wait_for(1 << 62)
+            return self._file.read()
+        self._spooled.wait_for(self._file.tell() + size)
+        return self._file.read(size)
+
+    read1 = read
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class SpoolingReader(io.RawIOBase):
@@ -142,14 +215,20 @@ class _Part:
 
 
 class MultipartSpooler:
-    """Feed it a multipart body chunk by chunk; read ``fields`` and ``files`` when finished."""
+    """Feed it a multipart body chunk by chunk; read ``fields`` and ``files`` when finished.
 
-    def __init__(self, content_type: str, new_path: callable) -> None:
+    ``on_file`` is called with each file part as soon as it begins (still ``"writing"``).
+    """
+
+    def __init__(
+        self, content_type: str, new_path: Callable[[], Path], on_file: Callable[[SpooledFile], None] | None = None
+    ) -> None:
         _, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequest("the multipart/form-data body has no boundary in its Content-Type")
         self._new_path = new_path
+        self._on_file = on_file
         self.fields: list[tuple[str, str]] = []
         self.files: list[SpooledFile] = []
         self._part = _Part()
@@ -192,6 +271,7 @@ class MultipartSpooler:
         if self._part.out is not None:
             self._part.out.close()
             self._part.out = None
+            self._part.spooled.grew(state="abandoned")
 
     # -- python-multipart callbacks --------------------------------------------------------
 
@@ -223,19 +303,25 @@ class MultipartSpooler:
                 filename=options[b"filename"].decode("utf-8", "replace"),
                 field=self._part.name,
                 content_type=ctype.decode("latin-1") if ctype else None,
+                state="writing",
             )
             self.files.append(spooled)  # listed first, so that a failure still cleans it up
             self._part.spooled = spooled
-            self._part.out = open(spooled.path, "wb")  # noqa: SIM115 -- closed in _on_part_end/close
+            # Unbuffered: a GrowingReader sees every byte as soon as it is counted.
+            self._part.out = open(spooled.path, "wb", buffering=0)  # noqa: SIM115 -- closed in _on_part_end/close
             self._part.digest = hashlib.sha256()
+            if self._on_file is not None:
+                self._on_file(spooled)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
         part = self._part
         if part.out is not None:
-            part.out.write(chunk)
+            view = memoryview(chunk)
+            while view:  # an unbuffered write may take less than it was given
+                view = view[part.out.write(view) :]
             part.digest.update(chunk)
-            part.spooled.size += len(chunk)
+            part.spooled.grew(len(chunk))
         else:
             part.data += chunk
             if len(part.data) > MAX_FIELD_BYTES:
@@ -247,6 +333,7 @@ class MultipartSpooler:
             part.out.close()
             part.out = None
             part.spooled.sha256 = part.digest.hexdigest()
+            part.spooled.grew(state="complete")
         else:
             self.fields.append((part.name, part.data.decode("utf-8", "replace")))
 
@@ -254,4 +341,5 @@ class MultipartSpooler:
 def remove(files: list[SpooledFile]) -> None:
     """Delete spooled files (after the request that brought them)."""
     for spooled in files:
+        spooled.grew(state="abandoned")  # a parse still reading it stops
         spooled.path.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +27,7 @@ from kmeans.errors import (
     Unprocessable,
 )
 from kmeans.jobs import DaskLauncher, Dispatcher, Launcher, LocalLauncher
-from kmeans.multipart import SpooledFile, SpoolingReader
+from kmeans.multipart import GrowingReader, SpooledFile, SpoolingReader
 from kmeans.store import ACTIVE, TERMINAL, Store, new_id, now
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ def _parse(open_csv: Callable[[], BinaryIO], size: int) -> csvio.Table:
         return csvio.read_csv(handle)
 
 
+def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
+    with GrowingReader(spooled) as reader:
+        return csvio.read_csv(reader)
+
+
 class KMeansService:
     """Datasets, models and the classic job flow, on top of a Store and a runner."""
 
@@ -75,6 +81,8 @@ class KMeansService:
         self.access = access.Access(self.store, settings.auth_required, settings.insecure)
         self._launcher = launcher
         self.dispatcher: Dispatcher | None = None
+        # Parses of multipart uploads while they arrive (threads start when first needed).
+        self._arriving = ThreadPoolExecutor(4, thread_name_prefix="kmeans-arriving")
 
     def start(self) -> None:
         """Start running queued fits from this process (and recovering stalled ones)."""
@@ -102,6 +110,11 @@ class KMeansService:
 
     # -- ingest ---------------------------------------------------------------------------
 
+    def parse_as_it_arrives(self, spooled: SpooledFile) -> None:
+        """Start parsing a multipart file part while the rest of it still arrives (read_table
+        then takes the result): the parse no longer waits for the whole upload."""
+        spooled.parsed = self._arriving.submit(_parse_arriving, spooled)
+
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
 
@@ -115,6 +128,8 @@ class KMeansService:
         file on the way (which is removed here).
         """
         if isinstance(source, SpooledFile):
+            if source.parsed is not None and source.size:  # parsed while it arrived
+                return source.parsed.result(), source
             return _parse(source.open, source.size), source
         head = source.read(CHUNK_BYTES)
         if len(head) < CHUNK_BYTES:  # that was the whole body

@@ -155,13 +155,14 @@ def disconnected(scope: Scope) -> threading.Event:
     return scope.get(DISCONNECTED) or threading.Event()
 
 
-def validator_map(spool_dir: Path) -> dict[str, Any]:
-    """connexion's validators, with ours for parameters and for multipart bodies spooled to ``spool_dir``."""
+def validator_map(spool_dir: Path, on_file: Callable[[SpooledFile], None] | None = None) -> dict[str, Any]:
+    """connexion's validators, with ours for parameters and for multipart bodies spooled to ``spool_dir``
+    (``on_file`` is told of each file part as it begins to arrive)."""
 
     def new_path() -> Path:
         return spool_dir / f"{secrets.token_hex(12)}.part"
 
-    spooling = {"new_path": staticmethod(new_path)}
+    spooling = {"new_path": staticmethod(new_path), "on_file": staticmethod(on_file) if on_file else None}
     multipart = type("StreamingMultipartValidator", (StreamingMultipartValidator,), spooling)
     return {
         "parameter": NamingParameterValidator,
@@ -269,12 +270,13 @@ class StreamingMultipartValidator(MultiPartFormDataValidator):
     """Validates multipart bodies without holding them in memory (see the module docstring)."""
 
     new_path: Callable[[], Path]
+    on_file: Callable[[SpooledFile], None] | None = None
 
     async def wrap_receive(self, receive: Receive, *, scope: Scope) -> tuple[Receive, Scope]:
         headers = Headers(scope=scope)
         if headers.get("content-length") == "0":
             raise BadRequestProblem("RequestBody is required")
-        spooler = MultipartSpooler(headers.get("content-type", ""), self.new_path)
+        spooler = MultipartSpooler(headers.get("content-type", ""), self.new_path, self.on_file)
         try:
             more = True
             while more:

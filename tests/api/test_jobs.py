@@ -138,7 +138,7 @@ def test_a_fit_process_runs_the_next_fit_and_a_cancelled_one_is_replaced(client:
     long = fit(client, dataset_id, LONG_FIT)
     assert fit_pid(client, long["id"]) == first
     assert client.post(f"/kmeans/models/{long['id']}/cancel").status_code == 200
-    wait_until(lambda: process_gone(first), timeout=5)
+    wait_until(lambda: process_gone(first), timeout=5)  # killed, or stopped by itself and gone
     model = fit(client, dataset_id, {"n_clusters": 3, "random_state": 2})
     assert wait_for_model(client, model["id"])["status"] == "succeeded"
     assert wait_until(lambda: finished_pids(launcher)) != [first]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kmeans import csvio
-from kmeans.errors import PayloadTooLarge, Unprocessable
-from kmeans.multipart import SpoolingReader
+from kmeans.errors import BadRequest, PayloadTooLarge, Unprocessable
+from kmeans.multipart import GrowingReader, MultipartSpooler, SpooledFile, SpoolingReader
 
 
 class Trickle(io.RawIOBase):
@@ -87,3 +89,69 @@ def test_errors_over_it_name_the_same_row_and_column(tmp_path, monkeypatch, bloc
         csvio.read_csv(reader(tmp_path, body))
     assert (spooled.value.detail, spooled.value.extra) == (direct.value.detail, direct.value.extra) != ("", {})
     assert direct.value.extra == {"row": 51, "column": 2}
+
+
+# -- GrowingReader: a multipart part parsed while it arrives ---------------------------------
+
+
+def multipart_body(content: bytes, boundary: str = "XyZ") -> bytes:
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'.encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode()
+
+
+def spool_in_pieces(tmp_path: Path, body: bytes, piece: int, on_file, pause: float = 0.0) -> MultipartSpooler:
+    spooler = MultipartSpooler("multipart/form-data; boundary=XyZ", lambda: tmp_path / "part", on_file)
+    for start in range(0, len(body), piece):
+        spooler.write(body[start : start + piece])
+        time.sleep(pause)
+    spooler.finish()
+    return spooler
+
+
+def test_a_part_is_parsed_while_it_arrives_with_the_same_result(tmp_path: Path):
+    content = b"a,b\n" + b"".join(b"%d,%d.5\n" % (i, i) for i in range(20000))
+    started: list[tuple[str, int]] = []
+    results: dict[str, csvio.Table] = {}
+
+    def on_file(spooled: SpooledFile) -> None:
+        started.append((spooled.state, spooled.size))
+
+        def parse() -> None:
+            with GrowingReader(spooled) as growing:
+                results["table"] = csvio.read_csv(growing)
+
+        thread = threading.Thread(target=parse)
+        thread.start()
+        results["thread"] = thread
+
+    spooler = spool_in_pieces(tmp_path, multipart_body(content), 4096, on_file, pause=0.0005)
+    results["thread"].join(timeout=30)
+    assert started == [("writing", 0)]  # told at the part's first byte, not its last
+    (spooled,) = spooler.files
+    assert spooled.state == "complete" and spooled.size == len(content)
+    assert spooled.sha256 == hashlib.sha256(content).hexdigest()
+    expected = csvio.read_csv(io.BytesIO(content))
+    assert results["table"].columns == expected.columns == ["a", "b"]
+    assert np.array_equal(results["table"].values, expected.values)
+
+
+def test_a_reader_of_an_abandoned_part_stops_with_an_error(tmp_path: Path):
+    spooler = MultipartSpooler("multipart/form-data; boundary=XyZ", lambda: tmp_path / "part")
+    spooler.write(multipart_body(b"1,2\n" * 1000)[:-200])  # the body breaks off inside the file
+    (spooled,) = spooler.files
+    errors: list[Exception] = []
+
+    def read_all() -> None:
+        with GrowingReader(spooled) as growing:
+            try:
+                growing.read()
+            except BadRequest as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=read_all)
+    thread.start()
+    time.sleep(0.05)
+    assert thread.is_alive()  # waiting for the rest of the part
+    spooler.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and len(errors) == 1 and "ended before the file was complete" in errors[0].detail
