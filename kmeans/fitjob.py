@@ -205,8 +205,8 @@ def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
 
     It runs the fits ``(model_id, run_token)`` that arrive on ``jobs`` one after the other,
     answering each with how it ended, and exits when none came for IDLE_SECONDS, the server
-    hung up, or a fit was stopped. A process's first fit is the slow one (1M x 8: 0.44-0.74 s where the next fits of
-    the same process took 0.35-0.45 s), so a process is kept for the next fit.
+    hung up, or a fit was stopped. A process's first fit is its slow one (1M x 8: 0.44-0.74 s,
+    where its next fits took 0.35-0.45 s), so a process is kept for the next fit.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _reuse_freed_memory()
