@@ -1,8 +1,8 @@
 """Content negotiation, request bodies, and the shapes of CSV and JSON responses.
 
 Handlers are plain functions that connexion's AsyncApp runs in its thread pool; they see
-the request through ``connexion.request`` and answer Starlette responses (or connexion's
-``(body, status, headers)`` tuples for JSON).
+the request through connexion's context (its ASGI scope and receive channel) and answer
+Starlette responses (or connexion's ``(body, status, headers)`` tuples for JSON).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio.from_thread
-from connexion import context, request
+from connexion import context
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from werkzeug.datastructures import MIMEAccept
@@ -47,7 +47,7 @@ def inline_small_json(handler: Callable[..., Any]) -> Callable[..., Awaitable[An
 
     @functools.wraps(handler)
     async def run(*args: Any, **kwargs: Any) -> Any:
-        length = request.headers.get("content-length", "")
+        length = header("content-length") or ""
         if is_json() and length.isdigit() and int(length) <= INLINE_JSON_BYTES:
             return handler(*args, **kwargs)
         return await run_in_threadpool(handler, *args, **kwargs)
@@ -57,7 +57,7 @@ def inline_small_json(handler: Callable[..., Any]) -> Callable[..., Awaitable[An
 
 def wants_csv(default: str = JSON) -> bool:
     """True when the client's Accept header prefers CSV (``default`` when it says neither)."""
-    accept = request.headers.get("accept")
+    accept = header("accept")
     if not accept:
         return default == CSV
     order = [CSV, JSON] if default == CSV else [JSON, CSV]
@@ -66,7 +66,7 @@ def wants_csv(default: str = JSON) -> bool:
 
 def is_json() -> bool:
     """Whether the request body is JSON (the operations that take several media types ask)."""
-    return request.mimetype == JSON
+    return (header("content-type") or "").partition(";")[0].strip().lower() == JSON
 
 
 def json_body() -> Any:
@@ -152,8 +152,13 @@ def location(resource_id: str) -> str:
 
 
 def header(name: str) -> str | None:
-    """A request header's value (None when absent)."""
-    return request.headers.get(name)
+    """A request header's value (None when absent), read from the ASGI scope (``connexion.request``
+    builds a new request object, headers and all, at every use)."""
+    key = name.lower().encode("latin-1")
+    for field, value in context.scope["headers"]:
+        if field == key:
+            return value.decode("latin-1")
+    return None
 
 
 def upload(file: Any) -> tuple[Upload, str | None]:
