@@ -106,17 +106,18 @@ class LocalLauncher:
         threading.Thread(target=forkserver.ensure_running, name="kmeans-forkserver", daemon=True).start()
 
     def start(self, model: dict[str, Any]) -> LocalRun:
+        job = (model["id"], model["run_token"])
         for run in list(self._runs):
-            if run.done():
-                self._runs.remove(run)
-                if run.reusable():
-                    try:
-                        run.jobs.send((model["id"], model["run_token"]))
-                    except OSError:  # it exited (idle for too long) just now
-                        run.jobs.close()
-                        continue
+            if not run.done():
+                continue
+            self._runs.remove(run)
+            if run.reusable():
+                try:
+                    run.jobs.send(job)
                     return self._track(LocalRun(run.process, run.jobs))
-                run.jobs.close()
+                except OSError:  # it exited (idle for too long) just now
+                    pass
+            run.jobs.close()
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=fitjob.child_main,
@@ -126,7 +127,7 @@ class LocalLauncher:
         )
         process.start()
         theirs.close()
-        ours.send((model["id"], model["run_token"]))
+        ours.send(job)
         return self._track(LocalRun(process, ours))
 
     def _track(self, run: LocalRun) -> LocalRun:
