@@ -206,12 +206,34 @@ def datasets() -> None:
 DATASET_COLUMNS = ("id", "name", "rows", "n_features", "created_at")
 
 
+def csv_options(func: Callable) -> Callable:
+    """The options that say how to read a CSV file."""
+    func = click.option("--na-values", metavar="A,B,…",
+                        help="Cell values that mean missing (default: empty, NA, N/A, NaN, null, None).")(func)
+    func = click.option("--decimal", type=click.Choice([".", ","]), help="The decimal mark (default: .).")(func)
+    return click.option("--delimiter", type=click.Choice([",", ";", "tab", "|"]),
+                        help="The column separator (default: detected).")(func)
+
+
+def _csv_kwargs(delimiter: str | None, decimal: str | None, na_values: str | None) -> dict[str, Any]:
+    return {
+        "delimiter": "\t" if delimiter == "tab" else delimiter,
+        "decimal": decimal,
+        "na_values": na_values.split(",") if na_values is not None else None,
+    }
+
+
 @datasets.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
 @click.option("--name", help="A label for the dataset (default: the file's name).")
 @click.option("--project", help="The project to put it in (default: the token's own).")
+@click.option("--id-column", help="The column of row ids: kept and echoed, never clustered on (default: detected).")
+@csv_options
 @json_option
-def datasets_upload(state: State, file: Path, name: str | None, project: str | None) -> None:
+def datasets_upload(
+    state: State, file: Path, name: str | None, project: str | None, id_column: str | None,
+    delimiter: str | None, decimal: str | None, na_values: str | None,
+) -> None:
     """Upload a CSV FILE as a dataset (streamed in chunks, with a progress bar)."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -220,9 +242,18 @@ def datasets_upload(state: State, file: Path, name: str | None, project: str | N
         task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
         # The client reads the file in chunks through a generator and reports after each one.
         dataset = state.client.create_dataset(
-            file, name=name, project=project, progress=lambda sent, total: bar.update(task, completed=sent, total=total)
+            file, name=name, project=project, id_column=id_column, **_csv_kwargs(delimiter, decimal, na_values),
+            progress=lambda sent, total: bar.update(task, completed=sent, total=total),
         )
-    emit(state, dataset, lambda d: fields(d, title=f"dataset {d['id']}"))
+    emit(state, dataset, _show_dataset)
+
+
+def _show_dataset(dataset: dict[str, Any]) -> None:
+    fields({k: v for k, v in dataset.items() if k != "schema"}, title=f"dataset {dataset['id']}")
+    table(
+        ([c["name"], c["type"], c["missing"], c["distinct"]] for c in dataset.get("schema") or []),
+        "column", "type", "missing", "distinct",
+    )
 
 
 @datasets.command("list")
@@ -244,7 +275,26 @@ def datasets_list(state: State, offset: int, limit: int, project: str | None) ->
 @json_option
 def datasets_show(state: State, dataset_id: str) -> None:
     """Show a dataset."""
-    emit(state, state.client.get_dataset(dataset_id), lambda d: fields(d, title=f"dataset {d['id']}"))
+    emit(state, state.client.get_dataset(dataset_id), _show_dataset)
+
+
+COLUMN_STATS = ("name", "type", "missing", "distinct", "min", "max", "mean", "median", "stddev")
+
+
+@datasets.command("columns")
+@click.argument("dataset_id")
+@json_option
+def datasets_columns(state: State, dataset_id: str) -> None:
+    """Show each column's type and statistics (and a categorical one's most frequent categories)."""
+    def human(columns: list[dict[str, Any]]) -> None:
+        table(
+            ([c.get(k) for k in COLUMN_STATS]
+             + [", ".join(f"{t['category']} ({t['count']})" for t in c.get("top_categories") or [])]
+             for c in columns),
+            *COLUMN_STATS, "top categories", title=f"columns of {dataset_id}",
+        )
+
+    emit(state, state.client.dataset_columns(dataset_id), human)
 
 
 @datasets.command("rows")
@@ -408,10 +458,23 @@ def models_delete(state: State, model_id: str) -> None:
 @cli.command()
 @click.argument("model_id")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@csv_options
 @json_option
-def predict(state: State, model_id: str, file: Path) -> None:
-    """Label the points of a CSV FILE with MODEL_ID, one label per line."""
-    emit(state, state.client.predict(model_id, file), lines)
+def predict(
+    state: State, model_id: str, file: Path, delimiter: str | None, decimal: str | None, na_values: str | None
+) -> None:
+    """Label the points of a CSV FILE with MODEL_ID, one label per line (``id<TAB>label``, or
+    with --json ``{"id", "label"}`` objects, when the file has the model's id column). Columns
+    are matched by name when the file has a header."""
+    result = state.client.predictions(model_id, file, **_csv_kwargs(delimiter, decimal, na_values))
+    ids = result.get("ids")
+    if ids is None:
+        emit(state, result["labels"], lines)
+    else:
+        pairs = [{"id": i, "label": label} for i, label in zip(ids, result["labels"], strict=True)]
+        emit(state, pairs, lambda p: lines(f"{x['id']}\t{x['label']}" for x in p))
+    for column, count in (result.get("unknown_categories") or {}).items():
+        err.print(f"{count} value(s) of {column!r} are categories the model has not seen")
 
 
 # -- access ----------------------------------------------------------------------------------

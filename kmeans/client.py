@@ -320,26 +320,40 @@ class KMeansClient:
         columns: Sequence[str] | None = None,
         project: str | None = None,
         progress: Progress | None = None,
+        id_column: str | None = None,
+        delimiter: str | None = None,
+        decimal: str | None = None,
+        na_values: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """POST /datasets from a CSV path, a binary file object, CSV bytes, or rows (a list of lists).
+        """POST /datasets from a CSV path, a binary file object, CSV bytes, or rows (a list of
+        lists, or of dicts keyed by column name; None is a missing value).
 
         Files are streamed as a raw ``text/csv`` body in chunks (``progress(sent, total)``
         after each); the name defaults to the file's name. ``columns`` is for rows only.
         ``project`` is where it goes (default: the token's project, or ``default`` for admins).
+        ``id_column`` names the column of row ids (kept, never clustered on); ``delimiter``,
+        ``decimal`` and ``na_values`` say how to read a CSV (default: detected, ``.``, the
+        usual NA markers).
         """
         if isinstance(source, (list, tuple)) or hasattr(source, "tolist"):
-            rows = source.tolist() if hasattr(source, "tolist") else [list(row) for row in source]
+            if hasattr(source, "tolist"):
+                rows = source.tolist()
+            else:
+                rows = [row if isinstance(row, dict) else list(row) for row in source]
             body: dict[str, Any] = {"data": rows}
             if columns is not None:
                 body["columns"] = list(columns)
             if name is not None:
                 body["name"] = name
-            return self._json("POST", "/datasets", json=body, params=self._params(project=project))
+            return self._json("POST", "/datasets", json=body, params=self._params(project=project, id_column=id_column))
         if columns is not None:
             raise TypeError("columns is for rows; a CSV names its columns in its header row")
         content, headers, filename, owned = self._csv_body(source, progress)
         try:
-            params = self._params(name=name or filename, project=project)
+            params = self._params(
+                name=name or filename, project=project, id_column=id_column,
+                **_csv_params(delimiter, decimal, na_values),
+            )
             return self._json("POST", "/datasets", content=content, headers=headers, params=params)
         finally:
             if owned is not None:
@@ -360,6 +374,10 @@ class KMeansClient:
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a dataset."""
         self.request("DELETE", f"/datasets/{_quote(dataset_id)}")
+
+    def dataset_columns(self, dataset_id: str) -> list[dict[str, Any]]:
+        """Per column: its type, missing and distinct counts, min/max/mean/median/stddev, top categories."""
+        return self._json("GET", f"/datasets/{_quote(dataset_id)}/columns")["items"]
 
     def rows(self, dataset_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """Rows ``offset`` to ``offset + limit``: ``{"items", "columns", "offset", "limit", "total"}``."""
@@ -470,11 +488,15 @@ class KMeansClient:
         threshold: float | None = None,
         version: int | None = None,
         progress: Progress | None = None,
+        delimiter: str | None = None,
+        decimal: str | None = None,
+        na_values: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The whole prediction document: ``labels``, and distances or anomaly flags when asked for."""
+        """The whole prediction document: ``labels``, ``ids`` (when the points carry the model's
+        id column), ``unknown_categories``, and distances or anomaly flags when asked for."""
         params = self._params(
             distances=_flag(distances), all_distances=_flag(all_distances), anomalies=_flag(anomalies),
-            threshold=threshold, version=version,
+            threshold=threshold, version=version, **_csv_params(delimiter, decimal, na_values),
         )
         return self._send_points("POST", f"/models/{_quote(model_id)}/predictions", points, progress, params)
 
@@ -612,6 +634,15 @@ class KMeansClient:
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 return
+
+
+def _csv_params(delimiter: str | None, decimal: str | None, na_values: Sequence[str] | None) -> dict[str, Any]:
+    """The query parameters that say how to read a CSV body."""
+    return {
+        "delimiter": delimiter,
+        "decimal": decimal,
+        "na_values": ",".join(na_values) if na_values is not None else None,
+    }
 
 
 def _flag(value: bool) -> str | None:

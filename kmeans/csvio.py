@@ -17,11 +17,14 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from kmeans.errors import Unprocessable
 
@@ -41,16 +44,55 @@ BLOCK_BYTES = 2 * 1024 * 1024
 PARSE_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+# What a cell holding no value looks like (``?na_values=`` replaces the list).
+NA_VALUES = ("", "NA", "N/A", "NaN", "null", "None")
+DELIMITERS = (",", ";", "\t", "|")
+# Lines of the head looked at to detect the delimiter.
+SNIFF_LINES = 50
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to read a CSV: the delimiter (None: detected), the decimal mark, the NA markers."""
+
+    delimiter: str | None = None
+    decimal: str = "."
+    na_values: tuple[str, ...] = NA_VALUES
+    # Every cell a finite number, as the classic endpoints have always required.
+    numeric_only: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Whether the fast numeric path may read it (commas, decimal points, default NA markers)."""
+        return self.delimiter in (None, ",") and self.decimal == "." and self.na_values == NA_VALUES
+
+    @property
+    def na_set(self) -> set[str]:
+        """The NA markers, also in lower and upper case (``na``, ``NULL``, ``none`` …)."""
+        return {v for m in self.na_values for v in (m, m.lower(), m.upper())}
+
+
 @dataclass(frozen=True)
 class Table:
-    """A parsed numeric table, kept as the row chunks it was parsed in (float64, C order)."""
+    """A parsed table: the numeric columns as the row chunks they were parsed in (float64, C
+    order, NaN where a value is missing), the text columns as object arrays (None: missing)."""
 
     chunks: list[np.ndarray]
     columns: list[str]
+    # Names of the chunks' columns, in order (None: every column is numeric).
+    numeric: list[str] | None = None
+    text: dict[str, np.ndarray] = field(default_factory=dict)
+    # Whether the column names came with the data (a header row, JSON objects) or are x1, x2, ….
+    named: bool = True
+    # The row number (as errors count them) of the first data row: 2 after a CSV header.
+    first_row: int = 1
 
     @classmethod
     def of(cls, values: np.ndarray, columns: list[str]) -> Table:
         return cls([np.ascontiguousarray(values, dtype=np.float64)], columns)
+
+    def _named(self, named: bool) -> Table:
+        return Table(self.chunks, self.columns, self.numeric, self.text, named, self.first_row)
 
     @property
     def rows(self) -> int:
@@ -59,6 +101,15 @@ class Table:
     @property
     def n_features(self) -> int:
         return len(self.columns)
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return self.columns if self.numeric is None else self.numeric
+
+    def numeric_column(self, name: str) -> np.ndarray:
+        """One numeric column's values (float64)."""
+        index = self.numeric_columns.index(name)
+        return np.concatenate([c[:, index] for c in self.chunks]) if self.chunks else np.empty(0)
 
     @property
     def values(self) -> np.ndarray:
@@ -71,9 +122,9 @@ def default_columns(n: int) -> list[str]:
     return [f"x{i}" for i in range(1, n + 1)]
 
 
-def _is_number(cell: str) -> bool:
+def _is_number(cell: str, decimal: str = ".") -> bool:
     try:
-        float(cell)
+        float(cell.replace(decimal, ".") if decimal != "." else cell)
     except ValueError:
         return False
     return True
@@ -110,12 +161,17 @@ def _first_nonblank(head: bytes, cut: bool) -> tuple[str, int] | None:
     return None
 
 
-def _header(first_line: str) -> list[str] | None:
-    """Column names if the first line is a header (no cell in it is a number), else None."""
-    cells = [c.strip() for c in next(csv.reader([first_line], skipinitialspace=True))]
-    if any(_is_number(c) for c in cells if c):
+def _header(
+    first_line: str, delimiter: str = ",", decimal: str = ".", names: Sequence[str] | None = None
+) -> list[str] | None:
+    """Column names if the first line is a header (no cell in it is a number, and, when the
+    expected ``names`` are known, at least one of them is in it), else None."""
+    cells = [c.strip() for c in next(csv.reader([first_line], delimiter=delimiter, skipinitialspace=True))]
+    if any(_is_number(c, decimal) for c in cells if c):
         return None
     if not any(cells):
+        return None
+    if names is not None and not set(cells) & set(names):
         return None
     names = [c or f"x{i}" for i, c in enumerate(cells, start=1)]
     seen: set[str] = set()
@@ -126,62 +182,212 @@ def _header(first_line: str) -> list[str] | None:
     return names
 
 
-def read_csv(handle: BinaryIO) -> Table:
-    """Parse a seekable binary CSV stream into a float64 table, or raise Unprocessable."""
+def read_csv(handle: BinaryIO, options: Options | None = None, names: Sequence[str] | None = None) -> Table:
+    """Parse a seekable binary CSV stream into a table, or raise Unprocessable.
+
+    ``names``: the columns a model expects (a prediction), which helps tell a header row
+    from a row of text values.
+    """
+    options = options or Options()
     first, header_end = _first_line(handle)
-    header = _header(first)
+    handle.seek(0)
+    head = handle.read(FIRST_LINE_WINDOW)
+    delimiter = _delimiter(head, options)
+    header = _header(first, delimiter, options.decimal, names)
     handle.seek(0)
     # pandas starts after the header (given one name fewer than the rows have values, it
     # would quietly make the first column an index), or after a UTF-8 BOM (rather than
     # decode the whole file to find it).
     start = header_end if header else 3 if handle.read(3) == b"\xef\xbb\xbf" else 0
     handle.seek(start)
-    chunks = _read_blocks(handle)
-    if chunks is None:  # the one reader whose results and errors are the reference
+    table = None
+    if delimiter == "," and options.plain:
+        chunks = _read_blocks(handle)
+        if chunks is not None:
+            width = chunks[0].shape[1]
+            columns = header if header is not None else default_columns(width)
+            if len(columns) == width:
+                table = Table(chunks=chunks, columns=columns, named=header is not None, first_row=1 + bool(header))
         handle.seek(start)
-        chunks = _read_chunked(handle, header is not None)
-    width = chunks[0].shape[1]
-    columns = header if header is not None else default_columns(width)
-    if len(columns) != width:
+    if table is None:
+        table = _read_typed(handle, header, delimiter, options)
+    if options.numeric_only and not all_numbers(table):
         handle.seek(0)
-        _diagnose(handle, True)
-        raise Unprocessable(f"the header names {len(columns)} columns but the rows have {width}")
-    return Table(chunks=chunks, columns=columns)
+        _diagnose(handle, header is not None, delimiter, cells=True)
+        raise Unprocessable("the CSV file has a cell that is not a number")  # _diagnose names it first
+    return table
 
 
-def _read_chunked(handle: BinaryIO, has_header: bool) -> list[np.ndarray]:
-    """The rows from the current position as float64 chunks of CHUNK_ROWS rows, read by one
-    pandas reader; on any failure, Unprocessable naming the first bad row and column."""
-    chunks: list[np.ndarray] = []
+def all_numbers(table: Table) -> bool:
+    """Whether every cell of ``table`` is a number (no text column, no missing value)."""
+    return not table.text and not any(np.isnan(chunk).any() for chunk in table.chunks)
+
+
+# What the classic endpoints read: every cell a finite number.
+CLASSIC = Options(numeric_only=True)
+
+
+def _delimiter(head: bytes, options: Options) -> str:
+    """The delimiter given, or the one among DELIMITERS that splits the first lines into the
+    same number (> 1) of columns, the most columns winning; ',' when none splits anything."""
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    if len(head) == FIRST_LINE_WINDOW:
+        text = text[: text.rfind("\n") + 1] or text
+    lines = text.splitlines()[:SNIFF_LINES]
+    widths: dict[str, list[int]] = {}
+    for candidate in DELIMITERS:
+        if candidate == options.decimal:
+            continue
+        try:
+            rows = [r for r in csv.reader(lines, delimiter=candidate) if any(c.strip() for c in r)]
+        except csv.Error:
+            continue
+        widths[candidate] = [len(r) for r in rows]
+    consistent = [d for d, w in widths.items() if w and min(w) == max(w) > 1]
+    splitting = max(consistent, key=lambda d: widths[d][0], default=None)
+    given = options.delimiter
+    if given is not None:
+        if splitting not in (None, given) and widths.get(given) and max(widths[given]) == 1:
+            raise Unprocessable(
+                f"delimiter {given!r} splits no row into columns; the file looks {splitting!r}-separated",
+                parameter="delimiter",
+            )
+        return given
+    if splitting is not None:
+        return splitting
+    # Nothing splits consistently: the most common first-row splitter, for the error to name the row.
+    ragged = [d for d, w in widths.items() if w and w[0] > 1]
+    return ragged[0] if ragged else ","
+
+
+def _read_typed(handle: BinaryIO, header: list[str] | None, delimiter: str, options: Options) -> Table:
+    """The general reader (pyarrow's, every cell as text first): quoted fields with delimiters
+    and line breaks inside, NA markers, decimal commas, text columns. Each column becomes
+    numeric when all its values are numbers; one that is mostly numbers with a few that are
+    not is an error naming the first of them."""
+    start = handle.tell()
+    head = handle.read(FIRST_LINE_WINDOW).decode("utf-8", "replace").lstrip("\ufeff")
+    handle.seek(start)
+    first = next((line for line in head.splitlines() if line.strip()), "")
+    width = len(header) if header else max(1, len(next(csv.reader([first], delimiter=delimiter), [""])))
+    names = header or default_columns(width)
     try:
-        reader = pd.read_csv(
+        arrow = pacsv.read_csv(
             handle,
-            header=None,
-            dtype=np.float64,
-            engine="c",
-            skipinitialspace=True,  # '1, "2"': a quoted value after the space is still quoted
-            skip_blank_lines=True,
-            chunksize=CHUNK_ROWS,
+            read_options=pacsv.ReadOptions(column_names=names, encoding="utf8"),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter,
+                newlines_in_values=True,
+                ignore_empty_lines=True,
+                invalid_row_handler=_skip_blank_rows,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+            ),
         )
-        with reader:
-            for frame in reader:
-                chunk = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
-                del frame
-                if chunks and chunk.shape[1] != chunks[0].shape[1]:
-                    raise ValueError("rows of different widths")
-                if not np.isfinite(chunk).all():
-                    raise ValueError("values that are not finite numbers")
-                chunks.append(chunk)
-    except pd.errors.EmptyDataError:
-        raise Unprocessable("the CSV file has a header row but no data rows") from None
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        chunks.clear()
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        if "Empty CSV file" in str(exc):
+            raise Unprocessable("the CSV file has a header row but no data rows") from None
         handle.seek(0)
-        _diagnose(handle, has_header)
+        _diagnose(handle, header is not None, delimiter, cells=False)
         raise Unprocessable(f"the CSV file could not be read: {exc}") from None
-    if not chunks or sum(len(c) for c in chunks) == 0:
+    if arrow.num_rows == 0:
         raise Unprocessable("the CSV file has a header row but no data rows")
-    return chunks
+    row_offset = 2 if header else 1
+    na = options.na_set
+    numeric: dict[str, np.ndarray] = {}
+    text: dict[str, np.ndarray] = {}
+    for position, name in enumerate(names, start=1):
+        cells = _unquoted(pc.utf8_trim_whitespace(arrow.column(name))).to_numpy(zero_copy_only=False)
+        cells = np.where(np.isin(cells, list(na)), None, cells)
+        try:
+            kind, values = typed_column(cells, options.decimal, position, 0)
+        except Unprocessable as error:
+            # The error counted data rows; a user counts the file's lines (blank ones too).
+            handle.seek(0)
+            line = _line_of(handle, header is not None, delimiter, error.extra["row"])
+            raise Unprocessable(
+                f"row {line}," + error.detail.split(",", 1)[1], row=line, column=position
+            ) from None
+        (numeric if kind == "numeric" else text)[name] = values
+    del arrow
+    chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []
+    return Table(
+        chunks=chunks,
+        columns=names,
+        numeric=[n for n in names if n in numeric],
+        text=text,
+        named=header is not None,
+        first_row=row_offset,
+    )
+
+
+def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
+    """pyarrow's handler of rows of the wrong width: a line of spaces is a blank line."""
+    return "skip" if not (row.text or "").strip() else "error"
+
+
+def _unquoted(cells: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Cells quoted after a space (``1, "2.5"``, which Python's csv module reads with
+    skipinitialspace but pyarrow keeps as written) without their quotes."""
+    quoted = pc.and_(pc.starts_with(cells, '"'), pc.ends_with(cells, '"'))
+    if not pc.any(quoted).as_py():
+        return cells
+    inner = pc.replace_substring(pc.utf8_slice_codeunits(cells, 1, -1), '""', '"')
+    return pc.if_else(quoted, inner, cells)
+
+
+def typed_column(cells: np.ndarray, decimal: str, position: int, row_offset: int) -> tuple[str, np.ndarray]:
+    """``("numeric", float64 with NaN for missing)`` when every present cell is a number, else
+    ``("text", cells)``; Unprocessable naming the row when the column is mostly numbers but a
+    few cells are not, or a number is not finite. ``cells``: an object array, None = missing."""
+    series = pd.Series(cells, dtype=object)
+    present = series.notna().to_numpy()
+    if not present.any():
+        return "numeric", np.full(len(cells), np.nan)
+    shown = series[present]
+    if all(type(v) in (int, float) for v in shown.iloc[:64]) and all(type(v) in (int, float) for v in shown):
+        numbers = pd.Series(shown.to_numpy(dtype=np.float64))
+    else:
+        strings = shown.map(lambda v: v if isinstance(v, str) else _as_text(v))
+        if decimal != ".":
+            strings = strings.str.replace(decimal, ".", regex=False)
+        # float() takes "1_000" and non-ASCII digits, which no CSV writer means as numbers.
+        odd = strings.str.contains("_", regex=False) | ~strings.map(str.isascii)
+        numbers = pd.to_numeric(strings.where(~odd, "x"), errors="coerce")
+    good = numbers.notna().to_numpy()
+    if not good.all():
+        # A column of text with some numbers in it is categorical; one of numbers with a few
+        # words is a typo, named (half and half counts as a typo: the answer would be silent).
+        if good.sum() * 2 < len(good):
+            return "text", np.asarray([_as_text(v) if v is not None else None for v in cells], dtype=object)
+        bad = int(np.flatnonzero(present)[np.flatnonzero(~good)[0]])
+        row = bad + row_offset
+        raise Unprocessable(
+            f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a number", row=row, column=position
+        )
+    values = np.full(len(cells), np.nan)
+    values[present] = numbers.to_numpy(dtype=np.float64)
+    finite = np.isfinite(values[present])
+    if not finite.all():
+        bad = int(np.flatnonzero(present)[np.flatnonzero(~finite)[0]])
+        row = bad + row_offset
+        raise Unprocessable(
+            f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a finite number "
+            "(NaN and infinity are not allowed)",
+            row=row,
+            column=position,
+        )
+    return "numeric", values
+
+
+def _as_text(value: object) -> str:
+    """A JSON value as the text of a category: booleans as true/false, numbers as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _parse_block(block: bytes) -> np.ndarray | None:
@@ -266,27 +472,46 @@ def _collect(future: Future[np.ndarray | None], chunks: list[np.ndarray]) -> boo
     return True
 
 
-def _diagnose(handle: BinaryIO, has_header: bool) -> None:
-    """Walk the file cell by cell and raise Unprocessable at the first bad one."""
+def _line_of(handle: BinaryIO, has_header: bool, delimiter: str, index: int) -> int:
+    """The file line (1-based, blank lines counted) where data row ``index`` (0-based) starts."""
     text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text, skipinitialspace=True)
+    reader = csv.reader(text, delimiter=delimiter, skipinitialspace=True)
+    seen = -2 if has_header else -1
+    try:
+        start = 1
+        for values in reader:
+            if len(values) > 1 or values and values[0].strip():
+                seen += 1
+                if seen == index:
+                    return start
+            start = reader.line_num + 1
+    finally:
+        text.detach()
+    return index + 1
+
+
+def _diagnose(handle: BinaryIO, has_header: bool, delimiter: str = ",", cells: bool = True) -> None:
+    """Walk the file row by row (and, with ``cells``, cell by cell as numbers) and raise
+    Unprocessable at the first bad one."""
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text, delimiter=delimiter, skipinitialspace=True)
     width: int | None = None
     width_row = 0
     try:
-        for cells in reader:
+        for values in reader:
             row = reader.line_num
-            if not cells or all(not c.strip() for c in cells) and len(cells) == 1:
+            if not values or all(not c.strip() for c in values) and len(values) == 1:
                 continue
             if width is None:
-                width, width_row = len(cells), row
+                width, width_row = len(values), row
                 if has_header:
                     continue
-            if len(cells) != width:
+            if len(values) != width:
                 raise Unprocessable(
-                    f"row {row} has {len(cells)} values but row {width_row} has {width}",
+                    f"row {row} has {len(values)} values but row {width_row} has {width}",
                     row=row,
                 )
-            for col, cell in enumerate(cells, start=1):
+            for col, cell in enumerate(values if cells else (), start=1):
                 _check_cell(cell, row, col)
     except UnicodeDecodeError:
         raise Unprocessable("the CSV file is not UTF-8 text") from None
@@ -360,8 +585,10 @@ def format_labels(labels: np.ndarray) -> bytes:
     labels = np.asarray(labels)
     if labels.size == 0:
         return b""
-    if labels.min() < 0:
-        raise ValueError("labels must not be negative")
+    if labels.min() < -1:
+        raise ValueError("labels must be -1 or more")
+    if labels.min() == -1:  # rows left out of a fit: rare, so the plain way
+        return "".join(f"{v}\n" for v in labels.tolist()).encode()
     if labels.max() < 10:  # the common case, ten times faster again: a digit and a newline
         out = np.empty((labels.size, 2), dtype=np.uint8)
         out[:, 0] = labels + ord("0")
@@ -376,10 +603,51 @@ def format_labels(labels: np.ndarray) -> bytes:
     return table[labels][keep].tobytes()
 
 
-def format_table(values: np.ndarray, columns: Sequence[str]) -> str:
-    """A CSV text with a header row; floats keep their full precision (repr)."""
+def format_table(values: np.ndarray | list[list[object]], columns: Sequence[str]) -> str:
+    """A CSV text with a header row; floats keep their full precision (repr), missing values are empty."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows(values.tolist())
+    writer.writerows(values.tolist() if isinstance(values, np.ndarray) else values)
     return out.getvalue()
+
+
+def rows_table(data: Sequence[Sequence[object] | dict], columns: Sequence[str] | None = None) -> Table:
+    """JSON rows, as arrays (by position, named by ``columns`` or x1, x2, …) or as objects
+    keyed by column name, as a table; ``null`` is a missing value."""
+    if all(type(row) is dict for row in data):
+        names: dict[str, None] = {}
+        for row in data:
+            names.update(dict.fromkeys(row))
+        if columns is not None:
+            raise Unprocessable("columns is for rows given as arrays; objects name their own", parameter="columns")
+        cells = [[row.get(name) for row in data] for name in names]
+        return _typed_table(list(names), cells, named=True)
+    if any(type(row) is not list for row in data):
+        raise Unprocessable("data rows must all be arrays or all be objects", parameter="data")
+    expected = len(data[0])
+    for i, row in enumerate(data, start=1):
+        if len(row) != expected:
+            raise Unprocessable(f"data row {i} has {len(row)} values; expected {expected}", row=i)
+    if columns is not None:
+        if len(columns) != expected:
+            raise Unprocessable(
+                f"columns names {len(columns)} columns but the rows have {expected}", parameter="columns"
+            )
+        if len(set(columns)) != len(columns):
+            raise Unprocessable("columns holds the same name twice", parameter="columns")
+    names_list = list(columns) if columns is not None else default_columns(expected)
+    if all(type(v) in (int, float) for row in data for v in row):
+        return Table.of(check_rows(data), names_list)._named(columns is not None)
+    cells = [[row[j] for row in data] for j in range(expected)]
+    return _typed_table(names_list, cells, named=columns is not None)
+
+
+def _typed_table(names: list[str], cells: list[list[object]], named: bool) -> Table:
+    numeric: dict[str, np.ndarray] = {}
+    text: dict[str, np.ndarray] = {}
+    for position, (name, column) in enumerate(zip(names, cells, strict=True), start=1):
+        kind, values = typed_column(np.asarray(column + [None], dtype=object)[:-1], ".", position, 1)
+        (numeric if kind == "numeric" else text)[name] = values
+    chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []
+    return Table(chunks=chunks, columns=names, numeric=[n for n in names if n in numeric], text=text, named=named)

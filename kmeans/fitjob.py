@@ -9,6 +9,7 @@ meanwhile leaves no trace.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -101,7 +102,7 @@ def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | No
         )
         return "failed"
     result = fitted.result
-    sizes = np.bincount(result.labels, minlength=result.centers.shape[0])
+    sizes = np.bincount(result.labels[result.labels >= 0], minlength=result.centers.shape[0])
     done = store.finish_model(
         model_id,
         run_token,
@@ -133,22 +134,39 @@ def prepared_fit(store: Store, model: dict, progress: engine.Progress | None = N
     """Select, weigh, scale and normalise the dataset as the model's options say, fit, and
     measure: the metrics and the contamination threshold are in the fitted space."""
     params = model["params"]
-    dataset = store.get_dataset(model["dataset_id"])
-    columns = dataset["columns"] if dataset else model["columns"]
-    pre = model.get("preprocessing") or prep.plan(params, columns)
-    values = store.load_array(store.dataset_path(model["dataset_id"]), mmap=True)
-    return fit_values(values, params, pre, progress)
+    pre = model["preprocessing"]
+    values, codes = store.dataset_arrays(model["dataset_id"])
+    return fit_values(values, params, pre, progress, codes=codes)
+
+
+def prepare(
+    values: np.ndarray, params: dict, pre: dict, codes: np.ndarray | None = None
+) -> tuple[np.ndarray, dict, np.ndarray | None, np.ndarray | None]:
+    """Dataset rows -> (the fitted space, ``pre`` with its statistics, the sample weights, the
+    rows kept): the one preprocessing of fits and sweeps."""
+    weights = prep.weights(values, pre)
+    design, pre, kept = prep.dataset_design(values, codes, pre)
+    if kept is not None and weights is not None:
+        weights = weights[kept]
+    pre = prep.fit_scaler(design, pre, bool(params.get("standardize")))
+    return prep.transform(design, pre), pre, weights, kept
 
 
 def fit_values(
-    values: np.ndarray, params: dict, pre: dict, progress: engine.Progress | None = None, metrics: bool = True
+    values: np.ndarray,
+    params: dict,
+    pre: dict,
+    progress: engine.Progress | None = None,
+    metrics: bool = True,
+    codes: np.ndarray | None = None,
 ) -> PreparedFit:
     """The fit of dataset rows ``values`` with the options ``params`` and the plan ``pre``."""
-    weights = prep.weights(values, pre)
-    features = prep.select(values, pre)
-    pre = prep.fit_scaler(features, pre, bool(params.get("standardize")))
-    fitted_space = prep.transform(features, pre)
-    del features
+    fitted_space, pre, weights, kept = prepare(values, params, pre, codes)
+    if len(fitted_space) < prep.n_clusters(params):
+        raise FitFailed(
+            f"n_clusters ({prep.n_clusters(params)}) is larger than the {len(fitted_space)} rows left"
+            " after leaving out rows with missing values"
+        )
     fit_params = dict(params)
     if isinstance(params.get("init"), list):
         fit_params["init"] = prep.transform(np.asarray(params["init"], dtype=np.float64), pre).tolist()
@@ -158,6 +176,10 @@ def fit_values(
     if params.get("contamination") is not None:
         own = np.linalg.norm(fitted_space - result.centers[result.labels], axis=1)
         threshold = float(np.quantile(own, 1.0 - params["contamination"]))
+    if kept is not None:  # rows left out (a missing value) are labelled -1
+        labels = np.full(len(kept), -1, dtype=result.labels.dtype)
+        labels[kept] = result.labels
+        result = dataclasses.replace(result, labels=labels)
     return PreparedFit(result, pre, quality, threshold)
 
 

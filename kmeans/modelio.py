@@ -4,12 +4,16 @@ Format ``kmeans-service/model``, version 1::
 
     {"format": "kmeans-service/model", "format_version": 1, "id": "m_…", "dataset_id": "ds_…",
      "params": {…}, "columns": ["x", "y"], "centers": [[…], …],
-     "preprocessing": {"mean": [..] | null, "scale": [..] | null, "distance": "euclidean"},
+     "preprocessing": {"mean": [..] | null, "scale": [..] | null, "distance": "euclidean",
+                       "missing": "mean", "id_column": "id" | null,
+                       "features": [{"name", "type": "numeric", "fill"} |
+                                    {"name", "type": "categorical", "categories", "missing_category"}]},
      "anomaly_threshold": 1.5 | null,
      "metrics": {"inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz",
                  "cluster_sizes", "rows", "fit_seconds"}}
 
-``centers`` are in the fitted space (after z-score and normalisation), exactly as stored, so
+``centers`` are in the fitted space (numeric features, then one column per category of each
+categorical one; after z-score and normalisation), exactly as stored, so
 an imported model predicts bit for bit as the exported one. Floats survive JSON exactly
 (Python writes the shortest repr that reads back to the same double).
 """
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans import online
+from kmeans import online, prep
 from kmeans.errors import Unprocessable
 from kmeans.store import Store, new_id, now
 
@@ -54,11 +58,61 @@ def export(model: dict[str, Any], centers: np.ndarray, counts: list[float] | Non
             "mean": pre.get("mean"),
             "scale": pre.get("scale"),
             "distance": pre.get("distance", "euclidean"),
+            "missing": pre.get("missing", "error"),
+            "id_column": pre.get("id_column"),
+            "features": [_feature_out(f) for f in prep.features_of(pre)] if pre else None,
         },
         "anomaly_threshold": model.get("anomaly_threshold"),
         "metrics": {k: model.get(k) for k in METRICS},
         "counts": counts if counts is not None else model.get("cluster_sizes"),
     }
+
+
+def _feature_out(feature: dict[str, Any]) -> dict[str, Any]:
+    if feature["type"] == "numeric":
+        return {"name": feature["name"], "type": "numeric", "fill": feature.get("fill")}
+    return {
+        "name": feature["name"],
+        "type": "categorical",
+        "categories": list(feature["categories"]),
+        "missing_category": bool(feature.get("missing_category")),
+    }
+
+
+def _features_in(pre: dict[str, Any], columns: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The document's features (each numeric one with its fill, each categorical one with its
+    categories), checked against ``columns``; and the encoded columns they make."""
+    given = pre.get("features")
+    if given is None:
+        return [{"name": n, "type": "numeric", "index": i, "fill": None} for i, n in enumerate(columns)], columns
+    if [f.get("name") for f in given] != columns:
+        raise Unprocessable("preprocessing.features must name the columns, in their order", parameter="features")
+    features: list[dict[str, Any]] = []
+    counts = {"numeric": 0, "categorical": 0}
+    for f in given:
+        index = counts[f["type"]]
+        counts[f["type"]] += 1
+        if f["type"] == "numeric":
+            fill = f.get("fill")
+            if fill is not None and not (isinstance(fill, (int, float)) and np.isfinite(fill)):
+                raise Unprocessable(f"preprocessing.features: the fill of {f['name']!r} must be a finite number",
+                                    parameter="features")
+            features.append({"name": f["name"], "type": "numeric", "index": index,
+                             "fill": None if fill is None else float(fill)})
+        else:
+            categories = [str(c) for c in f.get("categories") or []]
+            if not categories or len(set(categories)) != len(categories):
+                raise Unprocessable(
+                    f"preprocessing.features: {f['name']!r} needs its categories, each once", parameter="features"
+                )
+            features.append({"name": f["name"], "type": "categorical", "index": index, "categories": categories,
+                             "missing_category": bool(f.get("missing_category"))})
+    encoded = [f["name"] for f in features if f["type"] == "numeric"]
+    for f in features:
+        if f["type"] == "categorical":
+            encoded += [f"{f['name']}={c}" for c in f["categories"]]
+            encoded += [f"{f['name']}={prep.MISSING_LABEL}"] if f["missing_category"] else []
+    return features, encoded
 
 
 def _vector(pre: dict[str, Any], name: str, width: int) -> list[float] | None:
@@ -80,18 +134,20 @@ def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
     columns = list(doc["columns"])
     if len(set(columns)) != len(columns):
         raise Unprocessable("columns holds the same name twice", parameter="columns")
+    pre_in = doc.get("preprocessing") or {}
+    features, encoded = _features_in(pre_in, columns)
     rows = doc["centers"]
     for i, row in enumerate(rows):
-        if len(row) != len(columns):
+        if len(row) != len(encoded):
             raise Unprocessable(
-                f"centers[{i}] has {len(row)} numbers but there are {len(columns)} columns ({', '.join(columns)})",
+                f"centers[{i}] has {len(row)} numbers but the features encode to {len(encoded)} columns"
+                f" ({', '.join(encoded)})",
                 parameter="centers",
             )
     centers = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(centers).all():
         raise Unprocessable("centers must be finite numbers", parameter="centers")
-    pre_in = doc.get("preprocessing") or {}
-    mean, scale = _vector(pre_in, "mean", len(columns)), _vector(pre_in, "scale", len(columns))
+    mean, scale = _vector(pre_in, "mean", len(encoded)), _vector(pre_in, "scale", len(encoded))
     if (mean is None) != (scale is None):
         raise Unprocessable("preprocessing needs both mean and scale, or neither", parameter="preprocessing")
     params = dict(doc.get("params") or {})
@@ -129,10 +185,14 @@ def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
         "n_features": len(columns),
         "columns": columns,
         "preprocessing": {
+            "features": features,
             "feature_columns": columns,
-            "feature_index": list(range(len(columns))),
+            "feature_index": list(range(len(columns))) if encoded is columns else None,
+            "encoded_columns": encoded,
             "weight_column": None,
             "weight_index": None,
+            "missing": pre_in.get("missing") or ("mean" if pre_in.get("features") else "error"),
+            "id_column": pre_in.get("id_column"),
             "mean": mean,
             "scale": scale,
             "distance": pre_in.get("distance", "euclidean"),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import Conflict, NotFound, Unprocessable
+from kmeans.errors import Conflict, NotFound
 from kmeans.store import Store, now
 
 
@@ -104,13 +104,8 @@ def _current(db: sqlite3.Connection, model_id: str) -> int:
 
 
 def push(store: Store, model: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
-    """Apply rows (original units, the model's feature columns) to the current centers."""
+    """Apply rows (the model's encoded features, see prep.encode) to the current centers."""
     _check_updatable(model)
-    if values.shape[1] != model["n_features"]:
-        raise Unprocessable(
-            f"the rows have {values.shape[1]} columns but model {model['id']} takes"
-            f" {model['n_features']} ({', '.join(model['columns'])})"
-        )
     space = prep.transform(values, model.get("preprocessing"))
     with store.transaction() as db:
         _ensure_first(db, store, model)
@@ -148,7 +143,8 @@ def _existing(db: Any, store: Store, model: dict[str, Any], number: int) -> Any:
 def version(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
     with store.transaction() as db:
         row = _existing(db, store, model, number)
-    return {"model_id": model["id"], "columns": model["columns"], **_summary(row, True, model.get("preprocessing"))}
+    columns = prep.encoded_columns(model.get("preprocessing") or {"feature_columns": model["columns"]})
+    return {"model_id": model["id"], "columns": columns, **_summary(row, True, model.get("preprocessing"))}
 
 
 def restore(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:

@@ -34,40 +34,85 @@ def n_clusters(params: dict[str, Any]) -> int:
     return DEFAULT_N_CLUSTERS
 
 
-def plan(params: dict[str, Any], columns: list[str], sweep: bool = False) -> dict[str, Any]:
-    """Check the fit options against each other and the dataset's ``columns``; returns the
-    preprocessing record without the statistics (``mean``/``scale`` come at fit time).
+MISSING_LABEL = "(missing)"
+
+
+def plan(params: dict[str, Any], schema: list[dict[str, Any]], sweep: bool = False) -> dict[str, Any]:
+    """Check the fit options against each other and the dataset's column ``schema`` (see
+    kmeans.schema); returns the preprocessing record without the statistics (fill values,
+    ``mean``/``scale`` come at fit time).
 
     Raises Unprocessable naming the option for every bad value or combination.
     """
     method = params.get("method", "kmeans")
     init = params.get("init")
+    missing = params.get("missing", "mean")
     if "algorithm" in params and method == "minibatch":
         raise Unprocessable(
             "algorithm (lloyd/elkan) applies to method kmeans and bisecting, not minibatch", parameter="algorithm"
         )
+    if params.get("features") is not None and params.get("columns") is not None:
+        raise Unprocessable("give features or columns (its old name), not both", parameter="features")
+    option = "features" if params.get("features") is not None else "columns"
+    by_name = {e["name"]: e for e in schema}
+    names = [e["name"] for e in schema]
+    numeric = [e["name"] for e in schema if e["type"] == "numeric"]
+    categorical = [e["name"] for e in schema if e["type"] == "categorical"]
     weight = params.get("weight_column")
-    if params.get("columns") is not None:
-        unknown = [c for c in params["columns"] if c not in columns]
+    if params.get(option) is not None:
+        unknown = [c for c in params[option] if c not in by_name]
         if unknown:
             raise Unprocessable(
-                f"columns: the dataset has no column {unknown[0]!r} (it has {', '.join(columns)})", parameter="columns"
+                f"{option}: the dataset has no column {unknown[0]!r} (it has {', '.join(names)})", parameter=option
             )
-        features = list(params["columns"])
+        ids = [c for c in params[option] if by_name[c]["type"] == "id"]
+        if ids:
+            raise Unprocessable(f"{option}: {ids[0]!r} is the dataset's id column, not a feature", parameter=option)
+        features = list(params[option])
     else:
-        features = [c for c in columns if c != weight]
+        features = [e["name"] for e in schema if e["type"] != "id" and e["name"] != weight]
     if weight is not None:
-        if weight not in columns:
+        if weight not in by_name:
             raise Unprocessable(
-                f"weight_column: the dataset has no column {weight!r} (it has {', '.join(columns)})",
+                f"weight_column: the dataset has no column {weight!r} (it has {', '.join(names)})",
                 parameter="weight_column",
             )
         if weight in features:
             raise Unprocessable(
-                f"weight_column {weight!r} cannot also be a feature; leave it out of columns", parameter="weight_column"
+                f"weight_column {weight!r} cannot also be a feature; leave it out of {option}",
+                parameter="weight_column",
+            )
+        if by_name[weight]["type"] != "numeric" or by_name[weight]["missing"]:
+            raise Unprocessable(
+                f"weight_column {weight!r} must be a numeric column with no missing value", parameter="weight_column"
             )
     if not features:
-        raise Unprocessable("no feature column is left to cluster on", parameter="columns")
+        raise Unprocessable("no feature column is left to cluster on", parameter=option)
+    if missing == "error":
+        gappy = [n for n in features if by_name[n].get("missing")]
+        if gappy:
+            raise Unprocessable(
+                f"column {gappy[0]!r} has {by_name[gappy[0]]['missing']} missing values, and missing is 'error';"
+                " choose missing mean, median or drop_rows, or leave the column out of features",
+                parameter="missing",
+            )
+    entries: list[dict[str, Any]] = []
+    # The encoded space: numeric features first, then each categorical one's one-hot block
+    # (as dataset_design and encode build it).
+    encoded: list[str] = [n for n in features if by_name[n]["type"] == "numeric"]
+    for name in features:
+        column = by_name[name]
+        if column["type"] == "numeric":
+            entries.append({"name": name, "type": "numeric", "index": numeric.index(name), "fill": None})
+        else:
+            categories = list(column["categories"])
+            with_missing = bool(column["missing"]) and missing not in ("drop_rows", "error")
+            entries.append({
+                "name": name, "type": "categorical", "index": categorical.index(name),
+                "categories": categories, "missing_category": with_missing,
+            })
+            encoded += [f"{name}={c}" for c in categories] + ([f"{name}={MISSING_LABEL}"] if with_missing else [])
+    width = len(encoded)
     if isinstance(init, list):
         if sweep:
             raise Unprocessable("a sweep fits several k, so init cannot be explicit centers", parameter="init")
@@ -76,11 +121,11 @@ def plan(params: dict[str, Any], columns: list[str], sweep: bool = False) -> dic
                 "method bisecting takes init k-means++ or random, not explicit centers", parameter="init"
             )
         k = params.get("n_clusters", len(init))
-        if len(init) != k or any(len(row) != len(features) for row in init):
-            width = {len(row) for row in init}
+        if len(init) != k or any(len(row) != width for row in init):
+            widths = {len(row) for row in init}
             raise Unprocessable(
-                f"init must be {k} x {len(features)} (n_clusters x feature columns) but is"
-                f" {len(init)} x {'/'.join(map(str, sorted(width)))}",
+                f"init must be {k} x {width} (n_clusters x feature columns, categories one-hot) but is"
+                f" {len(init)} x {'/'.join(map(str, sorted(widths)))}",
                 parameter="init",
             )
         if not np.isfinite(np.asarray(init, dtype=np.float64)).all():
@@ -88,18 +133,215 @@ def plan(params: dict[str, Any], columns: list[str], sweep: bool = False) -> dic
         if params.get("n_init", 1) != 1:
             raise Unprocessable("with explicit init centers n_init must be 1 (or left out)", parameter="n_init")
     if sweep:
-        for option in ("n_clusters", "contamination"):
-            if option in params:
-                raise Unprocessable(f"{option} is not a sweep option (k comes from k_min..k_max)", parameter=option)
+        for name in ("n_clusters", "contamination"):
+            if name in params:
+                raise Unprocessable(f"{name} is not a sweep option (k comes from k_min..k_max)", parameter=name)
+    all_numeric = all(e["type"] == "numeric" for e in entries)
     return {
+        "features": entries,
         "feature_columns": features,
-        "feature_index": [columns.index(c) for c in features],
+        "feature_index": [e["index"] for e in entries] if all_numeric else None,
+        "encoded_columns": encoded,
         "weight_column": weight,
-        "weight_index": columns.index(weight) if weight is not None else None,
+        "weight_index": numeric.index(weight) if weight is not None else None,
+        "missing": missing,
         "mean": None,
         "scale": None,
         "distance": params.get("distance", "euclidean"),
+        "id_column": next((e["name"] for e in schema if e["type"] == "id"), None),
     }
+
+
+def features_of(pre: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model's features; a model made before column types has numeric ones only, never missing."""
+    if pre.get("features") is not None:
+        return pre["features"]
+    return [
+        {"name": n, "type": "numeric", "index": i, "fill": None}
+        for n, i in zip(pre["feature_columns"], pre.get("feature_index") or range(len(pre["feature_columns"])),
+                        strict=True)
+    ]
+
+
+def encoded_columns(pre: dict[str, Any]) -> list[str]:
+    """The names of the fitted space's columns: numeric features, then ``name=category`` one-hots."""
+    return pre.get("encoded_columns") or list(pre["feature_columns"])
+
+
+def _one_hot(codes: np.ndarray, feature: dict[str, Any]) -> np.ndarray:
+    """Codes into a feature's categories (-1: missing, -2: unknown) as its one-hot block."""
+    width = len(feature["categories"]) + bool(feature.get("missing_category"))
+    block = np.zeros((len(codes), width))
+    hot = codes.copy()
+    if feature.get("missing_category"):
+        hot[codes == -1] = width - 1
+    rows = np.flatnonzero(hot >= 0)
+    block[rows, hot[rows]] = 1.0
+    return block
+
+
+def _missing_problem(feature: dict[str, Any], row: int, strategy: str, where: str) -> Unprocessable:
+    return Unprocessable(
+        f"row {row}, column {feature['name']!r}: the value is missing, and the model's missing is"
+        f" {strategy!r}{where}",
+        row=row,
+        parameter=feature["name"],
+    )
+
+
+def dataset_design(
+    values: np.ndarray, codes: np.ndarray | None, pre: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
+    """Dataset rows -> the encoded feature matrix (missing values filled as ``pre['missing']``
+    says, categories one-hot), ``pre`` with its fill values, and the rows kept (None: all;
+    ``drop_rows`` leaves out rows with a missing feature)."""
+    features = features_of(pre)
+    strategy = pre.get("missing", "mean")
+    numeric = [f for f in features if f["type"] == "numeric"]
+    index = [f["index"] for f in numeric]
+    if len(numeric) == len(features) and index == list(range(values.shape[1])):
+        block = np.asarray(values, dtype=np.float64)  # the memory map itself: no copy
+    else:
+        block = np.array(values[:, index], dtype=np.float64)
+    gaps = np.isnan(block) if block.size else np.zeros(block.shape, dtype=bool)
+    kept = None
+    cat_codes = {f["name"]: np.asarray(codes[:, f["index"]]) for f in features if f["type"] == "categorical"}
+    cat_gaps = {name: c < 0 for name, c in cat_codes.items()}
+    any_gap = gaps.any(axis=1) if gaps.size else np.zeros(len(values), dtype=bool)
+    for gap in cat_gaps.values():
+        any_gap = any_gap | gap
+    if any_gap.any():
+        if strategy == "error":
+            row = int(np.flatnonzero(any_gap)[0])
+            feature = next(
+                f for f in features
+                if (gaps[row, numeric.index(f)] if f["type"] == "numeric" else cat_gaps[f["name"]][row])
+            )
+            raise Unprocessable(
+                f"column {feature['name']!r} has missing values (the first in data row {row + 1}), and missing is"
+                " 'error'; choose missing mean, median or drop_rows",
+                parameter="missing",
+            )
+        if strategy == "drop_rows":
+            kept = ~any_gap
+            if not kept.any():
+                raise Unprocessable("every row has a missing value, so drop_rows leaves none", parameter="missing")
+            block = block[kept]
+            cat_codes = {name: c[kept] for name, c in cat_codes.items()}
+            gaps = gaps[kept]
+    filled = []
+    for j, feature in enumerate(numeric):
+        fill = None
+        if strategy in ("mean", "median"):
+            column = block[:, j]
+            present = column[~gaps[:, j]] if gaps[:, j].any() else column
+            fill = float(np.median(present)) if strategy == "median" else float(present.mean())
+            if gaps[:, j].any():
+                if block is values:
+                    block = np.array(block)
+                block[gaps[:, j], j] = fill
+        filled.append({**feature, "fill": fill})
+    parts = [block] + [_one_hot(cat_codes[f["name"]], f) for f in features if f["type"] == "categorical"]
+    design = parts[0] if len(parts) == 1 else np.hstack(parts)
+    by_name = {f["name"]: f for f in filled}
+    entries = [by_name.get(f["name"], f) for f in features]
+    return design, {**pre, "features": entries}, kept
+
+
+def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndarray, dict[str, int]]:
+    """Prediction rows (a csvio.Table) -> the encoded feature matrix, matched to the model's
+    features by column name when the rows have names, by position otherwise; and how many
+    values of each categorical feature were categories the model has not seen."""
+    from kmeans.csvio import _as_text
+
+    features = features_of(pre)
+    names = [f["name"] for f in features]
+    if table.named and any(n not in table.columns for n in names):
+        absent = [n for n in names if n not in table.columns]
+        if not (set(table.columns) & set(names)) and table.n_features == len(names):
+            sources = list(table.columns)  # the columns are not ours: a header-less file read as named
+        else:
+            raise Unprocessable(
+                f"the points have no column {absent[0]!r}; model {model_id} takes {', '.join(names)}"
+                " (matched by name when the points have a header)",
+                parameter=absent[0],
+            )
+    elif table.named:
+        sources = names
+    else:
+        if table.n_features != len(names):
+            raise Unprocessable(
+                f"the points have {table.n_features} columns but model {model_id} was fitted on"
+                f" {len(names)} ({', '.join(names)})"
+            )
+        sources = list(table.columns)
+    numeric_names = table.numeric_columns
+    n = table.rows if table.chunks else len(next(iter(table.text.values())))
+    numeric = [(f, s) for f, s in zip(features, sources, strict=True) if f["type"] == "numeric"]
+    indices = [numeric_names.index(s) if s in numeric_names else None for _, s in numeric]
+    if indices and None not in indices:
+        whole = table.values
+        block = whole if indices == list(range(whole.shape[1])) else np.ascontiguousarray(whole[:, indices])
+    else:
+        block = np.empty((n, len(numeric)))
+        for j, (feature, source) in enumerate(numeric):
+            if indices[j] is None:
+                cells = table.text[source]
+                bad = next(i for i, v in enumerate(cells) if v is not None)
+                position = table.columns.index(source) + 1
+                row = bad + table.first_row
+                raise Unprocessable(
+                    f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a number"
+                    f" (column {feature['name']!r} of model {model_id} is numeric)",
+                    row=row,
+                    column=position,
+                )
+            block[:, j] = table.numeric_column(source)
+    gaps = np.isnan(block)
+    if gaps.any():
+        block = np.array(block)
+        for j, (feature, _) in enumerate(numeric):
+            if not gaps[:, j].any():
+                continue
+            if feature.get("fill") is None:
+                row = int(np.flatnonzero(gaps[:, j])[0]) + table.first_row
+                strategy = pre.get("missing", "error")
+                raise _missing_problem(feature, row, strategy, " (predictions of it take complete rows)")
+            block[gaps[:, j], j] = feature["fill"]
+    unknown: dict[str, int] = {}
+    parts = [block]
+    for feature, source in zip(features, sources, strict=True):
+        if feature["type"] != "categorical":
+            continue
+        if source in table.text:
+            cells = table.text[source]
+        else:
+            cells = [None if v != v else _as_text(float(v)) for v in table.numeric_column(source)]
+        lookup = {c: i for i, c in enumerate(feature["categories"])}
+        codes = np.fromiter((-1 if v is None else lookup.get(v, -2) for v in cells), dtype=np.int64, count=n)
+        if not feature.get("missing_category") and (codes == -1).any():
+            strategy = pre.get("missing", "mean")
+            if strategy in ("error", "drop_rows"):
+                row = int(np.flatnonzero(codes == -1)[0]) + table.first_row
+                raise _missing_problem(feature, row, strategy, " (predictions of it take complete rows)")
+            codes[codes == -1] = -2  # never seen missing in training: like an unknown category
+        if (codes == -2).any():
+            unknown[feature["name"]] = int((codes == -2).sum())
+        parts.append(_one_hot(codes, feature))
+    design = parts[0] if len(parts) == 1 else np.hstack(parts)
+    return design, unknown
+
+
+def ids_of(table: Any, pre: dict[str, Any]) -> list[str] | None:
+    """The values of the model's id column in prediction rows, when they have it."""
+    from kmeans.csvio import _as_text
+
+    name = pre.get("id_column")
+    if not name or not table.named or name not in table.columns:
+        return None
+    if name in table.text:
+        return ["" if v is None else v for v in table.text[name]]
+    return ["" if v != v else _as_text(float(v)) for v in table.numeric_column(name)]
 
 
 def weights(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray | None:
@@ -119,15 +361,6 @@ def weights(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray | None:
     return column
 
 
-def select(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
-    """The feature columns of dataset rows as float64 (the rows themselves, not a copy, when
-    they are all features: a large read-only memory map stays one)."""
-    index = pre["feature_index"]
-    if index == list(range(values.shape[1])):
-        return np.asarray(values, dtype=np.float64)
-    return np.array(values[:, index], dtype=np.float64)
-
-
 def fit_scaler(features: np.ndarray, pre: dict[str, Any], standardize: bool) -> dict[str, Any]:
     """``pre`` with ``mean``/``scale`` of ``features`` when standardizing (scale 1 for constant columns)."""
     if not standardize:
@@ -135,6 +368,8 @@ def fit_scaler(features: np.ndarray, pre: dict[str, Any], standardize: bool) -> 
     mean = features.mean(axis=0)
     scale = features.std(axis=0)
     scale[scale == 0] = 1.0
+    n_numeric = sum(f["type"] == "numeric" for f in features_of(pre))
+    mean[n_numeric:], scale[n_numeric:] = 0.0, 1.0  # category shares stay shares
     return {**pre, "mean": mean.tolist(), "scale": scale.tolist()}
 
 

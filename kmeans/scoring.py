@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans import engine, prep
+from kmeans import engine
 from kmeans.errors import Unprocessable
 
 
@@ -20,7 +20,7 @@ def score(
     model: dict[str, Any],
     centers: np.ndarray,
     values: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray,  # ``values``: rows in the model's fitted space
     distances: bool = False,
     all_distances: bool = False,
     anomalies: bool = False,
@@ -41,8 +41,7 @@ def score(
                 f"model {model['id']} has no anomaly threshold: fit it with params.contamination, or pass threshold",
                 parameter="anomalies",
             )
-    pre = model.get("preprocessing")
-    space = values if prep.is_identity(pre) else prep.transform(values, pre)
+    space = values  # already in the fitted space
     own = np.linalg.norm(space - centers[labels], axis=1)
     if distances:
         out["distances"] = own
@@ -53,10 +52,13 @@ def score(
     return out
 
 
-def csv_bytes(result: dict[str, np.ndarray]) -> bytes:
-    """A CSV with a header: label, [distance], [distance_0 … distance_{k-1}], [anomaly]."""
+def csv_bytes(result: dict[str, Any]) -> bytes:
+    """A CSV with a header: [id], label, [distance], [distance_0 … distance_{k-1}], [anomaly]."""
     header = ["label"]
     parts = [result["labels"].astype(np.int64)[:, None].astype(str)]
+    if result.get("ids") is not None:
+        header.insert(0, "id")
+        parts.insert(0, np.array([_csv_cell(v) for v in result["ids"]], dtype=object)[:, None])
     if "distances" in result:
         header.append("distance")
         parts.append(np.array([repr(float(v)) for v in result["distances"]], dtype=object)[:, None])
@@ -72,5 +74,18 @@ def csv_bytes(result: dict[str, np.ndarray]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def json_body(model_id: str, result: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {"model_id": model_id, **{k: v.tolist() for k, v in result.items()}}
+def _csv_cell(value: str) -> str:
+    if any(c in value for c in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def json_body(model_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    out = {"model_id": model_id}
+    for key, value in result.items():
+        if key in ("ids", "unknown_categories"):
+            if value:
+                out[key] = value
+        else:
+            out[key] = value.tolist()
+    return out

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kmeans import access, csvio, engine, prep, webhooks
+from kmeans import access, csvio, engine, prep, schema, webhooks
 from kmeans.config import Settings
 from kmeans.errors import (
     Conflict,
@@ -60,16 +60,24 @@ def _cached_centers(path: str) -> np.ndarray:
     return Store.load_array(Path(path))
 
 
-def _parse(open_csv: Callable[[], BinaryIO], size: int) -> csvio.Table:
+def _parse(
+    open_csv: Callable[[], BinaryIO], size: int, options: csvio.Options | None = None, names: Any = None
+) -> csvio.Table:
     if size == 0:
         raise Unprocessable("the CSV file is empty: it has no rows")
     with open_csv() as handle:
-        return csvio.read_csv(handle)
+        return csvio.read_csv(handle, options, names)
 
 
 def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
     with GrowingReader(spooled) as reader:
         return csvio.read_csv(reader)
+
+
+def _public_dataset(record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k != "stats"}
+    out["schema"] = schema.public(schema.of_dataset(record))
+    return out
 
 
 class KMeansService:
@@ -118,7 +126,9 @@ class KMeansService:
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
 
-    def read_table(self, source: Upload, hashed: bool = True) -> tuple[csvio.Table, SpooledFile]:
+    def read_table(
+        self, source: Upload, hashed: bool = True, options: csvio.Options | None = None, names: Any = None
+    ) -> tuple[csvio.Table, SpooledFile]:
         """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size;
         ``hashed`` False: a small body's sha256 is left empty, for callers that never look).
 
@@ -127,22 +137,25 @@ class KMeansService:
         request) is parsed in memory; a longer one is parsed as it arrives, spooled to a temp
         file on the way (which is removed here).
         """
+        plain = options in (None, csvio.Options(), csvio.CLASSIC) and names is None
         if isinstance(source, SpooledFile):
-            if source.parsed is not None and source.size:  # parsed while it arrived
-                return source.parsed.result(), source
-            return _parse(source.open, source.size), source
+            if source.parsed is not None and source.size and plain:  # parsed while it arrived
+                table = source.parsed.result()
+                if options is not csvio.CLASSIC or csvio.all_numbers(table):
+                    return table, source
+            return _parse(source.open, source.size, options, names), source
         head = source.read(CHUNK_BYTES)
         if len(head) < CHUNK_BYTES:  # that was the whole body
             if len(head) > self.settings.max_upload_bytes:
                 raise self._too_large()
             sha256 = hashlib.sha256(head).hexdigest() if hashed else ""  # 0.4 ms of a 10,000-row prediction
             received = SpooledFile(path=None, sha256=sha256, size=len(head))
-            return _parse(lambda: io.BytesIO(head), len(head)), received
+            return _parse(lambda: io.BytesIO(head), len(head), options, names), received
         path = self.store.temp_path(".csv")
         try:
             with SpoolingReader(source, head, path, self.settings.max_upload_bytes, self._too_large) as reader:
                 try:
-                    table = csvio.read_csv(reader)
+                    table = csvio.read_csv(reader, options, names)
                 except Unprocessable:
                     reader.finish()  # a body over the size limit is a 413 whatever is in it
                     raise
@@ -150,62 +163,78 @@ class KMeansService:
         finally:
             path.unlink(missing_ok=True)
 
-    def _add_dataset(self, table: csvio.Table, name: str, sha: str, size: int, project: str) -> dict[str, Any]:
+    def _add_dataset(
+        self, table: csvio.Table, name: str, sha: str, size: int, project: str, id_column: str | None = None
+    ) -> dict[str, Any]:
+        typed = schema.classify(table, id_column)
+        rows = table.rows if table.chunks else len(next(iter(table.text.values())))
         record = {
             "id": new_id("ds"),
             "name": name,
-            "rows": table.rows,
-            "n_features": table.n_features,
+            "rows": rows,
+            "n_features": sum(e["type"] != "id" for e in typed.schema),
             "columns": table.columns,
             "sha256": sha,
             "size_bytes": size,
             "created_at": now(),
             "project": project,
+            "schema": typed.schema,
+            "id_column": typed.id_column,
         }
-        self.store.add_dataset(record, table.chunks)
-        return record
+        self.store.add_dataset(record, typed.numeric, typed.codes, typed.ids)
+        return _public_dataset(record)
 
     def create_dataset_from_stream(
-        self, source: Upload, name: str | None, project: str | None = None
+        self,
+        source: Upload,
+        name: str | None,
+        project: str | None = None,
+        options: csvio.Options | None = None,
+        id_column: str | None = None,
     ) -> dict[str, Any]:
         """A dataset from CSV bytes, in ``project`` (the caller's own by default)."""
         project = self.access.home(project)  # 403/404 before reading the body
-        table, spooled = self.read_table(source)
+        table, spooled = self.read_table(source, options=options)
         name = name or getattr(source, "filename", None)
-        return self._add_dataset(table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size, project)
+        return self._add_dataset(
+            table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size, project, id_column
+        )
 
     def create_dataset_from_rows(
         self,
-        data: Sequence[Sequence[float]],
+        data: Sequence[Sequence[Any] | dict],
         columns: Sequence[str] | None,
         name: str | None,
         project: str | None = None,
+        id_column: str | None = None,
     ) -> dict[str, Any]:
-        """A dataset from JSON rows (and optional column names), in ``project``."""
+        """A dataset from JSON rows (arrays, with optional column names, or objects), in ``project``."""
         project = self.access.home(project)
-        values = csvio.check_rows(data)
-        if columns is not None:
-            if len(columns) != values.shape[1]:
-                raise Unprocessable(
-                    f"columns names {len(columns)} columns but the rows have {values.shape[1]}",
-                    parameter="columns",
-                )
-            if len(set(columns)) != len(columns):
-                raise Unprocessable("columns holds the same name twice", parameter="columns")
-        names = list(columns) if columns is not None else csvio.default_columns(values.shape[1])
-        canonical = json.dumps({"columns": names, "data": values.tolist()}).encode()
-        table = csvio.Table.of(values, names)
+        table = csvio.rows_table(data, columns)
+        canonical = json.dumps({"columns": table.columns, "data": data}).encode()
         sha = hashlib.sha256(canonical).hexdigest()
-        return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical), project)
+        return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical), project, id_column)
 
     def list_datasets(self, offset: int, limit: int, project: str | None = None) -> dict[str, Any]:
         """A page of the datasets the caller sees, newest first."""
         items, total = self.store.list_datasets(offset, limit, access.current().scope(project))
-        return {"items": items, "offset": offset, "limit": limit, "total": total}
+        return {"items": [_public_dataset(d) for d in items], "offset": offset, "limit": limit, "total": total}
+
+    def dataset_record(self, dataset_id: str) -> dict[str, Any]:
+        return access.visible(self.store.get_dataset(dataset_id), "dataset", dataset_id)
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
         """One dataset (404 if unknown or in another project)."""
-        return access.visible(self.store.get_dataset(dataset_id), "dataset", dataset_id)
+        return _public_dataset(self.dataset_record(dataset_id))
+
+    def dataset_columns(self, dataset_id: str) -> dict[str, Any]:
+        """Per column: type, missing, distinct, min, max, mean, median, stddev, top categories."""
+        record = self.dataset_record(dataset_id)
+        if record.get("stats") is None:
+            values, codes = self.store.dataset_arrays(dataset_id)
+            record["stats"] = schema.column_stats(schema.of_dataset(record), values, codes)
+            self.store.set_dataset_stats(dataset_id, record["stats"])
+        return {"dataset_id": dataset_id, "rows": record["rows"], "items": record["stats"]}
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a dataset (409 while a fit on it runs)."""
@@ -213,11 +242,28 @@ class KMeansService:
         if not self.store.delete_dataset(dataset_id):
             raise NotFound(f"no dataset with id {dataset_id}")
 
-    def dataset_rows(self, dataset_id: str, offset: int, limit: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """Rows ``offset .. offset+limit`` of a dataset, and the dataset."""
-        record = self.get_dataset(dataset_id)
-        values = self.store.load_array(self.store.dataset_path(dataset_id), mmap=True)
-        return np.array(values[offset : offset + limit]), record
+    def dataset_rows(self, dataset_id: str, offset: int, limit: int) -> tuple[list[list[Any]], dict[str, Any]]:
+        """Rows ``offset .. offset+limit`` of a dataset (every column, None where a value is
+        missing), and the dataset."""
+        record = self.dataset_record(dataset_id)
+        values, codes = self.store.dataset_arrays(dataset_id)
+        ids_path = self.store.ids_path(dataset_id)
+        ids = self.store.load_array(ids_path, mmap=True)[offset : offset + limit] if ids_path.exists() else None
+        numeric = np.array(values[offset : offset + limit])
+        cols: list[list[Any]] = []
+        n_index = c_index = 0
+        for entry in schema.of_dataset(record):
+            if entry["type"] == "numeric":
+                column = numeric[:, n_index]
+                cols.append([None if v != v else v for v in column.tolist()])
+                n_index += 1
+            elif entry["type"] == "categorical":
+                cats = entry["categories"]
+                cols.append([cats[c] if c >= 0 else None for c in codes[offset : offset + limit, c_index].tolist()])
+                c_index += 1
+            else:
+                cols.append([str(v) or None for v in ids])
+        return [list(row) for row in zip(*cols, strict=True)], _public_dataset(record)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -237,7 +283,7 @@ class KMeansService:
         params = dict(params or {})
         request = {"dataset_id": dataset_id, "params": params, "time_limit": time_limit, "callback_url": callback_url}
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        dataset = self.get_dataset(dataset_id)
+        dataset = self.dataset_record(dataset_id)
         pre = self.plan_fit(dataset, params)
         k = prep.n_clusters(params)
         if k > dataset["rows"]:
@@ -283,7 +329,7 @@ class KMeansService:
 
     def plan_fit(self, dataset: dict[str, Any], params: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
         """Check fit options against the dataset (422 naming the option); the preprocessing plan."""
-        pre = prep.plan(params, dataset["columns"], sweep=sweep)
+        pre = prep.plan(params, schema.of_dataset(dataset), sweep=sweep)
         if pre["weight_index"] is not None:
             prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
         return pre
@@ -400,18 +446,22 @@ class KMeansService:
             )
         return model
 
-    def model_labels(self, model_id: str) -> np.ndarray:
-        """The training rows' labels."""
-        self._fitted(model_id)
+    def model_labels(self, model_id: str) -> tuple[np.ndarray, list[str] | None]:
+        """The training rows' labels (-1: a row left out for a missing value), and the
+        dataset's ids when it has an id column."""
+        model = self._fitted(model_id)
         path = self.store.labels_path(model_id)
         if not path.exists():
             raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
-        return self.store.load_array(path)
+        ids_path = self.store.ids_path(model["dataset_id"])
+        ids = self.store.load_array(ids_path).tolist() if ids_path.exists() else None
+        return self.store.load_array(path), ids
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
-        """The centers and the column names they are in."""
+        """The centers in original units (category columns as shares) and the columns they are in."""
         model = self._fitted(model_id)
-        return prep.to_original(self.fitted_centers(model), model.get("preprocessing")), model["columns"]
+        pre = model.get("preprocessing")
+        return prep.to_original(self.fitted_centers(model), pre), prep.encoded_columns(pre)
 
     def fitted_centers(self, model: dict[str, Any], version: int | None = None) -> np.ndarray:
         """A model's centers in its fitted space: the current version's, or those of ``version``."""
@@ -421,45 +471,59 @@ class KMeansService:
 
         return online.centers(self.store, model, version)
 
-    def predict(self, model_id: str, values: np.ndarray) -> np.ndarray:
-        """Labels for ``values`` with a fitted model."""
-        return self._predict(self._fitted(model_id), values)
+    def points(
+        self, model: dict[str, Any], data: Any = None, source: Upload | None = None,
+        options: csvio.Options | None = None,
+    ) -> csvio.Table:
+        """Prediction rows sent as JSON ``data`` or as a CSV ``source``, as a table."""
+        if data is not None:
+            return csvio.rows_table(data)
+        pre = model.get("preprocessing") or {}
+        names = list(pre.get("feature_columns") or model["columns"]) + [pre.get("id_column") or ""]
+        return self.read_table(source, hashed=False, options=options, names=names)[0]
 
-    def predict_rows(self, model_id: str, data: Sequence[Sequence[float]]) -> np.ndarray:
-        """Labels for JSON rows."""
-        return self.predict(model_id, csvio.check_rows(data))
-
-    def predict_stream(self, model_id: str, source: Upload) -> np.ndarray:
-        """Labels for the points of an uploaded CSV."""
+    def predict(
+        self, model_id: str, data: Any = None, source: Upload | None = None, options: csvio.Options | None = None
+    ) -> dict[str, Any]:
+        """``{"labels", "ids" (when the rows have the model's id column), "unknown_categories"}``
+        for rows sent as JSON ``data`` or as a CSV ``source``."""
         model = self._fitted(model_id)  # a 404/409 before reading a possibly large body
-        table, _ = self.read_table(source, hashed=False)
-        return self._predict(model, table.values)
+        table = self.points(model, data, source, options)
+        labels, _, unknown = self._predict(model, table)
+        return {"labels": labels, "ids": prep.ids_of(table, model["preprocessing"]), "unknown_categories": unknown}
 
-    def _predict(self, model: dict[str, Any], values: np.ndarray, version: int | None = None) -> np.ndarray:
-        if values.shape[1] != model["n_features"]:
-            raise Unprocessable(
-                f"the points have {values.shape[1]} columns but model {model['id']} was fitted on"
-                f" {model['n_features']} ({', '.join(model['columns'])})"
-            )
-        centers = self.fitted_centers(model, version)
+    def _predict(
+        self, model: dict[str, Any], table: csvio.Table, version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """(labels, the rows in the fitted space, unknown categories per column)."""
         pre = model.get("preprocessing")
-        return engine.predict(centers, values if prep.is_identity(pre) else prep.transform(values, pre))
+        encoded, unknown = prep.encode(table, pre, model["id"])
+        centers = self.fitted_centers(model, version)
+        space = encoded if prep.is_identity(pre) else prep.transform(encoded, pre)
+        return engine.predict(centers, space), space, unknown
 
     def score(
-        self, model_id: str, values: np.ndarray | None = None, source: Upload | None = None, **options: Any
-    ) -> dict[str, np.ndarray]:
-        """Labels of rows (``values``, or the CSV ``source``), and with ``options`` (distances,
+        self,
+        model_id: str,
+        data: Any = None,
+        source: Upload | None = None,
+        options: csvio.Options | None = None,
+        **scoring_options: Any,
+    ) -> dict[str, Any]:
+        """Labels of rows (JSON ``data``, or the CSV ``source``), and with ``options`` (distances,
         all_distances, anomalies, threshold) their distances and anomaly flags; see
         :func:`kmeans.scoring.score`."""
         from kmeans import scoring
 
         model = self._fitted(model_id)
-        version = options.pop("version", None)
+        version = scoring_options.pop("version", None)
         centers = self.fitted_centers(model, version)  # a 404 for an unknown version before reading the body
-        if values is None:
-            values = self.read_table(source, hashed=False)[0].values
-        labels = self._predict(model, values, version)
-        return scoring.score(model, centers, values, labels, **options)
+        table = self.points(model, data, source, options)
+        labels, space, unknown = self._predict(model, table, version)
+        result: dict[str, Any] = scoring.score(model, centers, space, labels, **scoring_options)
+        result["ids"] = prep.ids_of(table, model["preprocessing"])
+        result["unknown_categories"] = unknown
+        return result
 
     # -- classic flow ---------------------------------------------------------------------
 
@@ -467,7 +531,7 @@ class KMeansService:
         """Store an upload and number it; the same name and content give the same job_id."""
         name = display_name(filename)
         project = self.access.home(None)
-        table, spooled = self.read_table(source)
+        table, spooled = self.read_table(source, options=csvio.CLASSIC)
         upload = self.store.find_upload(name, spooled.sha256, project)
         if upload is None:
             dataset = self._add_dataset(table, name, spooled.sha256, spooled.size, project)
@@ -506,11 +570,11 @@ class KMeansService:
             error = model.get("error") or {}
             raise FitFailed(error.get("detail", f"the fit ended as {model['status']}"), model_id=model["id"])
         self.store.set_upload_model(job_id, model["id"])
-        return model, self.model_labels(model["id"])
+        return model, self.model_labels(model["id"])[0]
 
     def classic_predict(self, job_id: int, source: Upload) -> tuple[str, np.ndarray]:
         """(model id, labels) for an uploaded CSV with the latest model fitted for ``job_id``."""
         upload = self._upload(job_id)
         if upload["model_id"] is None:
             raise Conflict(f"job_id {job_id} has no fitted model yet; POST it to /kmeans/fit first")
-        return upload["model_id"], self.predict_stream(upload["model_id"], source)
+        return upload["model_id"], self.predict(upload["model_id"], source=source, options=csvio.CLASSIC)["labels"]

@@ -131,7 +131,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 # Columns added after data dirs already existed: added on open, to new and old tables alike.
 MIGRATIONS = {
-    "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+    # Column types (NULL: a dataset from before them, all numeric), the id column, statistics.
+    "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'", "schema": "TEXT", "id_column": "TEXT", "stats": "TEXT"},
     "models": {"project": "TEXT NOT NULL DEFAULT 'default'"},
     "sweeps": {"project": "TEXT NOT NULL DEFAULT 'default'"},
 }
@@ -142,7 +143,7 @@ SAME_UPLOAD = (
     "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
     " WHERE u.filename = ? AND u.sha256 = ? AND d.project = ? ORDER BY u.job_id DESC LIMIT 1"
 )
-JSON_FIELDS = ("columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
+JSON_FIELDS = ("schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -242,6 +243,20 @@ class Store:
     def dataset_path(self, dataset_id: str) -> Path:
         return self.root / "datasets" / f"{dataset_id}.npy"
 
+    def dataset_arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A dataset's numeric matrix and categorical codes (None: it has none), memory-mapped."""
+        codes = self.codes_path(dataset_id)
+        values = self.load_array(self.dataset_path(dataset_id), mmap=True)
+        return values, self.load_array(codes, mmap=True) if codes.exists() else None
+
+    def codes_path(self, dataset_id: str) -> Path:
+        """A dataset's categorical columns as int32 codes (-1: missing)."""
+        return self.root / "datasets" / f"{dataset_id}.codes.npy"
+
+    def ids_path(self, dataset_id: str) -> Path:
+        """A dataset's id column as text."""
+        return self.root / "datasets" / f"{dataset_id}.ids.npy"
+
     def centers_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.centers.npy"
 
@@ -275,23 +290,41 @@ class Store:
 
     # -- datasets -------------------------------------------------------------------------
 
-    def add_dataset(self, record: dict[str, Any], values: np.ndarray | list[np.ndarray]) -> None:
-        """Store the array (or its row chunks), then the row that makes it visible."""
-        record = {"project": DEFAULT_PROJECT, **record}
-        path = self.dataset_path(record["id"])
-        self.save_array(path, values)
+    def add_dataset(
+        self,
+        record: dict[str, Any],
+        values: np.ndarray | list[np.ndarray],
+        codes: np.ndarray | None = None,
+        ids: np.ndarray | None = None,
+    ) -> None:
+        """Store the numeric array (or its row chunks), the categorical codes and the ids,
+        then the row that makes them visible."""
+        record = {"project": DEFAULT_PROJECT, "schema": None, "id_column": None, **record}
+        paths = [self.dataset_path(record["id"])]
         try:
+            if isinstance(values, list) and not values:
+                values = np.empty((record["rows"], 0))
+            self.save_array(paths[0], values)
+            for path, array in ((self.codes_path(record["id"]), codes), (self.ids_path(record["id"]), ids)):
+                if array is not None:
+                    paths.append(path)
+                    self.save_array(path, array)
+            keys = ("id", "name", "rows", "n_features", "columns", "sha256", "size_bytes", "created_at", "project",
+                    "schema", "id_column")
             with self.transaction() as db:
                 db.execute(
-                    "INSERT INTO datasets (id, name, rows, n_features, columns, sha256,"
-                    " size_bytes, created_at, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    tuple(_encode(record[k]) for k in (
-                        "id", "name", "rows", "n_features", "columns", "sha256",
-                        "size_bytes", "created_at", "project")),
+                    f"INSERT INTO datasets ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                    tuple(_encode(record[k]) for k in keys),
                 )
         except BaseException:
-            path.unlink(missing_ok=True)
+            for path in paths:
+                path.unlink(missing_ok=True)
             raise
+
+    def set_dataset_stats(self, dataset_id: str, stats: list[dict[str, Any]]) -> None:
+        """Keep a dataset's column statistics (it never changes, so they are computed once)."""
+        with self.transaction() as db:
+            db.execute("UPDATE datasets SET stats = ? WHERE id = ?", (json.dumps(stats), dataset_id))
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
@@ -312,7 +345,8 @@ class Store:
                 )
             gone = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
         if gone:
-            self.dataset_path(dataset_id).unlink(missing_ok=True)
+            for path in (self.dataset_path(dataset_id), self.codes_path(dataset_id), self.ids_path(dataset_id)):
+                path.unlink(missing_ok=True)
         return bool(gone)
 
     # -- models ---------------------------------------------------------------------------

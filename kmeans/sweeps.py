@@ -20,8 +20,9 @@ import threading
 import time
 from typing import Any
 
-from kmeans import access, engine, prep
+from kmeans import access, engine, fitjob, prep
 from kmeans.errors import Unprocessable
+from kmeans.schema import of_dataset as schema_of
 from kmeans.store import Store, new_id, now
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class Sweeps:
                 f"k_max ({k_max}) is larger than the number of rows ({dataset['rows']}) of dataset {dataset['id']}",
                 parameter="k_max",
             )
-        pre = prep.plan(params, dataset["columns"], sweep=True)
+        pre = prep.plan(params, schema_of(dataset), sweep=True)
         if pre["weight_index"] is not None:
             prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
         record = {
@@ -155,11 +156,8 @@ class Sweeps:
         sweep = self._record(sweep_id)  # in its own thread: no caller to check
         self._update(sweep_id, status="running", started_at=now())
         params = sweep["params"]
-        values = self.store.load_array(self.store.dataset_path(sweep["dataset_id"]), mmap=True)
-        weights = prep.weights(values, pre)
-        features = prep.select(values, pre)
-        pre = prep.fit_scaler(features, pre, bool(params.get("standardize")))
-        space = prep.transform(features, pre)
+        values, codes = self.store.dataset_arrays(sweep["dataset_id"])
+        space, pre, weights, _ = fitjob.prepare(values, params, pre, codes)
         ks = list(range(sweep["k_min"], sweep["k_max"] + 1))
         results: list[dict[str, Any]] = []
         for i, k in enumerate(ks):

@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio.from_thread
+import numpy as np
 from connexion import context
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from kmeans import csvio
+from kmeans import csvio, scoring
 from kmeans.api.validation import JSON_BODY, spooled_file
 from kmeans.errors import BadRequest
 from kmeans.service import Upload
@@ -94,11 +95,43 @@ def png_response(png: bytes) -> Response:
     return Response(png, media_type="image/png")
 
 
-def labels(values: Any, model_id: str, default: str = JSON, **headers: str) -> Any:
-    """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON).
+def csv_options(delimiter: str | None, decimal: str = ".", na_values: str | None = None) -> csvio.Options:
+    """How to read a CSV body, from the query parameters of the operations that take one."""
+    markers = csvio.NA_VALUES if na_values is None else tuple(m.strip() for m in na_values.split(","))
+    return csvio.Options(delimiter="\t" if delimiter == "tab" else delimiter, decimal=decimal, na_values=markers)
+
+
+def unknown_header(unknown: dict[str, int] | None) -> dict[str, str]:
+    """The ``X-Unknown-Categories`` header of a CSV answer (``column=count, …``), when there were any."""
+    if not unknown:
+        return {}
+    return {"X-Unknown-Categories": ", ".join(f"{k}={v}" for k, v in unknown.items()).encode().decode("latin-1")}
+
+
+def labels(
+    values: Any,
+    model_id: str,
+    default: str = JSON,
+    ids: list[str] | None = None,
+    unknown: dict[str, int] | None = None,
+    **headers: str,
+) -> Any:
+    """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON); with ``ids``,
+    CSV ``id,label`` rows and JSON ``ids``; with ``unknown`` categories, JSON
+    ``unknown_categories`` and the CSV header ``X-Unknown-Categories``.
 
     Large label sets are sent in pieces as they are formatted, never as one big string.
     """
+    if ids is not None or unknown:
+        if wants_csv(default):
+            body = scoring.csv_bytes({"labels": values, "ids": ids}) if ids is not None else csvio.format_labels(values)
+            return csv_response(body, **headers, **unknown_header(unknown))
+        doc: dict[str, Any] = {"model_id": model_id, "labels": np.asarray(values).tolist()}
+        if ids is not None:
+            doc["ids"] = ids
+        if unknown:
+            doc["unknown_categories"] = unknown
+        return Response(jsonlib.dumps(doc, separators=(",", ":")), media_type=JSON, headers=headers)
     if len(values) <= STREAM_LABELS:
         if wants_csv(default):
             return csv_response(csvio.format_labels(values), **headers)

@@ -63,8 +63,9 @@ def delete_model(model_id: str) -> Any:
 
 
 def get_model_labels(model_id: str) -> Any:
-    """Labels of the training rows."""
-    return media.labels(service().model_labels(model_id), model_id)
+    """Labels of the training rows (with the dataset's ids when it has an id column)."""
+    labels, ids = service().model_labels(model_id)
+    return media.labels(labels, model_id, ids=ids)
 
 
 def get_model_centers(model_id: str) -> Any:
@@ -84,46 +85,30 @@ def predict_with_model(
     anomalies: bool = False,
     threshold: float | None = None,
     version: int | None = None,
+    delimiter: str | None = None,
+    decimal: str = ".",
+    na_values: str | None = None,
 ) -> Any:
     """Labels for points sent as a multipart file, raw CSV or JSON (with distances and
     anomaly flags when asked for; with the centers of ``version`` when given)."""
-    if distances or all_distances or anomalies or threshold is not None or version is not None:
-        return scored_predictions(model_id, file, distances, all_distances, anomalies, threshold, version)
-    if file is not None:
-        result = service().predict_stream(model_id, media.upload(file)[0])
-    elif media.is_json():
-        result = service().predict_rows(model_id, media.json_body()["data"])
-    else:
-        result = service().predict_stream(model_id, media.raw_body())
-    return media.labels(result, model_id)
-
-
-def scored_predictions(
-    model_id: str,
-    file: Any,
-    distances: bool,
-    all_distances: bool,
-    anomalies: bool,
-    threshold: float | None,
-    version: int | None = None,
-) -> Any:
-    """Labels with distances and/or anomaly flags, as JSON or CSV with a header row (just
-    the labels, as without options, when only ``version`` is given)."""
-    options = {
+    svc = service()
+    options = media.csv_options(delimiter, decimal, na_values)
+    source = media.upload(file)[0] if file is not None else None if media.is_json() else media.raw_body()
+    data = media.json_body()["data"] if source is None else None
+    scoring_options = {
         "distances": distances,
         "all_distances": all_distances,
         "anomalies": anomalies,
         "threshold": threshold,
         "version": version,
     }
-    if file is not None:
-        result = service().score(model_id, source=media.upload(file)[0], **options)
-    elif media.is_json():
-        result = service().score(model_id, csvio.check_rows(media.json_body()["data"]), **options)
-    else:
-        result = service().score(model_id, source=media.raw_body(), **options)
-    if len(result) == 1:
-        return media.labels(result["labels"], model_id)
+    if not any(v not in (None, False) for v in scoring_options.values()):
+        result = svc.predict(model_id, data, source, options)
+        return media.labels(result["labels"], model_id, ids=result["ids"], unknown=result["unknown_categories"])
+    result = svc.score(model_id, data, source, options, **scoring_options)
+    unknown = result["unknown_categories"]
+    if set(result) == {"labels", "ids", "unknown_categories"}:
+        return media.labels(result["labels"], model_id, ids=result["ids"], unknown=unknown)
     if media.wants_csv():
-        return media.csv_response(scoring.csv_bytes(result))
+        return media.csv_response(scoring.csv_bytes(result), **media.unknown_header(unknown))
     return media.json(scoring.json_body(model_id, result))

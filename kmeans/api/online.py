@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kmeans import csvio, online
+from kmeans import online, prep
 from kmeans.api import media, service
 
 
@@ -20,12 +20,13 @@ def push_model_data(model_id: str, file: Any = None) -> Any:
     model = _model(model_id)
     online._check_updatable(model)  # 409 before reading a possibly large body
     if file is not None:
-        values = svc.read_table(media.upload(file)[0])[0].values
+        table = svc.points(model, source=media.upload(file)[0])
     elif media.is_json():
-        values = csvio.check_rows(media.json_body()["data"])
+        table = svc.points(model, data=media.json_body()["data"])
     else:
-        values = svc.read_table(media.raw_body())[0].values
-    return media.json(online.push(svc.store, model, values))
+        table = svc.points(model, source=media.raw_body())
+    encoded, _ = prep.encode(table, model["preprocessing"], model_id)
+    return media.json(online.push(svc.store, model, encoded))
 
 
 def list_model_versions(model_id: str) -> Any:

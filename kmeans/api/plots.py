@@ -20,11 +20,14 @@ def get_model_plot(model_id: str) -> Any:
             f"the training data of model {model_id} (dataset {model['dataset_id']}) is gone"
             " (deleted, or the model was imported), so there is nothing to draw"
         )
-    values = store.load_array(store.dataset_path(model["dataset_id"]), mmap=True)
+    values, codes = store.dataset_arrays(model["dataset_id"])
     labels = store.load_array(store.labels_path(model_id), mmap=True)
     rows = plots.sample_rows(len(values))
-    pre = model.get("preprocessing") or prep.plan(model["params"], columns)
-    features = prep.select(values[rows], pre)
+    rows = rows[labels[rows] >= 0]  # rows left out of the fit (a missing value) have no cluster
+    pre = model["preprocessing"]
+    # The picture fills a sample's missing values with its own means (drop_rows models drop none here).
+    features, _, _ = prep.dataset_design(values[rows], codes[rows] if codes is not None else None,
+                                         {**pre, "missing": "mean"})
     if pre.get("distance") == "cosine":
         # Directions: draw the rows as the model sees them (normalised) with its own centers.
         features = prep.transform(features, pre)

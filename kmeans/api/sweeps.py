@@ -12,7 +12,7 @@ from kmeans.sweeps import sweeps_of
 def create_sweep(body: dict) -> Any:
     """Queue a sweep over k_min..k_max; 202 with Location."""
     svc = service()
-    dataset = svc.get_dataset(body["dataset_id"])
+    dataset = svc.dataset_record(body["dataset_id"])
     sweep = sweeps_of(svc).create(dataset, body["k_min"], body["k_max"], body.get("params"))
     return media.json(sweep, 202, Location=media.location(sweep["id"]))
 

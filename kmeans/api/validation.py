@@ -215,7 +215,7 @@ def _cached_validator(schema: dict, build: Callable[[dict], Any]) -> Any:
 
 # The shapes of schema that all_valid() decides by itself: numbers, and arrays of them (or of
 # such arrays) with bounds on their length, as the spec's rows of points are.
-_ARRAY_KEYS = {"type", "minItems", "maxItems", "items"}
+_ARRAY_KEYS = {"type", "minItems", "maxItems", "items", "description"}
 
 
 def all_valid(schema: dict, instance: Any) -> bool:
@@ -223,6 +223,9 @@ def all_valid(schema: dict, instance: Any) -> bool:
     bounds); False if it does not or the schema is of another shape, for jsonschema to decide."""
     if schema == {"type": "number"}:
         return type(instance) is float or type(instance) is int  # bool is not a number in JSON Schema
+    if schema.get("x-kmeans-row"):  # a row of cells (api.yaml's Row): an array or an object
+        cells = instance if type(instance) is list else instance.values() if type(instance) is dict else None
+        return bool(cells) and _cells_valid(cells)
     if schema.get("type") != "array" or not schema.keys() <= _ARRAY_KEYS or type(instance) is not list:
         return False
     if not schema.get("minItems", 0) <= len(instance) <= schema.get("maxItems", len(instance)):
@@ -231,6 +234,18 @@ def all_valid(schema: dict, instance: Any) -> bool:
     if items == {"type": "number"}:
         return {type(value) for value in instance} <= {float, int}
     return all(all_valid(items, value) for value in instance)
+
+
+_CELL_TYPES = {float, int, bool, type(None)}
+MAX_CELL_TEXT = 10000  # api.yaml's Cell: maxLength of a text value
+
+
+def _cells_valid(cells: Any) -> bool:
+    """Whether every value is a number, a boolean, null or a short enough string (api.yaml's Cell)."""
+    kinds = {type(v) for v in cells}
+    if kinds <= _CELL_TYPES:
+        return True
+    return kinds <= _CELL_TYPES | {str} and all(len(v) <= MAX_CELL_TEXT for v in cells if type(v) is str)
 
 
 def _items(validator: Any, items: Any, instance: Any, schema: dict) -> Any:

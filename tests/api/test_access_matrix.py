@@ -233,6 +233,12 @@ def b_get_dataset_rows(w: World, missing: bool) -> Call:
     return Call("GET", f"{BASE}/datasets/{ds}/rows", ident=ds)
 
 
+def b_get_dataset_columns(w: World, missing: bool) -> Call:
+    """GET /datasets/{id}/columns."""
+    ds = MISSING["dataset"] if missing else w.ids["dataset"]
+    return Call("GET", f"{BASE}/datasets/{ds}/columns", ident=ds)
+
+
 def b_create_model(w: World, missing: bool) -> Call:
     """POST /models on team-a's dataset."""
     ds = MISSING["dataset"] if missing else w.ids["dataset"]
@@ -406,6 +412,7 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "get_dataset": ("resource", b_get_dataset),
     "delete_dataset": ("resource", b_delete_dataset),
     "get_dataset_rows": ("resource", b_get_dataset_rows),
+    "get_dataset_columns": ("resource", b_get_dataset_columns),
     "create_model": ("resource", b_create_model),
     "list_models": ("list", b_list_models),
     "get_model": ("resource", _model_get("")),

@@ -136,25 +136,24 @@ def test_row_with_too_few_values_is_422_naming_the_row(api, unharmed):
     unharmed()
 
 
-def test_nan_cell_is_422_naming_row_and_column(api, unharmed):
-    for response in post_csv_both_ways(api, b"1,2\nNaN,4\n"):
-        problem = assert_problem(response, 422, "row 2, column 1", "NaN")
-        assert (problem["row"], problem["column"]) == (2, 1)
+@pytest.mark.parametrize(
+    ("content", "cell", "fragment"),
+    [(b"1,2\nNaN,4\n", (2, 1), "NaN"), (b"1,2\n,4\n5,6\n", (2, 1), "empty"), (b"1,2\n3,gold\n", (2, 2), "gold")],
+)
+def test_classic_upload_refuses_a_missing_or_text_cell_naming_it(api, unharmed, content, cell, fragment):
+    problem = assert_problem(upload(api, content, "bad.csv"), 422, f"row {cell[0]}, column {cell[1]}", fragment)
+    assert (problem["row"], problem["column"]) == cell
     unharmed()
 
 
-def test_infinite_cell_is_422_naming_row_and_column(api, unharmed):
-    for response in post_csv_both_ways(api, b"1,2\n3,inf\n"):
-        problem = assert_problem(response, 422, "row 2, column 2", "inf")
-        assert (problem["row"], problem["column"]) == (2, 2)
-    unharmed()
-
-
-def test_empty_cell_is_422_naming_row_and_column(api, unharmed):
-    for response in post_csv_both_ways(api, b"1,2\n,4\n5,6\n"):
-        problem = assert_problem(response, 422, "row 2, column 1", "empty")
-        assert (problem["row"], problem["column"]) == (2, 1)
-    unharmed()
+@pytest.mark.parametrize("content", [b"1,2\nNaN,4\n", b"1,2\n,4\n5,6\n", b"1,2\nNA,4\n5,6\n"])
+def test_a_dataset_takes_na_and_empty_cells_as_missing_values(api, content):
+    response = api.post("/kmeans/datasets", content=content, headers={"Content-Type": CSV})
+    assert response.status_code == 201, response.text
+    assert [(c["name"], c["type"], c["missing"]) for c in response.json()["schema"]] == [
+        ("x1", "numeric", 1),
+        ("x2", "numeric", 0),
+    ]
 
 
 def test_header_without_data_rows_is_422(api, unharmed):
@@ -463,9 +462,9 @@ def test_json_dataset_with_unknown_field_is_400_naming_it(api, unharmed):
     unharmed()
 
 
-def test_json_dataset_with_non_number_is_400(api, unharmed):
-    response = api.post("/kmeans/datasets", json={"data": [[1, "two"]]})
-    assert_problem(response, 400, "two")
+def test_json_dataset_with_a_list_for_a_cell_is_400(api, unharmed):
+    response = api.post("/kmeans/datasets", json={"data": [[1, [2]]]})
+    assert_problem(response, 400, "[2]")
     unharmed()
 
 

@@ -31,6 +31,7 @@ METHODS = {
     "get_dataset": "get_dataset",
     "delete_dataset": "delete_dataset",
     "get_dataset_rows": "rows",
+    "get_dataset_columns": "dataset_columns",
     "create_model": "create_model",
     "list_models": "list_models",
     "get_model": "get_model",

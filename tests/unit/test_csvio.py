@@ -159,28 +159,77 @@ def test_rows_narrower_than_the_header():
     assert error.extra["row"] == 2
 
 
-@pytest.mark.parametrize("cell", ["NaN", "nan", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "1e999"])
 def test_non_finite_values(cell: str):
     error = refused(f"1,2\n3,{cell}\n".encode())
     assert "row 2, column 2" in error.detail
     assert (error.extra["row"], error.extra["column"]) == (2, 2)
 
 
-@pytest.mark.parametrize("cell", ["NA", "null", "None", "n/a", "True", "1,000", "1.0.0", "1_000", "\uff14"])
-def test_words_and_odd_numbers_are_not_numbers(cell: str):
+@pytest.mark.parametrize("cell", ["True", "1,000", "1.0.0", "1_000", "\uff14", "abc"])
+def test_a_word_among_numbers_is_a_typo_named_by_row_and_column(cell: str):
     error = refused(f'1,2\n3,"{cell}"\n'.encode())
+    assert (error.extra["row"], error.extra["column"]) == (2, 2)
+    error = refused(f'1,2\n3,4\n5,6\n7,"{cell}"\n'.encode())
+    assert (error.extra["row"], error.extra["column"]) == (4, 2)
+
+
+@pytest.mark.parametrize("cell", ["", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", " NA "])
+def test_na_markers_are_missing_values(cell: str):
+    table = csvio.read_csv(io.BytesIO(f"x,y\n1,2\n3,{cell}\n".encode()))
+    assert table.columns == table.numeric_columns == ["x", "y"]
+    assert table.values[0].tolist() == [1, 2] and table.values[1, 0] == 3 and np.isnan(table.values[1, 1])
+
+
+def test_na_values_option_replaces_the_markers():
+    options = csvio.Options(na_values=("-", "?"))
+    table = csvio.read_csv(io.BytesIO(b"x,y\n1,-\n?,4\n5,6\n"), options)
+    assert np.isnan(table.values[0, 1]) and np.isnan(table.values[1, 0]) and table.values[2].tolist() == [5, 6]
+    error = pytest.raises(Unprocessable, csvio.read_csv, io.BytesIO(b"x,y\n1,NA\n3,4\n5,6\n"), options).value
     assert (error.extra["row"], error.extra["column"]) == (2, 2)
 
 
-def test_empty_cell():
-    error = refused(b"1,2\n,4\n")
-    assert "empty" in error.detail
-    assert (error.extra["row"], error.extra["column"]) == (2, 1)
+def test_empty_cells_are_missing():
+    table = csvio.read_csv(io.BytesIO(b"1,2\n,4\n"))
+    assert np.isnan(table.values[1, 0]) and table.values[1, 1] == 4
 
 
-def test_trailing_comma_is_an_empty_cell():
-    error = refused(b"1,2,\n3,4,\n")
-    assert (error.extra["row"], error.extra["column"]) == (1, 3)
+def test_a_trailing_comma_is_an_empty_column():
+    table = csvio.read_csv(io.BytesIO(b"1,2,\n3,4,\n"))
+    assert table.columns == ["x1", "x2", "x3"] and np.isnan(table.values[:, 2]).all()
+
+
+def test_text_columns_are_kept_as_text():
+    table = csvio.read_csv(io.BytesIO(b"id,segment,x\nA1,gold,1.5\nA2,,2\nA3,silver,NA\n"))
+    assert table.columns == ["id", "segment", "x"] and table.numeric_columns == ["x"]
+    assert table.text["id"].tolist() == ["A1", "A2", "A3"]
+    assert table.text["segment"].tolist() == ["gold", None, "silver"]
+    assert table.values[:2, 0].tolist() == [1.5, 2] and np.isnan(table.values[2, 0])
+
+
+def test_quoted_fields_keep_delimiters_and_line_breaks():
+    table = csvio.read_csv(io.BytesIO(b'name,x\n"Smith, J.",1\n"two\nlines",2\n"say ""hi""",3\n'))
+    assert table.text["name"].tolist() == ["Smith, J.", "two\nlines", 'say "hi"']
+    assert table.values[:, 0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_the_delimiter_is_detected(delimiter: str):
+    text = delimiter.join(["x", "y", "kind"]) + "\n" + delimiter.join(["1.5", "2", "a,b"]) + "\n"
+    table = csvio.read_csv(io.BytesIO((text + text.split("\n")[1].replace("a,b", "c") + "\n").encode()))
+    assert table.columns == ["x", "y", "kind"] and table.values.tolist() == [[1.5, 2], [1.5, 2]]
+    assert table.text["kind"].tolist() == ["a,b", "c"]
+
+
+def test_decimal_commas_with_semicolons():
+    table = csvio.read_csv(io.BytesIO(b"x;y\n1,5;2\n-0,25;3,0\n"), csvio.Options(decimal=","))
+    assert table.values.tolist() == [[1.5, 2], [-0.25, 3]]
+
+
+def test_a_given_delimiter_that_splits_nothing_is_refused():
+    with pytest.raises(Unprocessable) as caught:
+        csvio.read_csv(io.BytesIO(b"x;y\n1;2\n3;4\n"), csvio.Options(delimiter="|"))
+    assert caught.value.extra["parameter"] == "delimiter" and "';'" in caught.value.detail
 
 
 def test_duplicate_header_names():
@@ -202,9 +251,8 @@ def test_utf16_file():
     assert "UTF-8" in refused("x,y\n1,2\n".encode("utf-16")).detail
 
 
-def test_semicolon_separated_file_is_refused_naming_the_cell():
-    error = refused(b"1;2\n3;4\n")
-    assert "row" in error.detail
+def test_semicolon_separated_file_is_read():
+    assert read(b"1;2\n3;4\n") == ([[1, 2], [3, 4]], ["x1", "x2"])
 
 
 # -- the block-parallel fast path and the chunked reader agree ---------------------------
@@ -250,7 +298,8 @@ def outcome(content: bytes) -> tuple:
     except Unprocessable as error:
         return ("error", error.detail, error.extra)
     assert all(c.dtype == np.float64 and c.flags.c_contiguous for c in table.chunks)
-    return ("table", table.values.tolist(), table.columns)
+    # NaN as None: two NaNs compare unequal in a list.
+    return ("table", np.where(np.isnan(table.values), None, table.values).tolist(), table.columns)
 
 
 def rows_text(rows: int, seed: int = 0) -> bytes:
@@ -281,7 +330,7 @@ def test_a_large_file_is_parsed_in_blocks_by_threads(monkeypatch):
 
 @pytest.mark.parametrize(
     ("bad_row", "cell", "fragment"),
-    [(4000, "abc", "'abc' is not a number"), (2500, "", "the value is empty"), (4999, "inf", "not a finite")],
+    [(4000, "abc", "'abc' is not a number"), (2500, "1.2.3", "is not a number"), (4999, "inf", "not a finite")],
 )
 def test_a_bad_cell_deep_in_a_large_file_is_named_as_by_the_chunked_reader(monkeypatch, bad_row, cell, fragment):
     lines = rows_text(5000, seed=1).split(b"\n")
