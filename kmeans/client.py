@@ -336,11 +336,7 @@ class KMeansClient:
         usual NA markers).
         """
         if isinstance(source, (list, tuple)) or hasattr(source, "tolist"):
-            if hasattr(source, "tolist"):
-                rows = source.tolist()
-            else:
-                rows = [row if isinstance(row, dict) else list(row) for row in source]
-            body: dict[str, Any] = {"data": rows}
+            body: dict[str, Any] = {"data": _rows(source)}
             if columns is not None:
                 body["columns"] = list(columns)
             if name is not None:
@@ -474,7 +470,8 @@ class KMeansClient:
     def predict(
         self, model_id: str, points: Any, *, version: int | None = None, progress: Progress | None = None
     ) -> list[int]:
-        """Labels for ``points``: rows (a list of lists), or a CSV path, binary file object or bytes."""
+        """Labels for ``points``: rows (lists, or dicts keyed by column name), or a CSV path, binary
+        file object or bytes."""
         return self.predictions(model_id, points, version=version, progress=progress)["labels"]
 
     def predictions(
@@ -505,8 +502,7 @@ class KMeansClient:
     ) -> Any:
         """Rows as JSON ``{"data": …}``, anything else as a streamed ``text/csv`` body."""
         if isinstance(points, (list, tuple)) or hasattr(points, "tolist"):
-            rows = points.tolist() if hasattr(points, "tolist") else [list(row) for row in points]
-            return self._json(method, path, json={"data": rows}, params=params)
+            return self._json(method, path, json={"data": _rows(points)}, params=params)
         content, headers, _, owned = self._csv_body(points, progress)
         try:
             return self._json(method, path, content=content, headers=headers, params=params)
@@ -634,6 +630,14 @@ class KMeansClient:
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 return
+
+
+def _rows(points: Any) -> list:
+    """Rows for a JSON body: a numpy array's, or each row as a list, or as the dict it is
+    (keyed by column name)."""
+    if hasattr(points, "tolist"):
+        return points.tolist()
+    return [row if isinstance(row, dict) else list(row) for row in points]
 
 
 def _csv_params(delimiter: str | None, decimal: str | None, na_values: Sequence[str] | None) -> dict[str, Any]:

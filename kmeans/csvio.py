@@ -60,6 +60,9 @@ class Options:
     na_values: tuple[str, ...] = NA_VALUES
     # Every cell a finite number, as the classic endpoints have always required.
     numeric_only: bool = False
+    # What the body is: "csv", or "parquet" / "arrow" (read by kmeans.arrowio, which takes
+    # none of the options above).
+    format: str = "csv"
 
     @property
     def plain(self) -> bool:
@@ -360,7 +363,9 @@ def typed_column(cells: np.ndarray, decimal: str, position: int, row_offset: int
         # A column of text with some numbers in it is categorical; one of numbers with a few
         # words is a typo, named (half and half counts as a typo: the answer would be silent).
         if good.sum() * 2 < len(good):
-            return "text", np.asarray([_as_text(v) if v is not None else None for v in cells], dtype=object)
+            return "text", _booleans_as_words(
+                np.asarray([_as_text(v) if v is not None else None for v in cells], dtype=object)
+            )
         bad = int(np.flatnonzero(present)[np.flatnonzero(~good)[0]])
         row = bad + row_offset
         raise Unprocessable(
@@ -379,6 +384,18 @@ def typed_column(cells: np.ndarray, decimal: str, position: int, row_offset: int
             column=position,
         )
     return "numeric", values
+
+
+_BOOLEAN_WORDS = {"true", "false"}
+
+
+def _booleans_as_words(cells: np.ndarray) -> np.ndarray:
+    """A column of booleans however written (True, FALSE, …) as the words true and false, as JSON
+    and Parquet booleans are: one category whatever the file format."""
+    present = {v for v in cells if v is not None}
+    if present and len(present) <= 6 and {v.lower() for v in present} <= _BOOLEAN_WORDS:
+        return np.asarray([None if v is None else v.lower() for v in cells], dtype=object)
+    return cells
 
 
 def _as_text(value: object) -> str:

@@ -74,6 +74,26 @@ def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
         return csvio.read_csv(reader)
 
 
+# Media types (and file name endings) of the columnar formats a table may come in.
+COLUMNAR_TYPES = {
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/vnd.apache.arrow.file": "arrow",
+    "application/vnd.apache.arrow.stream": "arrow",
+}
+COLUMNAR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
+                     ".arrows": "arrow", ".ipc": "arrow"}
+
+
+def table_format(content_type: str | None, filename: str | None = None) -> str:
+    """"csv", "parquet" or "arrow": what an upload holds, by its media type or else its file name."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type in COLUMNAR_TYPES:
+        return COLUMNAR_TYPES[media_type]
+    suffix = Path(filename or "").suffix.lower()
+    return COLUMNAR_SUFFIXES.get(suffix, "csv")
+
+
 def _public_dataset(record: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in record.items() if k != "stats"}
     out["schema"] = schema.public(schema.of_dataset(record))
@@ -121,7 +141,8 @@ class KMeansService:
     def parse_as_it_arrives(self, spooled: SpooledFile) -> None:
         """Start parsing a multipart file part while the rest of it still arrives (read_table
         then takes the result): the parse no longer waits for the whole upload."""
-        spooled.parsed = self._arriving.submit(_parse_arriving, spooled)
+        if table_format(spooled.content_type, spooled.filename) == "csv":
+            spooled.parsed = self._arriving.submit(_parse_arriving, spooled)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
@@ -137,6 +158,8 @@ class KMeansService:
         request) is parsed in memory; a longer one is parsed as it arrives, spooled to a temp
         file on the way (which is removed here).
         """
+        if options is not None and options.format != "csv":
+            return self._read_columnar(source, options.format)
         plain = options in (None, csvio.Options(), csvio.CLASSIC) and names is None
         if isinstance(source, SpooledFile):
             if source.parsed is not None and source.size and plain:  # parsed while it arrived
@@ -160,6 +183,24 @@ class KMeansService:
                     reader.finish()  # a body over the size limit is a 413 whatever is in it
                     raise
                 return table, reader.finish()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _read_columnar(self, source: Upload, kind: str) -> tuple[csvio.Table, SpooledFile]:
+        """A Parquet or Arrow IPC upload (read from a file: both formats keep their index at the end)."""
+        from kmeans import arrowio
+
+        if isinstance(source, SpooledFile):
+            if source.path is None or not source.size:
+                raise Unprocessable(f"the {arrowio.LABELS[kind]} file is empty")
+            return arrowio.read_file(source.path, kind), source
+        path = self.store.temp_path(".bin")
+        try:
+            with SpoolingReader(source, b"", path, self.settings.max_upload_bytes, self._too_large) as reader:
+                spooled = reader.finish()
+            if not spooled.size:
+                raise Unprocessable(f"the {arrowio.LABELS[kind]} file is empty")
+            return arrowio.read_file(path, kind), SpooledFile(path=None, sha256=spooled.sha256, size=spooled.size)
         finally:
             path.unlink(missing_ok=True)
 
@@ -197,7 +238,8 @@ class KMeansService:
         table, spooled = self.read_table(source, options=options)
         name = name or getattr(source, "filename", None)
         return self._add_dataset(
-            table, display_name(name, "dataset.csv"), spooled.sha256, spooled.size, project, id_column
+            table, display_name(name, f"dataset.{(options or csvio.Options()).format}"), spooled.sha256, spooled.size,
+            project, id_column,
         )
 
     def create_dataset_from_rows(

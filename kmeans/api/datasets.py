@@ -18,15 +18,16 @@ def create_dataset(
     id_column: str | None = None,
 ) -> Any:
     """Create a dataset from a multipart file, a raw CSV body or JSON rows."""
-    options = media.csv_options(delimiter, decimal, na_values)
     if file is not None:
         content, filename = media.upload(file)
+        options = media.csv_options(delimiter, decimal, na_values, source=file)
         record = service().create_dataset_from_stream(content, name or filename, project, options, id_column)
     elif media.is_json():
         body = media.json_body()
         rows, columns = body["data"], body.get("columns")
         record = service().create_dataset_from_rows(rows, columns, name or body.get("name"), project, id_column)
     else:
+        options = media.csv_options(delimiter, decimal, na_values)
         record = service().create_dataset_from_stream(media.raw_body(), name, project, options, id_column)
     return media.json(record, 201, Location=media.location(record["id"]))
 

@@ -95,10 +95,22 @@ def png_response(png: bytes) -> Response:
     return Response(png, media_type="image/png")
 
 
-def csv_options(delimiter: str | None, decimal: str = ".", na_values: str | None = None) -> csvio.Options:
-    """How to read a CSV body, from the query parameters of the operations that take one."""
+def csv_options(
+    delimiter: str | None, decimal: str = ".", na_values: str | None = None, source: Any = None
+) -> csvio.Options:
+    """How to read a table body, from the query parameters of the operations that take one and
+    what the body is (``source``: the multipart part; None: the raw body's Content-Type)."""
+    from kmeans.service import table_format
+
     markers = csvio.NA_VALUES if na_values is None else tuple(m.strip() for m in na_values.split(","))
-    return csvio.Options(delimiter="\t" if delimiter == "tab" else delimiter, decimal=decimal, na_values=markers)
+    if source is None:
+        kind = table_format(header("content-type"))
+    else:  # a spooled multipart part, or the framework's upload object
+        part = spooled_file(context.scope, "file") or source
+        kind = table_format(getattr(part, "content_type", None), getattr(part, "filename", None))
+    return csvio.Options(
+        delimiter="\t" if delimiter == "tab" else delimiter, decimal=decimal, na_values=markers, format=kind
+    )
 
 
 def unknown_header(unknown: dict[str, int] | None) -> dict[str, str]:

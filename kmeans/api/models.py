@@ -92,8 +92,8 @@ def predict_with_model(
     """Labels for points sent as a multipart file, raw CSV or JSON (with distances and
     anomaly flags when asked for; with the centers of ``version`` when given)."""
     svc = service()
-    options = media.csv_options(delimiter, decimal, na_values)
     source = media.upload(file)[0] if file is not None else None if media.is_json() else media.raw_body()
+    options = media.csv_options(delimiter, decimal, na_values, source=file)
     data = media.json_body()["data"] if source is None else None
     scoring_options = {
         "distances": distances,

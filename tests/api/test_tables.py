@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from api_helpers import CSV, app_client, assert_problem, create_csv_dataset, fit
 from hypothesis import HealthCheck, given, settings
@@ -427,3 +429,90 @@ def test_real_tables_cluster_as_a_scikit_learn_pipeline_does(api, loader, k):
     # The training rows predicted back, columns reversed: their own labels.
     back = predictions(api, model["id"], frame[frame.columns[::-1]].to_csv(index=False).encode())
     assert back["labels"] == labels["labels"] and back["ids"] == labels["ids"]
+
+
+# -- Parquet and Arrow -----------------------------------------------------------------------
+
+PARQUET = "application/vnd.apache.parquet"
+ARROW_FILE = "application/vnd.apache.arrow.file"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def columnar(frame: pd.DataFrame, kind: str) -> bytes:
+    """``frame`` as the bytes of a Parquet file, an Arrow IPC file, or an Arrow IPC stream."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    out = io.BytesIO()
+    if kind == PARQUET:
+        pq.write_table(table, out)
+    elif kind == ARROW_FILE:
+        with pa.ipc.new_file(out, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+    return out.getvalue()
+
+
+def post_columnar(client: TestClient, path: str, body: bytes, kind: str, how: str) -> Any:
+    """A columnar body sent raw with its media type, or as a multipart part (typed, or only named)."""
+    if how == "raw":
+        return client.post(path, content=body, headers={"Content-Type": kind})
+    if how == "part type":
+        return client.post(path, files={"file": ("table.bin", body, kind)})
+    name = "table.parquet" if kind == PARQUET else "table.arrow"
+    return client.post(path, files={"file": (name, body, "application/octet-stream")})
+
+
+@pytest.mark.parametrize("kind", [PARQUET, ARROW_FILE, ARROW_STREAM])
+@pytest.mark.parametrize("how", ["raw", "part type", "part name"])
+def test_parquet_and_arrow_tables_keep_their_types(api, kind, how):
+    frame, numeric, _ = real_frame(sk_datasets.load_wine, seed=5)
+    frame["count"] = pd.array(np.where(np.arange(len(frame)) % 9 == 0, None, np.arange(len(frame))), dtype="Int64")
+    frame["flag"] = pd.array([True, False, None] * (len(frame) // 3) + [True] * (len(frame) % 3), dtype="boolean")
+    response = post_columnar(api, "/kmeans/datasets", columnar(frame, kind), kind, how)
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    expected = [("sample_id", "id", 0)] + [(c, "numeric", int(frame[c].isna().sum())) for c in numeric]
+    expected += [("grade", "categorical", int(frame["grade"].isna().sum())), ("count", "numeric", 20),
+                 ("flag", "categorical", 59)]
+    assert schema_of(dataset) == expected
+    # The same table as CSV is the same dataset, row for row.
+    as_csv_dataset = create_csv_dataset(api, frame.to_csv(index=False).encode())
+    ours = api.get(f"/kmeans/datasets/{dataset['id']}/rows?limit=1000").json()["items"]
+    theirs = api.get(f"/kmeans/datasets/{as_csv_dataset['id']}/rows?limit=1000").json()["items"]
+    assert ours == theirs
+
+
+def test_a_parquet_prediction_matches_by_name(api, mixed):
+    model_id = mixed["model"]["id"]
+    points = pd.DataFrame({"y": [2.0, 11.0], "id": ["P1", "P2"], "segment": ["gold", "gold"], "x": [1.5, 10.0]})
+    expected = predictions(api, model_id, points.to_csv(index=False).encode())
+    for kind in (PARQUET, ARROW_STREAM):
+        response = post_columnar(api, f"/kmeans/models/{model_id}/predictions", columnar(points, kind), kind, "raw")
+        assert response.status_code == 200, response.text
+        assert response.json() == expected and expected["ids"] == ["P1", "P2"]
+
+
+@pytest.mark.parametrize(
+    ("table", "fragments"),
+    [
+        (pa.table({"x": [1.0, 2.0], "tags": [[1], [2, 3]]}), ("'tags'", "nested")),
+        (pa.table({"x": [1.0, 2.0], "point": [{"a": 1}, {"a": 2}]}), ("'point'", "nested")),
+        (pa.table({"x": [1.0, float("inf")]}), ("row 2", "finite")),
+        (pa.table({"x": [1.0, 2.0], "raw": pa.array([b"a", b"b"], pa.binary())}), ("'raw'",)),
+        (pa.table({"x": pa.array([], pa.float64())}), ("no rows",)),
+    ],
+)
+def test_bad_parquet_tables_are_422_naming_the_column(api, table, fragments):
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    before = dataset_count(api)
+    assert_problem(post_columnar(api, "/kmeans/datasets", out.getvalue(), PARQUET, "raw"), 422, *fragments)
+    assert dataset_count(api) == before
+
+
+@pytest.mark.parametrize("kind", [PARQUET, ARROW_FILE])
+def test_a_body_that_is_not_parquet_or_arrow_is_422_without_server_paths(api, kind, tmp_path):
+    problem = assert_problem(post_columnar(api, "/kmeans/datasets", b"x,y\n1,2\n", kind, "raw"), 422, "readable")
+    assert "/tmp" not in problem["detail"] and str(tmp_path.parent) not in problem["detail"]
+    assert_problem(post_columnar(api, "/kmeans/datasets", b"", kind, "raw"), 422, "empty")

@@ -303,3 +303,25 @@ def test_a_real_server_with_a_token_from_create_token(tmp_path: Path):
         assert json.loads(result.stdout)["role"] == "admin"
         refused = CliRunner(env={"KMEANS_URL": url}).invoke(cli, ["datasets", "list"], obj={})
         assert refused.exit_code == 4 and "error 401" in refused.stderr
+
+
+def test_a_mixed_table_through_the_cli(run, tmp_path: Path):
+    examples = ROOT / "examples"
+    uploaded = run("datasets", "upload", str(examples / "customers.csv"), "--decimal", ",", "--id-column",
+                   "customer_id", "--json")
+    assert uploaded.exit_code == 0, uploaded.output
+    dataset_id = json.loads(uploaded.stdout)["id"]
+    shown = run("datasets", "show", dataset_id)
+    assert shown.exit_code == 0 and "categorical" in shown.stdout and "customer_id" in shown.stdout
+    columns = run("datasets", "columns", dataset_id)
+    assert columns.exit_code == 0 and "spend" in columns.stdout and "median" in columns.stdout
+    fitted = run("models", "fit", dataset_id, "--k", "2", "--param", "random_state=0", "--wait", "--json")
+    assert fitted.exit_code == 0, fitted.output
+    model_id = json.loads(fitted.stdout)["id"]
+    predicted = run("predict", model_id, str(examples / "customers_new.csv"), "--decimal", ",")
+    assert predicted.exit_code == 0, predicted.output
+    assert [line.split("\t")[0] for line in predicted.stdout.split("\n") if line] == ["N001", "N002", "N003"]
+    assert "'region'" in predicted.stderr
+    as_json = json.loads(run("predict", model_id, str(examples / "customers_new.csv"), "--decimal", ",",
+                             "--json").stdout)
+    assert [p["id"] for p in as_json] == ["N001", "N002", "N003"]

@@ -431,3 +431,17 @@ def test_lists_and_imports_take_a_project(secured):
     assert [m["id"] for m in admin.list_models(project="team-b")["items"]] == [imported["id"]]
     assert admin.list_models(project="default")["total"] == 1
     assert admin.list_sweeps(project="team-b")["total"] == 0
+
+
+def test_a_mixed_table_with_csv_options_ids_and_column_statistics(km, tmp_path: Path):
+    path = tmp_path / "customers.csv"
+    path.write_bytes((ROOT / "examples" / "customers.csv").read_bytes())
+    dataset = km.create_dataset(path, decimal=",", id_column="customer_id", na_values=["", "NA"])
+    assert dataset["id_column"] == "customer_id" and dataset["rows"] == 24
+    columns = {c["name"]: c for c in km.dataset_columns(dataset["id"])}
+    assert columns["spend"]["missing"] == 2 and columns["region"]["distinct"] == 3
+    model = km.wait_for_model(km.create_model(dataset["id"], {"n_clusters": 2, "random_state": 0})["id"], timeout=30)
+    answer = km.predictions(model["id"], (ROOT / "examples" / "customers_new.csv").read_bytes(), decimal=",")
+    assert answer["ids"] == ["N001", "N002", "N003"] and answer["unknown_categories"] == {"region": 1}
+    rows = [{"spend": 99.5, "visits": 2, "tenure_years": 1.2, "segment": "bronze", "region": "north"}]
+    assert km.predict(model["id"], rows) == answer["labels"][:1]

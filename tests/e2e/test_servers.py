@@ -79,3 +79,22 @@ def test_embedded_server_serves_the_classic_flow(embedded_server, tmp_path: Path
         assert httpx.get(f"{url}/kmeans/ui/").status_code == 200
         spec = httpx.get(f"{url}/kmeans/openapi.json").json()
         assert "/datasets/{dataset_id}/rows" in spec["paths"]
+
+
+def test_the_mixed_table_example_runs_end_to_end(embedded_server, tmp_path: Path):
+    with embedded_server(tmp_path / "data") as url:
+        parts = sections(run_example(["bash", "examples/mixed.sh"], url))
+    dataset, columns, fitted, centers, labels, predicted = parts
+    types = {c["name"]: (c["type"], c["missing"]) for c in json.loads(dataset[0])["schema"]}
+    assert types == {"customer_id": ("id", 0), "segment": ("categorical", 1), "region": ("categorical", 0),
+                     "spend": ("numeric", 2), "visits": ("numeric", 0), "tenure_years": ("numeric", 1)}
+    stats = {c["name"]: c for c in json.loads(columns[0])["items"]}
+    assert stats["spend"]["min"] < stats["spend"]["median"] < stats["spend"]["max"]
+    assert fitted[0].endswith(" succeeded")
+    assert centers[0].split(",")[:4] == ["spend", "visits", "tenure_years", "segment=bronze"]
+    assert labels[0] == "id,label" and labels[1].startswith("C001,")
+    answer = json.loads(predicted[0])
+    assert answer["ids"] == ["N001", "N002", "N003"] and answer["unknown_categories"] == {"region": 1}
+    # The low spenders (N001, N003) share C001's cluster; the big spender N002 does not.
+    low = int(labels[1].split(",")[1])
+    assert answer["labels"] == [low, 1 - low, low]
