@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -516,3 +517,34 @@ def test_a_body_that_is_not_parquet_or_arrow_is_422_without_server_paths(api, ki
     problem = assert_problem(post_columnar(api, "/kmeans/datasets", b"x,y\n1,2\n", kind, "raw"), 422, "readable")
     assert "/tmp" not in problem["detail"] and str(tmp_path.parent) not in problem["detail"]
     assert_problem(post_columnar(api, "/kmeans/datasets", b"", kind, "raw"), 422, "empty")
+
+
+# -- data dirs from before column types ------------------------------------------------------
+
+
+def test_a_data_dir_from_before_column_types_keeps_working(tmp_path):
+    from kmeans.store import Store
+
+    data_dir = tmp_path / "data"
+    with app_client(data_dir) as client:
+        dataset = create_csv_dataset(client, b"a,b,c\n1,2,3\n1,3,4\n9,9,9\n9,8,9\n")
+        model = fit(client, dataset["id"], n_clusters=2, random_state=0, columns=["c", "a"], standardize=True)
+        before = predictions(client, model["id"], b"3,1\n9,9\n")["labels"]
+    # What an earlier version stored: no schema or stats, a numeric-only preprocessing record.
+    store = Store(data_dir)
+    with store.transaction() as db:
+        db.execute("UPDATE datasets SET schema = NULL, stats = NULL, id_column = NULL")
+        pre = store.get_model(model["id"])["preprocessing"]
+        old = {k: pre[k] for k in ("feature_index", "feature_columns", "weight_index", "weight_column", "mean",
+                                   "scale", "distance")}
+        db.execute("UPDATE models SET preprocessing = ? WHERE id = ?", (json.dumps(old), model["id"]))
+    with app_client(data_dir) as client:
+        shown = client.get(f"/kmeans/datasets/{dataset['id']}").json()
+        assert [(c["name"], c["type"]) for c in shown["schema"]] == [(n, "numeric") for n in "abc"]
+        assert client.get(f"/kmeans/datasets/{dataset['id']}/columns").json()["items"][0]["max"] == 9
+        assert predictions(client, model["id"], b"3,1\n9,9\n")["labels"] == before
+        assert predictions(client, model["id"], b"a,c\n1,3\n9,9\n")["labels"] == before
+        assert client.get(f"/kmeans/models/{model['id']}/centers").json()["columns"] == ["c", "a"]
+        exported = client.get(f"/kmeans/models/{model['id']}/export").json()
+        assert client.post("/kmeans/models/import", json=exported).status_code == 201
+        assert fit(client, dataset["id"], n_clusters=2, random_state=0)["status"] == "succeeded"
