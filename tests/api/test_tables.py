@@ -548,3 +548,23 @@ def test_a_data_dir_from_before_column_types_keeps_working(tmp_path):
         exported = client.get(f"/kmeans/models/{model['id']}/export").json()
         assert client.post("/kmeans/models/import", json=exported).status_code == 201
         assert fit(client, dataset["id"], n_clusters=2, random_state=0)["status"] == "succeeded"
+
+
+def test_online_updates_and_scored_predictions_of_a_mixed_model_match_by_name(api, mixed):
+    model = fit(api, mixed["dataset"]["id"], n_clusters=2, random_state=0, method="minibatch", standardize=True)
+    assert model["status"] == "succeeded", model
+    pushed = api.post(
+        f"/kmeans/models/{model['id']}/data",
+        json={"data": [{"y": 2, "x": 1.2, "segment": "gold"}, {"segment": None, "x": 10.5, "y": None}]},
+    )
+    assert pushed.status_code in (200, 201), pushed.text
+    pushed_csv = post_csv(api, f"/kmeans/models/{model['id']}/data", b"segment,y,x,id\nsilver,1,1,Z9\n")
+    assert pushed_csv.status_code in (200, 201), pushed_csv.text
+    missing = post_csv(api, f"/kmeans/models/{model['id']}/data", b"segment,y\nsilver,1\n")
+    assert_problem(missing, 422, "'x'")
+    scored = predictions(api, model["id"], b"x,segment,y,id\n1.5,gold,2,P1\n10,gold,11,P2\n", distances="true")
+    assert scored["ids"] == ["P1", "P2"] and len(scored["distances"]) == 2
+    assert all(np.isfinite(scored["distances"]))
+    as_csv_text = post_csv(api, f"/kmeans/models/{model['id']}/predictions", b"x,segment,y,id\n1.5,gold,2,P1\n",
+                           accept=CSV, distances="true")
+    assert as_csv_text.text.splitlines()[0].startswith("id,label,distance")
