@@ -32,7 +32,7 @@ class Typed:
     schema: list[dict[str, Any]]
     numeric: list[np.ndarray]  # row chunks of the numeric columns (float64, NaN: missing)
     codes: np.ndarray | None  # rows x categorical columns, int32, -1: missing
-    ids: np.ndarray | None  # the id column as text (numpy unicode)
+    ids: list[str] | None  # the id column as text ("" where missing)
     id_column: str | None
 
 
@@ -71,7 +71,7 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
         if name == id_column:
             cells = table.text[name] if name in table.text else table.numeric_column(name)
             texts = [_as_text(v) if v is not None and v == v else "" for v in cells]
-            ids = np.asarray(texts, dtype=str)
+            ids = texts
             missing = sum(1 for t in texts if t == "")
             schema.append({"name": name, "type": "id", "missing": missing, "distinct": int(pd.Series(ids).nunique())})
         elif name in table.text:

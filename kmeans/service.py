@@ -289,8 +289,7 @@ class KMeansService:
         missing), and the dataset."""
         record = self.dataset_record(dataset_id)
         values, codes = self.store.dataset_arrays(dataset_id)
-        ids_path = self.store.ids_path(dataset_id)
-        ids = self.store.load_array(ids_path, mmap=True)[offset : offset + limit] if ids_path.exists() else None
+        ids = self.store.load_ids(dataset_id, offset, limit)
         numeric = np.array(values[offset : offset + limit])
         cols: list[list[Any]] = []
         n_index = c_index = 0
@@ -495,9 +494,7 @@ class KMeansService:
         path = self.store.labels_path(model_id)
         if not path.exists():
             raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
-        ids_path = self.store.ids_path(model["dataset_id"])
-        ids = self.store.load_array(ids_path).tolist() if ids_path.exists() else None
-        return self.store.load_array(path), ids
+        return self.store.load_array(path), self.store.load_ids(model["dataset_id"])
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers in original units (category columns as shares) and the columns they are in."""

@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,8 +254,37 @@ class Store:
         return self.root / "datasets" / f"{dataset_id}.codes.npy"
 
     def ids_path(self, dataset_id: str) -> Path:
-        """A dataset's id column as text."""
-        return self.root / "datasets" / f"{dataset_id}.ids.npy"
+        """A dataset's id column as text: an Arrow IPC file of one string column (variable
+        width: a fixed-width ``.npy`` of strings takes the longest id's width for every row)."""
+        return self.root / "datasets" / f"{dataset_id}.ids.arrow"
+
+    def save_ids(self, path: Path, ids: Sequence[str]) -> None:
+        """Write ids to ``path`` atomically (temp file, fsync, rename)."""
+        import pyarrow as pa
+
+        table = pa.table({"id": pa.array(ids, type=pa.large_string())})
+        tmp = self.temp_path(".arrow")
+        try:
+            with open(tmp, "wb") as out:
+                with pa.ipc.new_file(out, table.schema) as writer:
+                    writer.write_table(table)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            with suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def load_ids(self, dataset_id: str, offset: int = 0, limit: int | None = None) -> list[str] | None:
+        """Ids ``offset .. offset+limit`` of a dataset (all by default); None without an id column."""
+        import pyarrow as pa
+
+        path = self.ids_path(dataset_id)
+        if not path.exists():
+            return None
+        with pa.memory_map(str(path)) as source:
+            column = pa.ipc.open_file(source).read_all().column(0)
+            return column.slice(offset, limit).to_pylist()
 
     def centers_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.centers.npy"
@@ -295,7 +324,7 @@ class Store:
         record: dict[str, Any],
         values: np.ndarray | list[np.ndarray],
         codes: np.ndarray | None = None,
-        ids: np.ndarray | None = None,
+        ids: Sequence[str] | None = None,
     ) -> None:
         """Store the numeric array (or its row chunks), the categorical codes and the ids,
         then the row that makes them visible."""
@@ -305,10 +334,12 @@ class Store:
             if isinstance(values, list) and not values:
                 values = np.empty((record["rows"], 0))
             self.save_array(paths[0], values)
-            for path, array in ((self.codes_path(record["id"]), codes), (self.ids_path(record["id"]), ids)):
-                if array is not None:
-                    paths.append(path)
-                    self.save_array(path, array)
+            if codes is not None:
+                paths.append(self.codes_path(record["id"]))
+                self.save_array(paths[-1], codes)
+            if ids is not None:
+                paths.append(self.ids_path(record["id"]))
+                self.save_ids(paths[-1], ids)
             keys = ("id", "name", "rows", "n_features", "columns", "sha256", "size_bytes", "created_at", "project",
                     "schema", "id_column")
             with self.transaction() as db:

@@ -237,3 +237,14 @@ def test_add_dataset_stores_values_by_id(store):
     record = store.get_dataset(dataset_id)
     assert (record["rows"], record["n_features"], record["columns"]) == (3, 2, ["x1", "x2"])
     assert temp_files(store) == []
+
+
+def test_ids_are_stored_at_their_own_width_and_read_back_in_pages(store):
+    ids = ["x" * 10_000] + [f"r{i}" for i in range(20_000)]  # one long id must not widen every row
+    path = store.ids_path("ds_ids")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.save_ids(path, ids)
+    assert path.stat().st_size < 2 * sum(len(i) for i in ids) + 200_000
+    assert store.load_ids("ds_ids") == ids
+    assert store.load_ids("ds_ids", 5, 3) == ids[5:8] and store.load_ids("ds_ids", 30_000, 10) == []
+    assert store.load_ids("ds_none") is None and temp_files(store) == []
