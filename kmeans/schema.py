@@ -52,6 +52,19 @@ def _looks_like_id(values: np.ndarray) -> bool:
     return len(values) > MAX_CATEGORIES or bool(series.str.contains(r"\d", regex=True).all())
 
 
+# The longest text value a category or an id may have (api.yaml's Cell: maxLength).
+MAX_TEXT = 10000
+
+
+def _check_length(name: str, values: Any) -> None:
+    longest = max((len(v) for v in values), default=0)
+    if longest > MAX_TEXT:
+        raise Unprocessable(
+            f"column {name!r} has a value of {longest} characters; categories and ids may have at most {MAX_TEXT}",
+            parameter=name,
+        )
+
+
 def classify(table: Table, id_column: str | None = None) -> Typed:
     """Give every column of ``table`` its type (422 naming the column when one cannot be used)."""
     if id_column is not None and id_column not in table.columns:
@@ -71,6 +84,7 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
         if name == id_column:
             cells = table.text[name] if name in table.text else table.numeric_column(name)
             texts = [_as_text(v) if v is not None and v == v else "" for v in cells]
+            _check_length(name, texts)
             ids = texts
             missing = sum(1 for t in texts if t == "")
             schema.append({"name": name, "type": "id", "missing": missing, "distinct": int(pd.Series(ids).nunique())})
@@ -86,6 +100,7 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
                     f" categorical column may have: if it identifies rows, name it with id_column",
                     parameter="id_column",
                 )
+            _check_length(name, categories)
             codes.append(code.astype(np.int32))
             schema.append({
                 "name": name, "type": "categorical", "missing": missing, "distinct": len(categories),

@@ -568,3 +568,10 @@ def test_online_updates_and_scored_predictions_of_a_mixed_model_match_by_name(ap
     as_csv_text = post_csv(api, f"/kmeans/models/{model['id']}/predictions", b"x,segment,y,id\n1.5,gold,2,P1\n",
                            accept=CSV, distances="true")
     assert as_csv_text.text.splitlines()[0].startswith("id,label,distance")
+
+
+def test_a_text_value_longer_than_a_cell_may_be_is_422(api):
+    content = ("x,kind\n1,a\n2," + "b" * 10_001 + "\n3,a\n").encode()
+    before = dataset_count(api)
+    assert_problem(post_csv(api, "/kmeans/datasets", content), 422, "'kind'", "10001 characters")
+    assert dataset_count(api) == before
