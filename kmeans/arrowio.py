@@ -14,58 +14,81 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kmeans.csvio import Table
-from kmeans.errors import Unprocessable
+from kmeans.csvio import Expect, Table, _as_text, check_names
+from kmeans.errors import PayloadTooLarge, Unprocessable
 
 PARQUET = "parquet"
 ARROW = "arrow"
 LABELS = {PARQUET: "Parquet", ARROW: "Arrow IPC"}
 
 
-def read_file(path: Path, kind: str) -> Table:
-    """A Parquet (``kind`` "parquet") or Arrow IPC file or stream ("arrow") as a Table, or Unprocessable."""
+def read_file(path: Path, kind: str, max_bytes: int, expect: Expect | None = None) -> Table:
+    """A Parquet (``kind`` "parquet") or Arrow IPC file or stream ("arrow") as a Table, or
+    Unprocessable; PayloadTooLarge when its rows x columns x 8 bytes would pass ``max_bytes``
+    (a compressed file of a few kilobytes can hold billions of rows)."""
     try:
-        arrow = pq.read_table(path) if kind == PARQUET else _read_ipc(path)
+        arrow = _read_parquet(path, max_bytes) if kind == PARQUET else _read_ipc(path, max_bytes)
     except (pa.ArrowException, OSError) as exc:
         reason = str(exc).replace(f"'{path}'", "").replace(str(path), "")  # never a server path
         raise Unprocessable(f"the body is not a readable {LABELS[kind]} file: {reason[:200]}") from None
-    return from_arrow(arrow)
+    return from_arrow(arrow, expect)
 
 
-def _read_ipc(path: Path) -> pa.Table:
+def _bound(rows: int, columns: int, max_bytes: int) -> None:
+    if rows * max(columns, 1) * 8 > max_bytes:
+        raise PayloadTooLarge(
+            f"the table has {rows} rows of {columns} columns: more than the {max_bytes} bytes a table may take"
+            " in memory; send fewer rows"
+        )
+
+
+def _read_parquet(path: Path, max_bytes: int) -> pa.Table:
+    metadata = pq.ParquetFile(path).metadata
+    _bound(metadata.num_rows, metadata.num_columns, max_bytes)
+    return pq.read_table(path)
+
+
+def _read_ipc(path: Path, max_bytes: int) -> pa.Table:
     with pa.memory_map(str(path)) as source:
         try:
-            return pa.ipc.open_file(source).read_all()
+            reader = pa.ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         except pa.ArrowInvalid:
             source.seek(0)
-            return pa.ipc.open_stream(source).read_all()
+            reader = pa.ipc.open_stream(source)
+            batches = iter(reader)
+        kept, rows = [], 0
+        for batch in batches:
+            rows += batch.num_rows
+            _bound(rows, batch.num_columns, max_bytes)
+            kept.append(batch)
+        return pa.Table.from_batches(kept, schema=reader.schema)
 
 
-def from_arrow(arrow: pa.Table) -> Table:
-    """An Arrow table as a Table: numeric columns float64 (NaN: missing), the others text."""
+def from_arrow(arrow: pa.Table, expect: Expect | None = None) -> Table:
+    """An Arrow table as a Table: numeric columns float64 (NaN: missing), the others text;
+    the columns ``expect`` names as text (categorical features, the id) always text."""
     names = [str(n) for n in arrow.column_names]
     if not names:
         raise Unprocessable("the file has no columns")
     if arrow.num_rows == 0:
         raise Unprocessable("the file has columns but no rows")
-    seen: set[str] = set()
     for position, name in enumerate(names, start=1):
         if not name.strip():
             raise Unprocessable(f"column {position} has no name", column=position)
-        if name in seen:
-            raise Unprocessable(f"column name {name!r} appears twice", column=position)
-        seen.add(name)
+    check_names(names)
+    forced = set(expect.text) if expect is not None else set()
     numeric: dict[str, np.ndarray] = {}
     text: dict[str, np.ndarray] = {}
     for position, (name, column) in enumerate(zip(names, arrow.columns, strict=True), start=1):
-        kind, values = _column(name, position, column)
+        kind, values = _column(name, position, column, name in forced)
         (numeric if kind == "numeric" else text)[name] = values
     order = [n for n in names if n in numeric]
     chunks = [np.column_stack([numeric[n] for n in order])] if order else []
     return Table(chunks=chunks, columns=names, numeric=order, text=text, named=True, first_row=1)
 
 
-def _column(name: str, position: int, column: pa.ChunkedArray) -> tuple[str, np.ndarray]:
+def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = False) -> tuple[str, np.ndarray]:
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
@@ -76,9 +99,17 @@ def _column(name: str, position: int, column: pa.ChunkedArray) -> tuple[str, np.
             column=position,
         )
     if pa.types.is_null(kind):
+        if as_text:
+            return "text", np.full(len(column), None, dtype=object)
         return "numeric", np.full(len(column), np.nan)
+    if as_text and (pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
+        return "text", np.asarray(pc.cast(column, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    if as_text and pa.types.is_floating(kind):
+        return "text", np.asarray([None if v is None or v != v else _as_text(v) for v in column.to_pylist()],
+                                  dtype=object)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        # Integers past 2**53 round to the nearest float64, as they would in a CSV.
+        values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         values = np.asarray(values, dtype=np.float64)
         infinite = np.flatnonzero(np.isinf(values))
         if len(infinite):

@@ -11,9 +11,11 @@ column. Good files never pay for those passes.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,6 +78,18 @@ class Options:
 
 
 @dataclass(frozen=True)
+class Expect:
+    """What a reader knows of the table it reads, from the model it is for: the columns the
+    model takes (its features, then its id column), those to keep as text whatever they look
+    like (categorical features, the id: "007" stays "007"), and the category values a data
+    row may hold (to tell a first row of categories from a header row)."""
+
+    names: tuple[str, ...] = ()
+    text: frozenset[str] = frozenset()
+    known: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Table:
     """A parsed table: the numeric columns as the row chunks they were parsed in (float64, C
     order, NaN where a value is missing), the text columns as object arrays (None: missing)."""
@@ -89,13 +103,17 @@ class Table:
     named: bool = True
     # The row number (as errors count them) of the first data row: 2 after a CSV header.
     first_row: int = 1
+    # Rows that were JSON objects: their names are keys, their order means nothing.
+    keyed: bool = False
+    # The CSV delimiter the table was read with.
+    delimiter: str = ","
 
     @classmethod
     def of(cls, values: np.ndarray, columns: list[str]) -> Table:
         return cls([np.ascontiguousarray(values, dtype=np.float64)], columns)
 
     def _named(self, named: bool) -> Table:
-        return Table(self.chunks, self.columns, self.numeric, self.text, named, self.first_row)
+        return dataclasses.replace(self, named=named)
 
     @property
     def rows(self) -> int:
@@ -165,38 +183,58 @@ def _first_nonblank(head: bytes, cut: bool) -> tuple[str, int] | None:
 
 
 def _header(
-    first_line: str, delimiter: str = ",", decimal: str = ".", names: Sequence[str] | None = None
+    first_line: str, delimiter: str = ",", decimal: str = ".", expect: Expect | None = None
 ) -> list[str] | None:
-    """Column names if the first line is a header (no cell in it is a number, and, when the
-    expected ``names`` are known, at least one of them is in it), else None."""
+    """Column names if the first line is a header, else None. A header has no number in it;
+    and when the reader expects a model's columns, a row that names none of them but holds
+    only categories the model knows is a data row."""
     cells = [c.strip() for c in next(csv.reader([first_line], delimiter=delimiter, skipinitialspace=True))]
     if any(_is_number(c, decimal) for c in cells if c):
         return None
     if not any(cells):
         return None
-    if names is not None and not set(cells) & set(names):
+    if expect is not None and not set(cells) & set(expect.names) and {c for c in cells if c} <= expect.known:
         return None
     names = [c or f"x{i}" for i, c in enumerate(cells, start=1)]
-    seen: set[str] = set()
-    for i, name in enumerate(names, start=1):
-        if name in seen:
-            raise Unprocessable(f"row 1, column {i}: column name {name!r} appears twice", row=1, column=i)
-        seen.add(name)
+    check_names(names, row=1)
     return names
 
 
-def read_csv(handle: BinaryIO, options: Options | None = None, names: Sequence[str] | None = None) -> Table:
+# Characters a column name may not hold: it is echoed in headers and CSV answers.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_names(names: Sequence[str], row: int | None = None, parameter: str | None = None) -> None:
+    """Unprocessable for a column name that appears twice or holds a control character (a line
+    break …); ``row``: the header's row, ``parameter``: the request field that gave the names."""
+    seen: set[str] = set()
+    for i, name in enumerate(names, start=1):
+        where = f"row {row}, column {i}: " if row is not None else f"{parameter or 'column'} {i}: "
+        if _CONTROL.search(name):
+            raise Unprocessable(
+                f"{where}column name {name[:40]!r} holds a control character", row=row, column=i, parameter=parameter
+            )
+        if name in seen:
+            raise Unprocessable(
+                f"{where}column name {name!r} appears twice", row=row, column=i, parameter=parameter
+            )
+        seen.add(name)
+
+
+def read_csv(handle: BinaryIO, options: Options | None = None, expect: Expect | None = None) -> Table:
     """Parse a seekable binary CSV stream into a table, or raise Unprocessable.
 
-    ``names``: the columns a model expects (a prediction), which helps tell a header row
-    from a row of text values.
+    ``expect``: what the model the rows are for takes (a prediction): which columns stay
+    text, and how to tell a header row from a row of categories.
     """
     options = options or Options()
+    if options.delimiter is not None and options.delimiter == options.decimal:
+        raise Unprocessable(f"delimiter and decimal cannot both be {options.decimal!r}", parameter="decimal")
     first, header_end = _first_line(handle)
     handle.seek(0)
     head = handle.read(FIRST_LINE_WINDOW)
     delimiter = _delimiter(head, options)
-    header = _header(first, delimiter, options.decimal, names)
+    header = _header(first, delimiter, options.decimal, expect)
     handle.seek(0)
     # pandas starts after the header (given one name fewer than the rows have values, it
     # would quietly make the first column an index), or after a UTF-8 BOM (rather than
@@ -204,7 +242,8 @@ def read_csv(handle: BinaryIO, options: Options | None = None, names: Sequence[s
     start = header_end if header else 3 if handle.read(3) == b"\xef\xbb\xbf" else 0
     handle.seek(start)
     table = None
-    if delimiter == "," and options.plain:
+    as_text = _text_columns(header, expect)
+    if delimiter == "," and options.plain and not as_text:
         chunks = _read_blocks(handle)
         if chunks is not None:
             width = chunks[0].shape[1]
@@ -213,7 +252,7 @@ def read_csv(handle: BinaryIO, options: Options | None = None, names: Sequence[s
                 table = Table(chunks=chunks, columns=columns, named=header is not None, first_row=1 + bool(header))
         handle.seek(start)
     if table is None:
-        table = _read_typed(handle, header, delimiter, options)
+        table = _read_typed(handle, header, delimiter, options, expect)
     if options.numeric_only and not all_numbers(table):
         handle.seek(0)
         _diagnose(handle, header is not None, delimiter, cells=True)
@@ -221,13 +260,23 @@ def read_csv(handle: BinaryIO, options: Options | None = None, names: Sequence[s
     return table
 
 
+def _text_columns(header: list[str] | None, expect: Expect | None) -> set[int]:
+    """Positions (0-based) of the columns to keep as text; {-1} when there is no header and
+    the positions come from the model's column order (known once the width is)."""
+    if expect is None or not expect.text:
+        return set()
+    if header is not None:
+        return {i for i, name in enumerate(header) if name in expect.text}
+    return {-1}
+
+
 def all_numbers(table: Table) -> bool:
     """Whether every cell of ``table`` is a number (no text column, no missing value)."""
     return not table.text and not any(np.isnan(chunk).any() for chunk in table.chunks)
 
 
-# What the classic endpoints read: every cell a finite number.
-CLASSIC = Options(numeric_only=True)
+# What the classic endpoints read, as they always have: commas, every cell a finite number.
+CLASSIC = Options(delimiter=",", numeric_only=True)
 
 
 def _delimiter(head: bytes, options: Options) -> str:
@@ -263,7 +312,9 @@ def _delimiter(head: bytes, options: Options) -> str:
     return ragged[0] if ragged else ","
 
 
-def _read_typed(handle: BinaryIO, header: list[str] | None, delimiter: str, options: Options) -> Table:
+def _read_typed(
+    handle: BinaryIO, header: list[str] | None, delimiter: str, options: Options, expect: Expect | None = None
+) -> Table:
     """The general reader (pyarrow's, every cell as text first): quoted fields with delimiters
     and line breaks inside, NA markers, decimal commas, text columns. Each column becomes
     numeric when all its values are numbers; one that is mostly numbers with a few that are
@@ -300,9 +351,16 @@ def _read_typed(handle: BinaryIO, header: list[str] | None, delimiter: str, opti
     na = options.na_set
     numeric: dict[str, np.ndarray] = {}
     text: dict[str, np.ndarray] = {}
+    # Without a header, columns are the model's by position (when it expects some).
+    model_names = list(expect.names) if expect is not None and header is None else []
+    forced = set(expect.text) if expect is not None else set()
     for position, name in enumerate(names, start=1):
         cells = _unquoted(pc.utf8_trim_whitespace(arrow.column(name))).to_numpy(zero_copy_only=False)
         cells = np.where(np.isin(cells, list(na)), None, cells)
+        meant = model_names[position - 1] if position <= len(model_names) else name
+        if name in forced or meant in forced:
+            text[name] = _booleans_as_words(np.asarray(cells, dtype=object))
+            continue
         try:
             kind, values = typed_column(cells, options.decimal, position, 0)
         except Unprocessable as error:
@@ -312,6 +370,8 @@ def _read_typed(handle: BinaryIO, header: list[str] | None, delimiter: str, opti
             raise Unprocessable(
                 f"row {line}," + error.detail.split(",", 1)[1], row=line, column=position
             ) from None
+        if kind == "text" and delimiter != "," and options.decimal == ".":
+            _hint_decimal_commas(name, values)
         (numeric if kind == "numeric" else text)[name] = values
     del arrow
     chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []
@@ -322,7 +382,26 @@ def _read_typed(handle: BinaryIO, header: list[str] | None, delimiter: str, opti
         text=text,
         named=header is not None,
         first_row=row_offset,
+        delimiter=delimiter,
     )
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+
+
+def _hint_decimal_commas(name: str, values: np.ndarray) -> None:
+    """Unprocessable when a text column of a file not separated by commas holds nothing but
+    numbers written with decimal commas: read with ``decimal=.`` it would silently become
+    categories."""
+    present = [v for v in values if v is not None]
+    if present and any("," in v for v in present) and all(
+        _DECIMAL_COMMA.fullmatch(v) or _is_number(v) for v in present
+    ):
+        raise Unprocessable(
+            f"column {name!r} holds numbers with decimal commas ({present[0][:20]!r}); pass decimal=, to read"
+            " them as numbers",
+            parameter="decimal",
+        )
 
 
 def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
@@ -410,6 +489,11 @@ def _as_text(value: object) -> str:
 def _parse_block(block: bytes) -> np.ndarray | None:
     """One block of whole lines as a float64 array; None if pandas refuses it or it holds
     NaN or infinity (the chunked reader then reads the file and names the error)."""
+    # pandas reads true/false (any case) as 1/0 even into float64: a column of booleans is
+    # categories, which the general reader decides (no number has a t or an f in it; inf,
+    # which has, is refused there too).
+    if b"t" in block or b"f" in block or b"T" in block or b"F" in block:
+        return None
     try:
         frame = pd.read_csv(
             io.BytesIO(block),
@@ -629,17 +713,22 @@ def format_table(values: np.ndarray | list[list[object]], columns: Sequence[str]
     return out.getvalue()
 
 
-def rows_table(data: Sequence[Sequence[object] | dict], columns: Sequence[str] | None = None) -> Table:
+def rows_table(
+    data: Sequence[Sequence[object] | dict], columns: Sequence[str] | None = None, expect: Expect | None = None
+) -> Table:
     """JSON rows, as arrays (by position, named by ``columns`` or x1, x2, …) or as objects
-    keyed by column name, as a table; ``null`` is a missing value."""
+    keyed by column name, as a table; ``null`` is a missing value. JSON says each value's
+    type: a column is numeric when all its values are numbers, else text (strings, booleans)."""
+    forced = set(expect.text) if expect is not None else set()
     if all(type(row) is dict for row in data):
         names: dict[str, None] = {}
         for row in data:
             names.update(dict.fromkeys(row))
         if columns is not None:
             raise Unprocessable("columns is for rows given as arrays; objects name their own", parameter="columns")
+        check_names(list(names), parameter="data")
         cells = [[row.get(name) for row in data] for name in names]
-        return _typed_table(list(names), cells, named=True)
+        return _typed_table(list(names), cells, named=True, keyed=True, text=forced)
     if any(type(row) is not list for row in data):
         raise Unprocessable("data rows must all be arrays or all be objects", parameter="data")
     expected = len(data[0])
@@ -651,20 +740,50 @@ def rows_table(data: Sequence[Sequence[object] | dict], columns: Sequence[str] |
             raise Unprocessable(
                 f"columns names {len(columns)} columns but the rows have {expected}", parameter="columns"
             )
-        if len(set(columns)) != len(columns):
-            raise Unprocessable("columns holds the same name twice", parameter="columns")
+        check_names(list(columns), parameter="columns")
     names_list = list(columns) if columns is not None else default_columns(expected)
-    if all(type(v) in (int, float) for row in data for v in row):
+    # Without names the columns are the model's, by position.
+    meant = names_list if columns is not None or expect is None else list(expect.names) + names_list[len(expect.names):]
+    if not forced & set(meant) and all(type(v) in (int, float) for row in data for v in row):
         return Table.of(check_rows(data), names_list)._named(columns is not None)
     cells = [[row[j] for row in data] for j in range(expected)]
-    return _typed_table(names_list, cells, named=columns is not None)
+    text = {n for n, m in zip(names_list, meant, strict=False) if m in forced}
+    return _typed_table(names_list, cells, named=columns is not None, text=text)
 
 
-def _typed_table(names: list[str], cells: list[list[object]], named: bool) -> Table:
+def _typed_table(
+    names: list[str], cells: list[list[object]], named: bool, keyed: bool = False, text: set[str] | None = None
+) -> Table:
     numeric: dict[str, np.ndarray] = {}
-    text: dict[str, np.ndarray] = {}
+    texts: dict[str, np.ndarray] = {}
     for position, (name, column) in enumerate(zip(names, cells, strict=True), start=1):
-        kind, values = typed_column(np.asarray(column + [None], dtype=object)[:-1], ".", position, 1)
-        (numeric if kind == "numeric" else text)[name] = values
+        if name in (text or ()) or any(type(v) not in (int, float) for v in column if v is not None):
+            texts[name] = _booleans_as_words(
+                np.asarray([None if v is None else _as_text(v) for v in column] + [None], dtype=object)[:-1]
+            )
+            continue
+        numeric[name] = _json_numbers(column, position)
     chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []
-    return Table(chunks=chunks, columns=names, numeric=[n for n in names if n in numeric], text=text, named=named)
+    return Table(
+        chunks=chunks, columns=names, numeric=[n for n in names if n in numeric], text=texts, named=named, keyed=keyed
+    )
+
+
+def _json_numbers(column: list[object], position: int) -> np.ndarray:
+    """A column of JSON numbers (None: missing) as float64; Unprocessable naming the first that
+    does not fit in a 64-bit float."""
+    values = np.full(len(column), np.nan)
+    for i, v in enumerate(column):
+        if v is None:
+            continue
+        try:
+            values[i] = float(v)
+            if not math.isfinite(values[i]):
+                raise OverflowError
+        except OverflowError:
+            raise Unprocessable(
+                f"data row {i + 1}, column {position}: {str(v)[:40]} does not fit in a 64-bit float",
+                row=i + 1,
+                column=position,
+            ) from None
+    return values

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kmeans import online, prep
+from kmeans.csvio import check_names
 from kmeans.errors import Unprocessable
 from kmeans.store import Store, new_id, now
 
@@ -132,8 +133,7 @@ def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise Unprocessable(f"this is not a {FORMAT} version {FORMAT_VERSION} document", parameter="format")
     columns = list(doc["columns"])
-    if len(set(columns)) != len(columns):
-        raise Unprocessable("columns holds the same name twice", parameter="columns")
+    check_names(columns, parameter="columns")
     pre_in = doc.get("preprocessing") or {}
     features, encoded = _features_in(pre_in, columns)
     rows = doc["centers"]

@@ -235,7 +235,7 @@ def dataset_design(
         if strategy in ("mean", "median"):
             column = block[:, j]
             present = column[~gaps[:, j]] if gaps[:, j].any() else column
-            fill = float(np.median(present)) if strategy == "median" else float(present.mean())
+            fill = finite_median(present) if strategy == "median" else finite_mean(present)
             if gaps[:, j].any():
                 if block is values:
                     block = np.array(block)
@@ -248,6 +248,50 @@ def dataset_design(
     return design, {**pre, "features": entries}, kept
 
 
+def finite_mean(values: np.ndarray) -> float:
+    """The mean of finite values, finite even when their sum passes float64's range (1.7e308 + 1.7e308)."""
+    with np.errstate(over="ignore"):
+        mean = float(values.mean())
+    if np.isfinite(mean):
+        return mean
+    top = float(np.max(np.abs(values)))
+    return float((values / top).mean() * top)
+
+
+def finite_median(values: np.ndarray) -> float:
+    """The median of finite values, finite even when the two middle ones sum past float64's range."""
+    with np.errstate(over="ignore"):
+        median = float(np.median(values))
+    if np.isfinite(median):
+        return median
+    low, high = np.quantile(values, 0.5, method="lower"), np.quantile(values, 0.5, method="higher")
+    return float(low / 2 + high / 2)
+
+
+def finite_std(values: np.ndarray, ddof: int = 0) -> float:
+    """The standard deviation of finite values, computed on a scaled copy when it would overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(values.std(ddof=ddof))
+    if np.isfinite(std):
+        return std
+    top = float(np.max(np.abs(values)))
+    return float((values / top).std(ddof=ddof) * top)
+
+
+def expect(pre: dict[str, Any]) -> Any:
+    """What a reader of prediction rows for a model with ``pre`` should expect (csvio.Expect):
+    its features then its id column, its categorical features and id kept as text, and the
+    categories a data row may hold."""
+    from kmeans.csvio import Expect
+
+    features = features_of(pre)
+    id_column = pre.get("id_column")
+    text = {f["name"] for f in features if f["type"] == "categorical"} | ({id_column} if id_column else set())
+    known = {c for f in features if f["type"] == "categorical" for c in f["categories"]}
+    names = tuple(f["name"] for f in features) + ((id_column,) if id_column else ())
+    return Expect(names=names, text=frozenset(text), known=frozenset(known))
+
+
 def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndarray, dict[str, int]]:
     """Prediction rows (a csvio.Table) -> the encoded feature matrix, matched to the model's
     features by column name when the rows have names, by position otherwise; and how many
@@ -258,8 +302,12 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
     names = [f["name"] for f in features]
     if table.named and any(n not in table.columns for n in names):
         absent = [n for n in names if n not in table.columns]
-        if not (set(table.columns) & set(names)) and table.n_features == len(names):
-            sources = list(table.columns)  # the columns are not ours: a header-less file read as named
+        from kmeans.csvio import default_columns
+
+        if names == default_columns(len(names)) and table.n_features == len(names) and not table.keyed:
+            # A model of a file without a header (columns x1, x2, …) has no names to match:
+            # a file with a header gives its columns by position, as before names mattered.
+            sources = list(table.columns)
         else:
             raise Unprocessable(
                 f"the points have no column {absent[0]!r}; model {model_id} takes {', '.join(names)}"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kmeans import prep
 from kmeans.csvio import Table, _as_text
 from kmeans.errors import Unprocessable
 
@@ -150,11 +151,13 @@ def column_stats(schema: list[dict[str, Any]], numeric: np.ndarray, codes: np.nd
             present = values[~np.isnan(values)]
             item["distinct"] = int(pd.Series(present).nunique())
             item.update(
-                min=float(present.min()), max=float(present.max()), mean=float(present.mean()),
-                median=float(np.median(present)), stddev=float(present.std(ddof=1)) if len(present) > 1 else 0.0,
+                min=float(present.min()), max=float(present.max()), mean=prep.finite_mean(present),
+                median=prep.finite_median(present),
+                stddev=prep.finite_std(present, ddof=1) if len(present) > 1 else 0.0,
             )
-            if not np.isfinite(item["stddev"]) or not np.isfinite(item["mean"]):
-                item["stddev"] = item["mean"] = None  # a sum past float64's range: not a number to send
+            for key in ("mean", "median", "stddev"):
+                if not np.isfinite(item[key]):
+                    item[key] = None  # past float64's range even scaled: not a number to send
         elif entry["type"] == "categorical":
             counts = np.bincount(codes[:, c_index][codes[:, c_index] >= 0], minlength=len(entry["categories"]))
             c_index += 1

@@ -61,12 +61,13 @@ def _cached_centers(path: str) -> np.ndarray:
 
 
 def _parse(
-    open_csv: Callable[[], BinaryIO], size: int, options: csvio.Options | None = None, names: Any = None
+    open_csv: Callable[[], BinaryIO], size: int, options: csvio.Options | None = None,
+    expect: csvio.Expect | None = None,
 ) -> csvio.Table:
     if size == 0:
         raise Unprocessable("the CSV file is empty: it has no rows")
     with open_csv() as handle:
-        return csvio.read_csv(handle, options, names)
+        return csvio.read_csv(handle, options, expect)
 
 
 def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
@@ -74,6 +75,9 @@ def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
         return csvio.read_csv(reader)
 
 
+# A Parquet or Arrow table may take this many times the upload limit in memory (rows x
+# columns x 8 bytes): a CSV of one-digit numbers takes 4 times its size as float64.
+TABLE_EXPANSION = 8
 # Media types (and file name endings) of the columnar formats a table may come in.
 COLUMNAR_TYPES = {
     "application/vnd.apache.parquet": "parquet",
@@ -148,7 +152,8 @@ class KMeansService:
         return PayloadTooLarge(f"the upload is larger than the limit of {self.settings.max_upload_bytes} bytes")
 
     def read_table(
-        self, source: Upload, hashed: bool = True, options: csvio.Options | None = None, names: Any = None
+        self, source: Upload, hashed: bool = True, options: csvio.Options | None = None,
+        expect: csvio.Expect | None = None,
     ) -> tuple[csvio.Table, SpooledFile]:
         """Parse an uploaded CSV: the table, and the file it came in (with its sha256 and size;
         ``hashed`` False: a small body's sha256 is left empty, for callers that never look).
@@ -156,29 +161,30 @@ class KMeansService:
         ``source`` is a file already on disk (a streamed multipart part, removed by its
         owner) or a stream. A stream that ends within CHUNK_BYTES (a typical prediction
         request) is parsed in memory; a longer one is parsed as it arrives, spooled to a temp
-        file on the way (which is removed here).
+        file on the way (which is removed here). ``expect``: what the model the rows are for
+        takes (see csvio.Expect).
         """
         if options is not None and options.format != "csv":
-            return self._read_columnar(source, options.format)
-        plain = options in (None, csvio.Options(), csvio.CLASSIC) and names is None
+            return self._read_columnar(source, options.format, expect)
+        plain = options in (None, csvio.Options(), csvio.CLASSIC) and expect is None
         if isinstance(source, SpooledFile):
             if source.parsed is not None and source.size and plain:  # parsed while it arrived
                 table = source.parsed.result()
-                if options is not csvio.CLASSIC or csvio.all_numbers(table):
+                if options is not csvio.CLASSIC or (table.delimiter == "," and csvio.all_numbers(table)):
                     return table, source
-            return _parse(source.open, source.size, options, names), source
+            return _parse(source.open, source.size, options, expect), source
         head = source.read(CHUNK_BYTES)
         if len(head) < CHUNK_BYTES:  # that was the whole body
             if len(head) > self.settings.max_upload_bytes:
                 raise self._too_large()
             sha256 = hashlib.sha256(head).hexdigest() if hashed else ""  # 0.4 ms of a 10,000-row prediction
             received = SpooledFile(path=None, sha256=sha256, size=len(head))
-            return _parse(lambda: io.BytesIO(head), len(head), options, names), received
+            return _parse(lambda: io.BytesIO(head), len(head), options, expect), received
         path = self.store.temp_path(".csv")
         try:
             with SpoolingReader(source, head, path, self.settings.max_upload_bytes, self._too_large) as reader:
                 try:
-                    table = csvio.read_csv(reader, options, names)
+                    table = csvio.read_csv(reader, options, expect)
                 except Unprocessable:
                     reader.finish()  # a body over the size limit is a 413 whatever is in it
                     raise
@@ -186,21 +192,25 @@ class KMeansService:
         finally:
             path.unlink(missing_ok=True)
 
-    def _read_columnar(self, source: Upload, kind: str) -> tuple[csvio.Table, SpooledFile]:
+    def _read_columnar(
+        self, source: Upload, kind: str, expect: csvio.Expect | None = None
+    ) -> tuple[csvio.Table, SpooledFile]:
         """A Parquet or Arrow IPC upload (read from a file: both formats keep their index at the end)."""
         from kmeans import arrowio
 
+        limit = self.settings.max_upload_bytes * TABLE_EXPANSION
         if isinstance(source, SpooledFile):
             if source.path is None or not source.size:
                 raise Unprocessable(f"the {arrowio.LABELS[kind]} file is empty")
-            return arrowio.read_file(source.path, kind), source
+            return arrowio.read_file(source.path, kind, limit, expect), source
         path = self.store.temp_path(".bin")
         try:
             with SpoolingReader(source, b"", path, self.settings.max_upload_bytes, self._too_large) as reader:
                 spooled = reader.finish()
             if not spooled.size:
                 raise Unprocessable(f"the {arrowio.LABELS[kind]} file is empty")
-            return arrowio.read_file(path, kind), SpooledFile(path=None, sha256=spooled.sha256, size=spooled.size)
+            table = arrowio.read_file(path, kind, limit, expect)
+            return table, SpooledFile(path=None, sha256=spooled.sha256, size=spooled.size)
         finally:
             path.unlink(missing_ok=True)
 
@@ -235,7 +245,8 @@ class KMeansService:
     ) -> dict[str, Any]:
         """A dataset from CSV bytes, in ``project`` (the caller's own by default)."""
         project = self.access.home(project)  # 403/404 before reading the body
-        table, spooled = self.read_table(source, options=options)
+        expect = csvio.Expect(text=frozenset([id_column])) if id_column else None  # ids as written: 007
+        table, spooled = self.read_table(source, options=options, expect=expect)
         name = name or getattr(source, "filename", None)
         return self._add_dataset(
             table, display_name(name, f"dataset.{(options or csvio.Options()).format}"), spooled.sha256, spooled.size,
@@ -252,7 +263,7 @@ class KMeansService:
     ) -> dict[str, Any]:
         """A dataset from JSON rows (arrays, with optional column names, or objects), in ``project``."""
         project = self.access.home(project)
-        table = csvio.rows_table(data, columns)
+        table = csvio.rows_table(data, columns, csvio.Expect(text=frozenset([id_column])) if id_column else None)
         canonical = json.dumps({"columns": table.columns, "data": data}).encode()
         sha = hashlib.sha256(canonical).hexdigest()
         return self._add_dataset(table, display_name(name, "dataset.json"), sha, len(canonical), project, id_column)
@@ -515,11 +526,12 @@ class KMeansService:
         options: csvio.Options | None = None,
     ) -> csvio.Table:
         """Prediction rows sent as JSON ``data`` or as a CSV ``source``, as a table."""
+        if options is csvio.CLASSIC:  # the classic /predict: by position, as it always was
+            return self.read_table(source, hashed=False, options=options)[0]._named(False)
+        expect = prep.expect(model.get("preprocessing") or {"feature_columns": model["columns"]})
         if data is not None:
-            return csvio.rows_table(data)
-        pre = model.get("preprocessing") or {}
-        names = list(pre.get("feature_columns") or model["columns"]) + [pre.get("id_column") or ""]
-        return self.read_table(source, hashed=False, options=options, names=names)[0]
+            return csvio.rows_table(data, expect=expect)
+        return self.read_table(source, hashed=False, options=options, expect=expect)[0]
 
     def predict(
         self, model_id: str, data: Any = None, source: Upload | None = None, options: csvio.Options | None = None

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from kmeans import access, engine, fitjob, prep
-from kmeans.errors import Unprocessable
+from kmeans.errors import ProblemError, Unprocessable
 from kmeans.schema import of_dataset as schema_of
 from kmeans.store import Store, new_id, now
 
@@ -146,6 +146,8 @@ class Sweeps:
         with self._slots:
             try:
                 self._sweep(sweep_id, pre)
+            except ProblemError as exc:  # the data, not the server: the detail says what is wrong
+                self._update(sweep_id, status="failed", finished_at=now(), error={"detail": exc.detail})
             except Exception as exc:  # the failure belongs to the sweep
                 log.exception("sweep %s failed", sweep_id)
                 self._update(
@@ -158,6 +160,11 @@ class Sweeps:
         params = sweep["params"]
         values, codes = self.store.dataset_arrays(sweep["dataset_id"])
         space, pre, weights, _ = fitjob.prepare(values, params, pre, codes)
+        if len(space) < sweep["k_max"]:  # drop_rows left fewer rows than the largest k
+            raise Unprocessable(
+                f"k_max ({sweep['k_max']}) is larger than the {len(space)} rows left after leaving out rows with"
+                " missing values"
+            )
         ks = list(range(sweep["k_min"], sweep["k_max"] + 1))
         results: list[dict[str, Any]] = []
         for i, k in enumerate(ks):

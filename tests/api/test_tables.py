@@ -575,3 +575,150 @@ def test_a_text_value_longer_than_a_cell_may_be_is_422(api):
     before = dataset_count(api)
     assert_problem(post_csv(api, "/kmeans/datasets", content), 422, "'kind'", "10001 characters")
     assert dataset_count(api) == before
+
+
+# -- what a review found: matching, typing and bounds ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coded(api) -> dict[str, Any]:
+    """A model whose categories look like numbers (plan 007, 1.0) and whose ids are numbers with leading zeros."""
+    content = b"cid,x,plan\n001,1,007\n002,2,1.0\n003,10,basic\n004,11,pro\n005,1.5,team\n006,10.5,basic\n"
+    response = post_csv(api, "/kmeans/datasets", content, id_column="cid")
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    model = fit(api, dataset["id"], n_clusters=2, random_state=0)
+    assert model["status"] == "succeeded", model
+    return {"dataset": dataset, "model": model}
+
+
+def test_ids_and_categories_keep_their_text(api, coded):
+    labels = api.get(f"/kmeans/models/{coded['model']['id']}/labels").json()
+    assert labels["ids"] == ["001", "002", "003", "004", "005", "006"]
+    columns = {c["name"]: c for c in api.get(f"/kmeans/datasets/{coded['dataset']['id']}/columns").json()["items"]}
+    assert {t["category"] for t in columns["plan"]["top_categories"]} == {"007", "1.0", "basic", "pro", "team"}
+    model_id = coded["model"]["id"]
+    for content in (b"x,plan,cid\n3,007,009\n6,1.0,010\n", b"x,plan\n3,007\n6,1.0\n7,basic\n"):
+        answer = predictions(api, model_id, content)
+        assert answer.get("unknown_categories", {}) == {}, answer
+    assert predictions(api, model_id, b"x,plan,cid\n3,007,009\n")["ids"] == ["009"]
+    as_json = api.post(f"/kmeans/models/{model_id}/predictions", json={"data": [{"x": 3, "plan": "007"}]}).json()
+    assert as_json.get("unknown_categories", {}) == {}
+    as_number = api.post(f"/kmeans/models/{model_id}/predictions", json={"data": [{"x": 3, "plan": 7}]}).json()
+    assert as_number["unknown_categories"] == {"plan": 1}  # 7 is not the category "007"
+
+
+def test_wrongly_named_json_objects_and_parquet_columns_are_422_not_matched_by_position(api):
+    dataset = create_csv_dataset(api, b"id,x,y\nA1,1,100\nA2,2,99\nA3,100,1\nA4,101,2\n")
+    model_id = fit(api, dataset["id"], n_clusters=2, random_state=0)["id"]
+    objects = api.post(f"/kmeans/models/{model_id}/predictions", json={"data": [{"a": 1, "b": 100}]})
+    assert_problem(objects, 422, "'x'")
+    parquet = columnar(pd.DataFrame({"b": [100.0], "a": [1.0]}), PARQUET)
+    assert_problem(post_columnar(api, f"/kmeans/models/{model_id}/predictions", parquet, PARQUET, "raw"), 422, "'x'")
+
+
+def test_a_header_of_other_names_is_not_taken_for_a_row_of_categories(api):
+    dataset = create_csv_dataset(api, b"seg,region\ngold,n\nsilver,s\ngold,s\nsilver,n\n")
+    model_id = fit(api, dataset["id"], n_clusters=2, random_state=0)["id"]
+    assert_problem(post_csv(api, f"/kmeans/models/{model_id}/predictions", b"segment,reg\ngold,n\n"), 422, "'seg'")
+    # A first row of the model's own categories is data, with or without a header after it.
+    assert len(predictions(api, model_id, b"gold,n\nsilver,s\n")["labels"]) == 2
+    assert len(predictions(api, model_id, b"region,seg\nn,gold\n")["labels"]) == 1
+
+
+@pytest.mark.parametrize("separator", [",", ";"])
+def test_a_column_of_true_and_false_is_categorical_in_every_format(api, separator):
+    content = f"x{separator}flag\n1{separator}true\n2{separator}False\n3{separator}TRUE\n".encode()
+    dataset = create_csv_dataset(api, content)
+    assert schema_of(dataset) == [("x", "numeric", 0), ("flag", "categorical", 0)]
+    model_id = fit(api, dataset["id"], n_clusters=2, random_state=0)["id"]
+    assert predictions(api, model_id, b"x,flag\n1,true\n11,false\n").get("unknown_categories", {}) == {}
+    answer = api.post(f"/kmeans/models/{model_id}/predictions", json={"data": [{"x": 1, "flag": True}]}).json()
+    assert answer.get("unknown_categories", {}) == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [{"x": 1, "y": 10**400}]},
+        {"data": [[1, "a"], [10**400, "b"]]},
+        b'{"data": [{"x": 1e400}]}',
+        b'{"data": [[1, "a"], [1e400, "b"]]}',
+    ],
+)
+def test_json_numbers_past_float64_are_422_naming_the_cell(api, body):
+    before = dataset_count(api)
+    if isinstance(body, bytes):  # 1e400 as written: Python's json reads it as infinity
+        response = api.post("/kmeans/datasets", content=body, headers={"Content-Type": "application/json"})
+    else:
+        response = api.post("/kmeans/datasets", json=body)
+    assert_problem(response, 422, "does not fit in a 64-bit float")
+    assert dataset_count(api) == before
+
+
+def test_huge_parquet_integers_round_as_in_a_csv_and_huge_values_keep_json_finite(api):
+    table = pa.table({"n": pa.array([2**53 + 1, 2**63 - 1, 5], pa.int64()), "x": [1.7e308, 1.7e308, 1.0]})
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    response = post_columnar(api, "/kmeans/datasets", out.getvalue(), PARQUET, "raw")
+    assert response.status_code == 201, response.text
+    columns = api.get(f"/kmeans/datasets/{response.json()['id']}/columns")
+    assert columns.status_code == 200 and "Infinity" not in columns.text and "NaN" not in columns.text
+    stats = {c["name"]: c for c in columns.json()["items"]}
+    assert stats["x"]["median"] == 1.7e308 and stats["x"]["mean"] == pytest.approx(1.7e308 / 3 * 2)
+    content = b"x,y\n1.7e308,1\n1.7e308,2\n1,3\n"
+    dataset = create_csv_dataset(api, content)
+    model = api.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": {"n_clusters": 1}}).json()
+    shown = api.get(f"/kmeans/models/{model['id']}")
+    assert "Infinity" not in shown.text and "NaN" not in shown.text
+
+
+def test_a_small_parquet_file_of_very_many_rows_is_413(api):
+    rows = 300_000  # x 5 columns x 8 bytes = 12 MB: more than 8 x the test server's 1 MB upload limit
+    table = pa.table({"x": pa.array(np.zeros(rows)), "y": pa.array(np.ones(rows)), "z": pa.array(np.ones(rows)),
+                      "w": pa.array(np.ones(rows)), "v": pa.array(np.ones(rows))})
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    assert len(out.getvalue()) < 100_000
+    before = dataset_count(api)
+    assert_problem(post_columnar(api, "/kmeans/datasets", out.getvalue(), PARQUET, "raw"), 413, "rows")
+    assert dataset_count(api) == before
+
+
+def test_column_names_with_line_breaks_are_422(api):
+    body = {"data": [{"s\r\nX-Evil: 1": "a", "x": 1}, {"s\r\nX-Evil: 1": "b", "x": 2}]}
+    assert_problem(api.post("/kmeans/datasets", json=body), 422, "control character")
+    assert_problem(post_csv(api, "/kmeans/datasets", b"a\x07b,c\n1,2\n"), 422, "control character")
+
+
+def test_decimal_commas_without_the_decimal_option_are_422_suggesting_it(api):
+    assert_problem(post_csv(api, "/kmeans/datasets", b"x;y\n1,5;2\n2,25;3\n"), 422, "decimal=,")
+    assert_problem(post_csv(api, "/kmeans/datasets", b"x,y\n1,2\n", delimiter="%2C", decimal="%2C"), 422, "decimal")
+
+
+def test_a_sweep_with_drop_rows_and_too_few_complete_rows_fails_with_the_reason(api):
+    from conftest import wait_until_done
+
+    dataset = create_csv_dataset(api, b"x,y\n1,1\n2,\n3,3\n,4\n5,5\n6,6\n")
+    body = {"dataset_id": dataset["id"], "k_min": 2, "k_max": 6, "params": {"missing": "drop_rows"}}
+    response = api.post("/kmeans/sweeps", json=body)
+    assert response.status_code == 202, response.text
+    sweep = wait_until_done(api, f"/kmeans/sweeps/{response.json()['id']}")
+    assert sweep["status"] == "failed", sweep
+    assert "k_max (6)" in sweep["error"]["detail"] and "4 rows" in sweep["error"]["detail"]
+
+
+def test_the_classic_predict_takes_columns_by_position_as_it_always_did(api):
+    job = api.post("/kmeans/upload", files={"file": ("c.csv", b"x,y\n1,100\n2,99\n100,1\n101,2\n", CSV)}).json()
+    fitted = api.post("/kmeans/fit", json={"job_id": job["job_id"], "model_params": {"n_clusters": 2}})
+    assert fitted.status_code == 200
+
+    def classic(content: bytes) -> Any:
+        return api.post("/kmeans/predict", files={"file": ("p.csv", content, CSV)}, data={"job_id": str(job["job_id"])},
+                        headers={"accept": CSV})
+
+    by_position = classic(b"1,100\n100,1\n").text
+    assert classic(b"y,x\n1,100\n100,1\n").text == by_position  # the header is skipped, not matched
+    assert classic(b"a,b\n1,100\n100,1\n").text == by_position
+    assert_problem(classic(b"x,y,z\n1,100,5\n"), 422, "3 columns")
+    assert_problem(api.post("/kmeans/upload", files={"file": ("s.csv", b"1;2\n3;4\n", CSV)}), 422, "delimiter")
