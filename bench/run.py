@@ -6,11 +6,13 @@ Usage::
     python bench/run.py                  # the full run: several minutes on 2 cores
     python bench/run.py --quick          # small sizes, one repeat: checks the script in seconds
     python bench/run.py --only 1,3       # some items only
+    python bench/run.py --only 5         # the mixed-type table only (--items 5 is the same)
     python bench/run.py --rows 500000 --repeat 5
 
-Options: ``--rows N`` rows of item 1 (default 1,000,000); ``--repeat N`` runs behind each
-median (default 3); ``--quick``; ``--only LIST`` (items 1-4, comma separated); ``--keep-logs``
-(print where the server logs are and keep them).
+Options: ``--rows N`` rows of item 1 (default 1,000,000); ``--mixed-rows N`` rows of item 5
+(default 1,000,000); ``--repeat N`` runs behind each median (default 3); ``--quick``;
+``--only LIST`` or ``--items LIST`` (items 1-5, comma separated); ``--keep-logs`` (print where
+the server logs are and keep them).
 
 What it does. The data are seeded Gaussian blobs (8 features, 8 clusters) written as CSV into
 a temporary directory that is removed at the end; nothing is written anywhere else. The
@@ -37,6 +39,20 @@ ratio is the median of ratios measured within the same run:
    after a warm-up), for the production command, for the same command with ``--workers 1``,
    and for a bare Starlette app (defined in this file) under uvicorn with 1 worker; target:
    the 1-worker service reaches >= 0.4 of bare Starlette.
+5. a mixed table of ``--mixed-rows`` rows (an id column, 6 numeric columns with 5% missing,
+   2 categorical ones of 10 words with 1% missing; seeded), written as CSV and as Parquet.
+   Each way (5: raw ``text/csv`` body; 5b: raw ``application/vnd.apache.parquet`` body; 5c:
+   the CSV as a streamed multipart part) does POST /datasets streamed from the file, POST
+   /models (n_clusters=8, n_init=1, random_state=0, standardize, missing mean), GET /labels
+   as ``id,label`` CSV, versus in-process ``pandas.read_csv`` (for Parquet
+   ``pyarrow.parquet.read_table(...).to_pandas()``) + a scikit-learn ColumnTransformer
+   (SimpleImputer(mean) + StandardScaler; SimpleImputer "(missing)" + OneHotEncoder, dense)
+   + KMeans with the same k and seed + the same text. Targets: CSV <= 1.5, Parquet <= 1.3;
+   5m/5n: the peak RSS growth of the workers during the CSV ingest (sampled as in item 2)
+   <= 2x the dataset's stored arrays (their bytes on disk: values, codes, ids), 5p the same
+   for Parquet (informative); 5a: the labels' adjusted Rand index against the in-process
+   ones >= 0.99 (lowest run). A fresh server per way and run, warmed up with small mixed
+   uploads, fits and labels; a way that fails is an ERROR row and is not run again.
 
 The client runs on the same machine as the servers, so on a small box the figures are
 noisy and item 4 is partly bound by the client's own CPU time.
@@ -75,6 +91,21 @@ BENCH_DIR = Path(__file__).resolve().parent
 N_FEATURES = 8
 N_CLUSTERS = 8
 FIT_PARAMS = {"n_clusters": N_CLUSTERS, "n_init": 1, "random_state": 0}
+# Item 5's mixed table: 6 numeric columns (5% missing each), 2 categorical ones (10 categories,
+# 1% missing), 1 id; fitted with the same k and seed, standardized, missing numbers as the mean.
+MIXED_NUMERIC = [f"x{i}" for i in range(6)]
+MIXED_CATEGORICAL = ["colour", "shape"]
+MIXED_CATEGORIES = {
+    "colour": ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white", "grey", "orange"],
+    "shape": ["circle", "square", "triangle", "star", "hexagon", "oval", "diamond", "cross", "arrow", "heart"],
+}
+MIXED_COLUMNS = ["id", "x0", "x1", "colour", "x2", "x3", "shape", "x4", "x5"]
+MIXED_MISSING = 0.05
+MIXED_CATEGORY_MISSING = 0.01
+MIXED_FIT_PARAMS = {**FIT_PARAMS, "standardize": True, "missing": "mean"}
+MISSING_CATEGORY = "(missing)"  # the service's name of a categorical column's missing value
+PARQUET_TYPE = "application/vnd.apache.parquet"
+MIN_ARI = 0.99
 MAX_UPLOAD_BYTES = 2 * 1024**3
 POLL_SECONDS = 0.02
 SAMPLE_SECONDS = 0.01
@@ -137,6 +168,7 @@ class Server:
     proc: subprocess.Popen
     url: str
     log: Path
+    data_dir: Path | None = None  # KMEANS_DATA_DIR of a service() server
 
     def reason(self) -> str:
         """The last line of the log that is not a gunicorn/uvicorn status line (usually the error)."""
@@ -191,12 +223,15 @@ def serve(name: str, cmd: list[str], port: int, ping_path: str, env: dict[str, s
         server.stop()
 
 
-def service(tmp: Path, name: str, workers: int | None = None) -> contextlib.AbstractContextManager[Server]:
+@contextlib.contextmanager
+def service(tmp: Path, name: str, workers: int | None = None) -> Iterator[Server]:
     """The production command over a fresh data directory."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix=f"data-{name}-", dir=tmp))
     env = {"KMEANS_DATA_DIR": str(data_dir), "KMEANS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
-    return serve(name, dockerfile_command(port, workers), port, "/kmeans/ping", env, tmp / f"{name}.log")
+    with serve(name, dockerfile_command(port, workers), port, "/kmeans/ping", env, tmp / f"{name}.log") as server:
+        server.data_dir = data_dir
+        yield server
 
 
 def bare_starlette(tmp: Path, centers: np.ndarray) -> contextlib.AbstractContextManager[Server]:
@@ -325,8 +360,10 @@ def wait_fitted(http: httpx.Client, url: str, model_id: str, timeout: float) -> 
         time.sleep(POLL_SECONDS)
 
 
-def fit_model(http: httpx.Client, url: str, dataset_id: str, timeout: float) -> dict[str, Any]:
-    body = {"dataset_id": dataset_id, "params": FIT_PARAMS}
+def fit_model(
+    http: httpx.Client, url: str, dataset_id: str, timeout: float, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = {"dataset_id": dataset_id, "params": FIT_PARAMS if params is None else params}
     model = expect(http.post(f"{url}/kmeans/models", json=body), 202).json()
     return wait_fitted(http, url, model["id"], timeout)
 
@@ -667,6 +704,352 @@ def train_model(url: str, train_csv: bytes) -> tuple[str, np.ndarray]:
     return model["id"], np.asarray(centers, dtype=np.float64)
 
 
+# -- item 5: mixed-type tables ------------------------------------------------------------------
+
+
+def mixed_table(rows: int, seed: int) -> Any:
+    """A seeded mixed table (a pandas DataFrame, columns MIXED_COLUMNS): ids R0000001, R0000002, ...;
+    six numeric columns of Gaussian blobs (N_CLUSTERS centers) on different scales, MIXED_MISSING of
+    each column missing; two categorical columns of 10 words that follow the blob in 80% of the rows
+    (a random word otherwise), MIXED_CATEGORY_MISSING of them missing."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = len(MIXED_NUMERIC)
+    centers = rng.uniform(-10.0, 10.0, (N_CLUSTERS, n))
+    cluster = rng.integers(0, N_CLUSTERS, rows)
+    scales = np.array([1.0, 10.0, 0.1, 100.0, 1.0, 5.0])
+    numbers = (centers[cluster] + rng.normal(0.0, 1.0, (rows, n))) * scales
+    numbers[rng.random((rows, n)) < MIXED_MISSING] = np.nan
+    width = max(7, len(str(rows)))
+    columns: dict[str, Any] = {"id": np.char.add("R", np.char.zfill(np.arange(1, rows + 1).astype(str), width))}
+    columns.update({name: numbers[:, j] for j, name in enumerate(MIXED_NUMERIC)})
+    for name in MIXED_CATEGORICAL:
+        words = np.asarray(MIXED_CATEGORIES[name], dtype=object)
+        follows = rng.permutation(len(words))[:N_CLUSTERS][cluster]
+        codes = np.where(rng.random(rows) < 0.8, follows, rng.integers(0, len(words), rows))
+        cells = words[codes]
+        cells[rng.random(rows) < MIXED_CATEGORY_MISSING] = None
+        columns[name] = cells
+    return pd.DataFrame({name: columns[name] for name in MIXED_COLUMNS})
+
+
+def mixed_pipeline() -> Any:
+    """The in-process equivalent of the service's preprocessing of a mixed table: numbers filled
+    with the column mean, then z-scored; each category one-hot, a missing one its own column,
+    not scaled. Dense output, as the service's design matrix is."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="mean"), StandardScaler()), MIXED_NUMERIC),
+        ("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY),
+                              OneHotEncoder(sparse_output=False)), MIXED_CATEGORICAL),
+    ])
+
+
+def inprocess_mixed(read: Callable[[], Any]) -> tuple[dict[str, float], np.ndarray]:
+    """``read()`` (a DataFrame) + mixed_pipeline + KMeans + "id,label" text; phases and labels."""
+    from sklearn.cluster import KMeans
+
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+    frame = read()
+    mark = time.perf_counter()
+    phases["read"] = mark - started
+    design = mixed_pipeline().fit_transform(frame)
+    now = time.perf_counter()
+    phases["prepare"] = now - mark
+    labels = KMeans(**FIT_PARAMS).fit(design).labels_
+    mark = time.perf_counter()
+    phases["fit"] = mark - now
+    text = "id,label\n" + "\n".join(map(",".join, zip(frame["id"].tolist(), map(str, labels.tolist()),
+                                                      strict=True))) + "\n"
+    now = time.perf_counter()
+    phases["format"] = now - mark
+    phases["total"] = now - started
+    del text
+    return phases, labels
+
+
+class IngestMemory:
+    """Peak RSS growth of a server's workers during one upload: 10 ms /proc samples, plus VmHWM
+    when the high-water mark rose during the upload (then it is the exact peak)."""
+
+    def __init__(self, workers: list[int]) -> None:
+        self.workers = workers
+        self.before: dict[int, tuple[int, int]] = {}
+        self.after: dict[int, tuple[int, int]] = {}
+        self.sampler = RssSampler(workers, max_seconds=900)
+
+    def start(self) -> None:
+        self.before = {pid: memory(pid) for pid in self.workers}
+        self.sampler.start()
+
+    def stop(self) -> None:
+        self.sampler.stop()
+        self.after = {pid: memory(pid) for pid in self.workers}
+
+    def growth(self) -> tuple[float, float]:
+        """(growth with VmHWM, growth from the samples alone), the largest over the workers, in bytes."""
+        best = best_sampled = 0.0
+        for pid in self.workers:
+            base_rss, base_hwm = self.before[pid]
+            peak = self.sampler.peak[pid]
+            if self.after[pid][1] > base_hwm:
+                peak = max(peak, self.after[pid][1])
+            best = max(best, peak - base_rss)
+            best_sampled = max(best_sampled, self.sampler.peak[pid] - base_rss)
+        return best, best_sampled
+
+
+@dataclass
+class MixedFlow:
+    """One way of item 5 through the service, and its in-process reference."""
+
+    key: str  # of its table row ("5 ", "5b", ...)
+    text: str
+    label: str
+    path: Path
+    content_type: str
+    multipart: bool
+    read: Callable[[], Any]  # the in-process read: a DataFrame
+    reference: str
+    target: float
+    memory_key: str
+    memory_judged: bool  # whether the <= 2x memory target applies (else informative)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def mixed_service_flow(
+    http: httpx.Client, url: str, flow: MixedFlow, rows: int, timeout: float, watch: IngestMemory
+) -> tuple[dict[str, float], dict[str, Any], str]:
+    """Upload (streamed from the file, as the raw body or a multipart part; ``watch`` samples the
+    workers meanwhile), fit, labels as CSV: (phases, the dataset record, the labels text)."""
+    phases: dict[str, float] = {}
+    watch.start()
+    try:
+        started = time.perf_counter()
+        with open(flow.path, "rb") as handle:
+            if flow.multipart:
+                response = http.post(f"{url}/kmeans/datasets",
+                                     files={"file": (flow.path.name, handle, flow.content_type)})
+            else:
+                response = http.post(f"{url}/kmeans/datasets", params={"name": flow.path.name}, content=handle,
+                                     headers={"Content-Type": flow.content_type})
+        phases["upload"] = time.perf_counter() - started
+    finally:
+        watch.stop()
+    dataset = expect(response, 201).json()
+    if dataset["rows"] != rows:
+        raise RuntimeError(f"the service read {dataset['rows']} rows, not {rows}")
+    types = {column["name"]: column["type"] for column in dataset["schema"]}
+    wanted = {"id": "id", **dict.fromkeys(MIXED_NUMERIC, "numeric"), **dict.fromkeys(MIXED_CATEGORICAL, "categorical")}
+    if types != wanted:
+        raise RuntimeError(f"the service typed the columns {types}, expected {wanted}")
+    mark = time.perf_counter()
+    model = fit_model(http, url, dataset["id"], timeout, MIXED_FIT_PARAMS)
+    phases["fit"] = time.perf_counter() - mark
+    phases["server_fit"] = float(model.get("fit_seconds") or 0.0)
+    mark = time.perf_counter()
+    labels = expect(http.get(f"{url}/kmeans/models/{model['id']}/labels", headers={"Accept": "text/csv"}), 200).text
+    now = time.perf_counter()
+    phases["labels"] = now - mark
+    phases["total"] = now - started
+    return phases, dataset, labels
+
+
+def parse_id_labels(text: str) -> tuple[list[str], np.ndarray]:
+    """The "id,label" CSV of GET /labels as (ids, labels)."""
+    lines = text.splitlines()
+    if not lines or lines[0] != "id,label":
+        raise RuntimeError(f"the labels CSV starts with {lines[:1]}, expected the header id,label")
+    pairs = [line.rsplit(",", 1) for line in lines[1:]]
+    return [p[0] for p in pairs], np.asarray([int(p[1]) for p in pairs])
+
+
+def warm_up_mixed(url: str, bodies: list[tuple[str, bytes, bool]], workers: int) -> None:
+    """Small mixed uploads (each (content type, body, multipart) of ``bodies``), fits and labels
+    on fresh connections, so that every worker has read each format (pyarrow imported) and its
+    fit processes are started."""
+    for _ in range(2 * workers):
+        with client(120) as http:
+            for content_type, body, multipart in bodies:
+                if multipart:
+                    response = http.post(f"{url}/kmeans/datasets", files={"file": ("warm.csv", body, content_type)})
+                else:
+                    response = http.post(f"{url}/kmeans/datasets", content=body, headers={"Content-Type": content_type})
+                dataset = expect(response, 201).json()
+                model = fit_model(http, url, dataset["id"], 120, MIXED_FIT_PARAMS)
+                expect(http.get(f"{url}/kmeans/models/{model['id']}/labels", headers={"Accept": "text/csv"}), 200)
+
+
+def stored_arrays(data_dir: Path, dataset_id: str) -> dict[str, int]:
+    """Bytes on disk of a dataset's arrays (whatever files the store keeps them in): numeric
+    values (``<id>.npy``), categorical codes (``<id>.codes.*``), ids (``<id>.ids.*``)."""
+    sizes: dict[str, int] = {}
+    for path in (data_dir / "datasets").glob(f"{dataset_id}.*"):
+        part = path.name[len(dataset_id) + 1:].split(".")[0]
+        kind = {"codes": "codes", "ids": "ids"}.get(part, "values")
+        sizes[kind] = sizes.get(kind, 0) + path.stat().st_size
+    return sizes
+
+
+def mixed_run(
+    tmp: Path, flow: MixedFlow, name: str, rows: int, expected_ids: list[str], warm: list[tuple[str, bytes, bool]]
+) -> dict[str, Any]:
+    """One run of ``flow``: a fresh server, warmed up; the upload (memory sampled), fit and labels;
+    then the in-process reference; the labels compared."""
+    from sklearn.metrics import adjusted_rand_score
+
+    timeout = max(300.0, rows / 1e6 * 900)
+    with service(tmp, name) as server:
+        try:
+            workers = children(server.proc.pid)
+            if not workers:
+                raise RuntimeError("found no gunicorn worker processes")
+            warm_up_mixed(server.url, warm, len(workers))
+            time.sleep(0.3)
+            watch = IngestMemory(workers)
+            gc.collect()
+            with client() as http:
+                phases, dataset, labels_text = mixed_service_flow(http, server.url, flow, rows, timeout, watch)
+            assert server.data_dir is not None
+            stored = stored_arrays(server.data_dir, dataset["id"])
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FlowFailed(f"{first} (server log: {server.reason()})") from exc
+    gc.collect()
+    local, local_labels = inprocess_mixed(flow.read)
+    ids, labels = parse_id_labels(labels_text)
+    del labels_text
+    if ids != expected_ids:
+        raise RuntimeError(f"the {flow.label} labels' ids are not the table's ids in its order")
+    growth, sampled = watch.growth()
+    return {
+        "service": phases, "local": local, "ratio": phases["total"] / local["total"], "growth": growth,
+        "sampled": sampled, "samples": watch.sampler.samples, "stored": stored,
+        "ari": float(adjusted_rand_score(local_labels, labels)), "same": bool(np.array_equal(local_labels, labels)),
+    }
+
+
+class FlowFailed(RuntimeError):
+    """A flow of item 5 failed on the server's side (the message names the server log's last error)."""
+
+
+def item5(report: Report, tmp: Path, rows: int, repeat: int, step: Callable[[str], None]) -> None:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    step(f"writing the {rows:,}-row mixed table as CSV and Parquet")
+    frame = mixed_table(rows, seed=5)
+    expected_ids = frame["id"].tolist()
+    csv_path = tmp / f"mixed-{rows}.csv"
+    parquet_path = tmp / f"mixed-{rows}.parquet"
+    frame.to_csv(csv_path, index=False, float_format="%.5f")
+    frame.to_parquet(parquet_path, index=False)
+    del frame
+    file_mb = {csv_path: csv_path.stat().st_size / MB, parquet_path: parquet_path.stat().st_size / MB}
+    small = mixed_table(2000, seed=6)
+    small_csv = small.to_csv(index=False, float_format="%.5f").encode()
+    small_parquet = small.to_parquet(index=False)
+    warm = [("text/csv", small_csv, False), ("text/csv", small_csv, True), (PARQUET_TYPE, small_parquet, False)]
+
+    def read_csv() -> Any:
+        return pd.read_csv(csv_path)
+
+    def read_parquet() -> Any:
+        return pq.read_table(parquet_path).to_pandas()
+
+    size = f"{rows:,}-row mixed"
+    flows = [
+        MixedFlow("5 ", f"ingest+fit+labels {size} CSV (6 num 5% NA, 2 cat, id), raw text/csv", "raw CSV", csv_path,
+                  "text/csv", False, read_csv, "pandas.read_csv", 1.5, "5m", True),
+        MixedFlow("5b", f"same, {size} Parquet (raw) vs pyarrow.parquet.read_table", "Parquet", parquet_path,
+                  PARQUET_TYPE, False, read_parquet, "pyarrow.parquet.read_table(...).to_pandas()", 1.3, "5p", False),
+        MixedFlow("5c", "same CSV as a streamed multipart upload", "multipart CSV", csv_path, "text/csv", True,
+                  read_csv, "pandas.read_csv", 1.5, "5n", True),
+    ]
+    # The in-process side's first-call costs (imports, the first fit) are paid here, untimed.
+    inprocess_mixed(lambda: pd.read_csv(io.BytesIO(small_csv)))
+    inprocess_mixed(lambda: pq.read_table(io.BytesIO(small_parquet)).to_pandas())
+    for run in range(repeat):
+        for flow in flows:
+            if flow.error is not None:  # it failed in an earlier run: not again
+                continue
+            step(f"item 5: run {run + 1}/{repeat}, {flow.label}: a fresh server (warm-up, upload, fit, labels), "
+                 "then in-process")
+            try:
+                flow.runs.append(mixed_run(tmp, flow, f"mixed-{flow.key.strip()}-{run}", rows, expected_ids, warm))
+            except Exception as exc:  # this way is reported as failed; the others go on
+                traceback.print_exc()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                flow.error = f"run {run + 1}: {type(exc).__name__}: {first}"
+    csv_path.unlink()
+    parquet_path.unlink()
+
+    def phase(flow: MixedFlow, side: str, key: str) -> str:
+        return seconds(median([r[side][key] for r in flow.runs]), 3)
+
+    for flow in flows:
+        target = f"<= {flow.target:g}"
+        if flow.error is not None or not flow.runs:
+            report.rows.append(Row(f"{flow.key} {flow.text}: FAILED", "-", "-", "-", target, None, error=True))
+            report.rows.append(Row(f"{flow.memory_key} peak worker RSS growth, {flow.label} ingest: FAILED",
+                                   "-", "-", "-", "<= 2x" if flow.memory_judged else "(info)", None, error=True))
+            report.notes.append(f"{flow.key.strip()}: {flow.label} FAILED in {flow.error}")
+            continue
+        service_total = median([r["service"]["total"] for r in flow.runs])
+        local_total = median([r["local"]["total"] for r in flow.runs])
+        ratio = median([r["ratio"] for r in flow.runs])
+        report.rows.append(Row(f"{flow.key} {flow.text}", seconds(service_total), seconds(local_total),
+                               f"{ratio:.2f}", target, ratio <= flow.target))
+        growth = median([r["growth"] for r in flow.runs])
+        stored = median([sum(r["stored"].values()) for r in flow.runs])
+        multiple = growth / stored
+        report.rows.append(Row(
+            f"{flow.memory_key} peak worker RSS growth, {flow.label} ingest ({file_mb[flow.path]:.0f} MB file)",
+            f"{growth / MB:.0f} MB", f"{stored / MB:.0f} MB stored arrays", f"{multiple:.2f}x",
+            "<= 2x" if flow.memory_judged else "(info)", multiple <= 2.0 if flow.memory_judged else None,
+        ))
+        report.notes.append(
+            f"{flow.key.strip()}: {flow.label}: service phases: upload+parse+store {phase(flow, 'service', 'upload')}, "
+            f"fit until seen succeeded {phase(flow, 'service', 'fit')} "
+            f"(server fit_seconds {phase(flow, 'service', 'server_fit')}), labels {phase(flow, 'service', 'labels')}; "
+            f"in-process: {flow.reference} {phase(flow, 'local', 'read')}, ColumnTransformer.fit_transform "
+            f"{phase(flow, 'local', 'prepare')}, KMeans.fit {phase(flow, 'local', 'fit')}, "
+            f"id,label text {phase(flow, 'local', 'format')}; peak RSS growth from 10 ms samples alone "
+            f"{median([r['sampled'] for r in flow.runs]) / MB:.0f} MB "
+            f"({median([r['samples'] for r in flow.runs]):.0f} samples)"
+        )
+    done = [flow for flow in flows if flow.runs]
+    if done:
+        worst = {flow.label: min(r["ari"] for r in flow.runs) for flow in done}
+        agree = all(value >= MIN_ARI for value in worst.values())
+        report.rows.append(Row(f"5a labels vs in-process, adjusted Rand index, lowest run: {' / '.join(worst)}",
+                               " / ".join(f"{v:.4f}" for v in worst.values()), "1 = same partition", "-",
+                               f">= {MIN_ARI}", agree))
+        same = sum(r["same"] for flow in done for r in flow.runs)
+        every = "; ".join(flow.label + " " + ", ".join(f"{r['ari']:.4f}" for r in flow.runs) for flow in done)
+        report.notes.append(
+            f"5a: adjusted Rand index of every run: {every}; labels identical to in-process in {same} of "
+            f"{sum(len(flow.runs) for flow in done)} runs; "
+            f"{'agreement as expected' if agree else f'AGREEMENT BELOW {MIN_ARI}'}; in-process: "
+            f"SimpleImputer(mean)+StandardScaler, SimpleImputer({MISSING_CATEGORY!r})+OneHotEncoder(sparse_output="
+            "False), KMeans(n_clusters=8, n_init=1, random_state=0)"
+        )
+    stored = next((flow.runs[0]["stored"] for flow in done), None)
+    if stored is not None:
+        report.notes.append(
+            f"5m: stored arrays values {stored.get('values', 0) / MB:.0f} MB + codes {stored.get('codes', 0) / MB:.0f}"
+            f" MB + ids {stored.get('ids', 0) / MB:.0f} MB (sizes on disk); a fresh server per way and run, warmed up"
+            " with small mixed uploads, fits and labels"
+        )
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -711,19 +1094,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="rows of item 1 (default 1,000,000; 100,000 with --quick)")
     parser.add_argument("--repeat", type=int, default=None, help="runs behind each median (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small sizes and short durations")
-    parser.add_argument("--only", default="1,2,3,4", help="items to run, e.g. 1,3 (default all)")
+    parser.add_argument("--mixed-rows", type=int, default=None,
+                        help="rows of item 5's mixed table (default 1,000,000; 20,000 with --quick)")
+    parser.add_argument("--only", "--items", dest="only", default="1,2,3,4,5",
+                        help="items to run, e.g. 1,3 (default all)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs and print where they are")
     args = parser.parse_args(argv)
     try:
         args.items = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
-        parser.error("--only takes item numbers 1-4 separated by commas")
-    if not args.items or not set(args.items) <= {1, 2, 3, 4}:
-        parser.error("--only takes item numbers 1-4 separated by commas")
+        parser.error("--only takes item numbers 1-5 separated by commas")
+    if not args.items or not set(args.items) <= {1, 2, 3, 4, 5}:
+        parser.error("--only takes item numbers 1-5 separated by commas")
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
+    args.mixed_rows = args.mixed_rows or (20_000 if args.quick else 1_000_000)
     args.repeat = args.repeat or (1 if args.quick else 3)
     if args.rows < N_CLUSTERS or args.repeat < 1:
         parser.error("--rows must be at least 8 and --repeat at least 1")
+    if args.mixed_rows < 2000:  # fewer rows could make an id look like a category, or miss a category
+        parser.error("--mixed-rows must be at least 2000")
     args.memory_rows = 150_000 if args.quick else 1_500_000
     args.predict_runs = 5 if args.quick else 20
     args.duration = 0.5 if args.quick else 3.0
@@ -792,9 +1181,11 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
 
             attempt(report, "2", run_item2)
-        main_items = [n for n in args.items if n != 2]
+        main_items = [n for n in args.items if n not in (2, 5)]
         if main_items:
             attempt(report, ",".join(map(str, main_items)), lambda: main_server_items(report, tmp, args, step))
+        if 5 in args.items:
+            attempt(report, "5", lambda: item5(report, tmp, args.mixed_rows, args.repeat, step))
         report.rows.sort(key=lambda r: r.item[:2])
         print()
         print(table(report.rows))
