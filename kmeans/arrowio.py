@@ -8,13 +8,14 @@ ISO form. Nested columns (lists, structs, maps) and binary ones are refused, nam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kmeans.csvio import Expect, Table, _as_text, check_names
+from kmeans.csvio import Expect, Table, _as_text, _booleans_as_words, check_names, text_array
 from kmeans.errors import PayloadTooLarge, Unprocessable
 
 PARQUET = "parquet"
@@ -79,7 +80,7 @@ def from_arrow(arrow: pa.Table, expect: Expect | None = None) -> Table:
     check_names(names)
     forced = set(expect.text) if expect is not None else set()
     numeric: dict[str, np.ndarray] = {}
-    text: dict[str, np.ndarray] = {}
+    text: dict[str, pa.Array] = {}
     for position, (name, column) in enumerate(zip(names, arrow.columns, strict=True), start=1):
         kind, values = _column(name, position, column, name in forced)
         (numeric if kind == "numeric" else text)[name] = values
@@ -88,7 +89,8 @@ def from_arrow(arrow: pa.Table, expect: Expect | None = None) -> Table:
     return Table(chunks=chunks, columns=names, numeric=order, text=text, named=True, first_row=1)
 
 
-def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = False) -> tuple[str, np.ndarray]:
+def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = False) -> tuple[str, Any]:
+    """``("numeric", float64 values, NaN missing)`` or ``("text", a large_string array, null missing)``."""
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
@@ -100,17 +102,17 @@ def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = F
         )
     if pa.types.is_null(kind):
         if as_text:
-            return "text", np.full(len(column), None, dtype=object)
+            return "text", pa.nulls(len(column), pa.large_string())
         return "numeric", np.full(len(column), np.nan)
+    if pa.types.is_boolean(kind):
+        return "text", pc.if_else(column, "true", "false").cast(pa.large_string()).combine_chunks()
     if as_text and (pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
-        return "text", np.asarray(pc.cast(column, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+        return "text", column.cast(pa.large_string()).combine_chunks()
     if as_text and pa.types.is_floating(kind):
-        return "text", np.asarray([None if v is None or v != v else _as_text(v) for v in column.to_pylist()],
-                                  dtype=object)
+        return "text", text_array([None if v is None or v != v else _as_text(v) for v in column.to_pylist()])
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         # Integers past 2**53 round to the nearest float64, as they would in a CSV.
-        values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
         infinite = np.flatnonzero(np.isinf(values))
         if len(infinite):
             row = int(infinite[0]) + 1
@@ -120,12 +122,10 @@ def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = F
                 column=position,
             )
         return "numeric", values
-    if pa.types.is_boolean(kind):
-        cells = column.to_numpy(zero_copy_only=False)
-        return "text", np.asarray([None if v is None else "true" if v else "false" for v in cells], dtype=object)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_temporal(kind):
-        strings = column if not pa.types.is_temporal(kind) else pc.cast(column, pa.string())
-        return "text", np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "text", _booleans_as_words(column.cast(pa.large_string()).combine_chunks())
+    if pa.types.is_temporal(kind):
+        return "text", column.cast(pa.large_string()).combine_chunks()
     raise Unprocessable(
         f"column {name!r} is of type {kind}, which is neither numbers nor text", parameter=name, column=position
     )

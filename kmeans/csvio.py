@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -92,13 +92,14 @@ class Expect:
 @dataclass(frozen=True)
 class Table:
     """A parsed table: the numeric columns as the row chunks they were parsed in (float64, C
-    order, NaN where a value is missing), the text columns as object arrays (None: missing)."""
+    order, NaN where a value is missing), the text columns as Arrow large_string arrays
+    (null: missing)."""
 
     chunks: list[np.ndarray]
     columns: list[str]
     # Names of the chunks' columns, in order (None: every column is numeric).
     numeric: list[str] | None = None
-    text: dict[str, np.ndarray] = field(default_factory=dict)
+    text: dict[str, pa.Array] = field(default_factory=dict)
     # Whether the column names came with the data (a header row, JSON objects) or are x1, x2, ….
     named: bool = True
     # The row number (as errors count them) of the first data row: 2 after a CSV header.
@@ -117,6 +118,8 @@ class Table:
 
     @property
     def rows(self) -> int:
+        if not self.chunks and self.text:
+            return len(next(iter(self.text.values())))
         return sum(len(c) for c in self.chunks)
 
     @property
@@ -315,19 +318,29 @@ def _delimiter(head: bytes, options: Options) -> str:
 def _read_typed(
     handle: BinaryIO, header: list[str] | None, delimiter: str, options: Options, expect: Expect | None = None
 ) -> Table:
-    """The general reader (pyarrow's, every cell as text first): quoted fields with delimiters
-    and line breaks inside, NA markers, decimal commas, text columns. Each column becomes
-    numeric when all its values are numbers; one that is mostly numbers with a few that are
-    not is an error naming the first of them."""
+    """The general reader, pyarrow's: quoted fields with delimiters and line breaks inside, NA
+    markers, decimal commas, text columns. pyarrow types each column (numbers, booleans,
+    dates, text); a text column that holds nothing but numbers (quoted, say) is numeric, one
+    that is mostly numbers with a few words is an error naming the first of them."""
     start = handle.tell()
     head = handle.read(FIRST_LINE_WINDOW).decode("utf-8", "replace").lstrip("\ufeff")
     handle.seek(start)
     first = next((line for line in head.splitlines() if line.strip()), "")
     width = len(header) if header else max(1, len(next(csv.reader([first], delimiter=delimiter), [""])))
     names = header or default_columns(width)
+    # Without a header, columns are the model's by position (when it expects some).
+    model_names = list(expect.names) if expect is not None and header is None else []
+    forced = set(expect.text) if expect is not None else set()
+    as_text = [
+        n for i, n in enumerate(names) if n in forced or (i < len(model_names) and model_names[i] in forced)
+    ]
+    na = sorted(options.na_set)
+    # pyarrow reads ahead in threads of its own; a request body must be on disk first.
+    complete = getattr(handle, "complete_file", None)
+    source = complete() if complete is not None else handle
     try:
         arrow = pacsv.read_csv(
-            handle,
+            source,
             read_options=pacsv.ReadOptions(column_names=names, encoding="utf8"),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter,
@@ -336,7 +349,13 @@ def _read_typed(
                 invalid_row_handler=_skip_blank_rows,
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+                column_types={n: pa.large_string() for n in as_text},
+                null_values=na,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+                decimal_point=options.decimal,
+                true_values=["true", "True", "TRUE"],
+                false_values=["false", "False", "FALSE"],
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -345,61 +364,120 @@ def _read_typed(
         handle.seek(0)
         _diagnose(handle, header is not None, delimiter, cells=False)
         raise Unprocessable(f"the CSV file could not be read: {exc}") from None
+    finally:
+        if source is not handle:
+            source.close()
     if arrow.num_rows == 0:
         raise Unprocessable("the CSV file has a header row but no data rows")
-    row_offset = 2 if header else 1
-    na = options.na_set
-    numeric: dict[str, np.ndarray] = {}
-    text: dict[str, np.ndarray] = {}
-    # Without a header, columns are the model's by position (when it expects some).
-    model_names = list(expect.names) if expect is not None and header is None else []
-    forced = set(expect.text) if expect is not None else set()
+    text: dict[str, pa.Array] = {}
+    numeric: list[str] = []
+    kinds: dict[str, Any] = {}
     for position, name in enumerate(names, start=1):
-        cells = _unquoted(pc.utf8_trim_whitespace(arrow.column(name))).to_numpy(zero_copy_only=False)
-        cells = np.where(np.isin(cells, list(na)), None, cells)
-        meant = model_names[position - 1] if position <= len(model_names) else name
-        if name in forced or meant in forced:
-            text[name] = _booleans_as_words(np.asarray(cells, dtype=object))
-            continue
+        column = arrow.column(name)
         try:
-            kind, values = typed_column(cells, options.decimal, position, 0)
-        except Unprocessable as error:
-            # The error counted data rows; a user counts the file's lines (blank ones too).
+            kind, values = _arrow_column(column, name in as_text, options, na)
+        except _BadCell as bad:
             handle.seek(0)
-            line = _line_of(handle, header is not None, delimiter, error.extra["row"])
-            raise Unprocessable(
-                f"row {line}," + error.detail.split(",", 1)[1], row=line, column=position
-            ) from None
-        if kind == "text" and delimiter != "," and options.decimal == ".":
-            _hint_decimal_commas(name, values)
-        (numeric if kind == "numeric" else text)[name] = values
+            if bad.reason.endswith("not UTF-8 text"):
+                _diagnose(handle, header is not None, delimiter, cells=False)  # names the row when it can
+                raise Unprocessable(bad.reason) from None
+            # A user counts the file's lines (the header and blank ones too), not data rows.
+            line = _line_of(handle, header is not None, delimiter, bad.index)
+            raise Unprocessable(f"row {line}, column {position}: {bad.reason}", row=line, column=position) from None
+        if kind == "text":
+            if delimiter != "," and options.decimal == ".":
+                _hint_decimal_commas(name, values)
+            text[name] = values
+        else:
+            numeric.append(name)
+            kinds[name] = values
+    block = np.empty((arrow.num_rows, len(numeric)))
+    for j, name in enumerate(numeric):
+        block[:, j] = kinds.pop(name)
     del arrow
-    chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []
     return Table(
-        chunks=chunks,
+        chunks=[block] if numeric else [],
         columns=names,
-        numeric=[n for n in names if n in numeric],
+        numeric=numeric,
         text=text,
         named=header is not None,
-        first_row=row_offset,
+        first_row=2 if header else 1,
         delimiter=delimiter,
     )
 
 
-_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+class _BadCell(Exception):
+    """A cell that cannot be what its column is: ``index`` its data row (0-based)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index, self.reason = index, reason
 
 
-def _hint_decimal_commas(name: str, values: np.ndarray) -> None:
+# What float() takes that a CSV writer means as a number (no "1_000", no non-ASCII digits).
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(?i:inf|infinity|nan)"
+
+
+def _arrow_column(column: pa.ChunkedArray, as_text: bool, options: Options, na: list[str]) -> tuple[str, Any]:
+    """One column pyarrow read as ``("numeric", float64 values, NaN missing)`` or ``("text",
+    a large_string Arrow array, null missing)``; _BadCell for a typo among numbers or a number
+    that is not finite."""
+    kind = column.type
+    if pa.types.is_null(kind):
+        if as_text:
+            return "text", pa.nulls(len(column), pa.large_string())
+        return "numeric", np.full(len(column), np.nan)
+    if pa.types.is_boolean(kind):
+        return "text", pc.if_else(column, "true", "false").cast(pa.large_string()).combine_chunks()
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return "numeric", _finite(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), column)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # what pyarrow makes of bytes that are not UTF-8
+        raise _BadCell(0, "the CSV file is not UTF-8 text")
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # dates, times: text as written
+        return "text", column.cast(pa.large_string()).combine_chunks()
+    cells = _unquoted(pc.utf8_trim_whitespace(column.cast(pa.large_string())))
+    cells = pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
+    cells = cells.combine_chunks()
+    if as_text:
+        return "text", _booleans_as_words(cells)
+    present = len(cells) - cells.null_count
+    if present == 0:
+        return "numeric", np.full(len(cells), np.nan)
+    written = cells if options.decimal == "." else pc.replace_substring(cells, options.decimal, ".")
+    looks = pc.match_substring_regex(written, f"^({_NUMBER})$")
+    numbers = pc.sum(looks).as_py() or 0
+    if numbers == present:  # numbers pyarrow kept as text (quoted after a space, say)
+        return "numeric", _finite(written.cast(pa.float64()).to_numpy(zero_copy_only=False), cells)
+    # A column of text with some numbers in it is categorical; one of numbers with a few
+    # words is a typo, named (half and half counts as a typo: the answer would be silent).
+    if numbers * 2 < present:
+        return "text", _booleans_as_words(cells)
+    odd = pc.and_(cells.is_valid(), pc.invert(looks.fill_null(False)))
+    index = int(np.flatnonzero(odd.to_numpy(zero_copy_only=False))[0])
+    raise _BadCell(index, f"{str(cells[index].as_py())[:40]!r} is not a number")
+
+
+def _finite(values: np.ndarray, column: Any) -> np.ndarray:
+    """``values`` (float64, NaN where missing) if every present one is finite, else _BadCell."""
+    bad = np.flatnonzero(np.isinf(values))
+    if len(bad):
+        index = int(bad[0])
+        text = str(column[index].as_py())[:40]
+        raise _BadCell(index, f"{text!r} is not a finite number (NaN and infinity are not allowed)")
+    return values
+
+
+def _hint_decimal_commas(name: str, cells: pa.Array) -> None:
     """Unprocessable when a text column of a file not separated by commas holds nothing but
     numbers written with decimal commas: read with ``decimal=.`` it would silently become
     categories."""
-    present = [v for v in values if v is not None]
-    if present and any("," in v for v in present) and all(
-        _DECIMAL_COMMA.fullmatch(v) or _is_number(v) for v in present
-    ):
+    present = cells.drop_null()
+    if not len(present) or not pc.any(pc.match_substring(present, ",")).as_py():
+        return
+    if pc.all(pc.match_substring_regex(present, rf"^([+-]?\d*,\d+|{_NUMBER})$")).as_py():
         raise Unprocessable(
-            f"column {name!r} holds numbers with decimal commas ({present[0][:20]!r}); pass decimal=, to read"
-            " them as numbers",
+            f"column {name!r} holds numbers with decimal commas ({str(present[0].as_py())[:20]!r}); pass"
+            " decimal=, to read them as numbers",
             parameter="decimal",
         )
 
@@ -419,62 +497,21 @@ def _unquoted(cells: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(quoted, inner, cells)
 
 
-def typed_column(cells: np.ndarray, decimal: str, position: int, row_offset: int) -> tuple[str, np.ndarray]:
-    """``("numeric", float64 with NaN for missing)`` when every present cell is a number, else
-    ``("text", cells)``; Unprocessable naming the row when the column is mostly numbers but a
-    few cells are not, or a number is not finite. ``cells``: an object array, None = missing."""
-    series = pd.Series(cells, dtype=object)
-    present = series.notna().to_numpy()
-    if not present.any():
-        return "numeric", np.full(len(cells), np.nan)
-    shown = series[present]
-    if all(type(v) in (int, float) for v in shown.iloc[:64]) and all(type(v) in (int, float) for v in shown):
-        numbers = pd.Series(shown.to_numpy(dtype=np.float64))
-    else:
-        strings = shown.map(lambda v: v if isinstance(v, str) else _as_text(v))
-        if decimal != ".":
-            strings = strings.str.replace(decimal, ".", regex=False)
-        # float() takes "1_000" and non-ASCII digits, which no CSV writer means as numbers.
-        odd = strings.str.contains("_", regex=False) | ~strings.map(str.isascii)
-        numbers = pd.to_numeric(strings.where(~odd, "x"), errors="coerce")
-    good = numbers.notna().to_numpy()
-    if not good.all():
-        # A column of text with some numbers in it is categorical; one of numbers with a few
-        # words is a typo, named (half and half counts as a typo: the answer would be silent).
-        if good.sum() * 2 < len(good):
-            return "text", _booleans_as_words(
-                np.asarray([_as_text(v) if v is not None else None for v in cells], dtype=object)
-            )
-        bad = int(np.flatnonzero(present)[np.flatnonzero(~good)[0]])
-        row = bad + row_offset
-        raise Unprocessable(
-            f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a number", row=row, column=position
-        )
-    values = np.full(len(cells), np.nan)
-    values[present] = numbers.to_numpy(dtype=np.float64)
-    finite = np.isfinite(values[present])
-    if not finite.all():
-        bad = int(np.flatnonzero(present)[np.flatnonzero(~finite)[0]])
-        row = bad + row_offset
-        raise Unprocessable(
-            f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a finite number "
-            "(NaN and infinity are not allowed)",
-            row=row,
-            column=position,
-        )
-    return "numeric", values
-
-
 _BOOLEAN_WORDS = {"true", "false"}
 
 
-def _booleans_as_words(cells: np.ndarray) -> np.ndarray:
+def _booleans_as_words(cells: pa.Array) -> pa.Array:
     """A column of booleans however written (True, FALSE, …) as the words true and false, as JSON
     and Parquet booleans are: one category whatever the file format."""
-    present = {v for v in cells if v is not None}
-    if present and len(present) <= 6 and {v.lower() for v in present} <= _BOOLEAN_WORDS:
-        return np.asarray([None if v is None else v.lower() for v in cells], dtype=object)
+    distinct = pc.unique(cells.drop_null())
+    if 0 < len(distinct) <= 6 and set(pc.utf8_lower(distinct).to_pylist()) <= _BOOLEAN_WORDS:
+        return pc.utf8_lower(cells)
     return cells
+
+
+def text_array(values: Sequence[object]) -> pa.Array:
+    """Text cells (None: missing) as the large_string Arrow array a Table holds."""
+    return pa.array(list(values), type=pa.large_string())
 
 
 def _as_text(value: object) -> str:
@@ -755,12 +792,10 @@ def _typed_table(
     names: list[str], cells: list[list[object]], named: bool, keyed: bool = False, text: set[str] | None = None
 ) -> Table:
     numeric: dict[str, np.ndarray] = {}
-    texts: dict[str, np.ndarray] = {}
+    texts: dict[str, pa.Array] = {}
     for position, (name, column) in enumerate(zip(names, cells, strict=True), start=1):
         if name in (text or ()) or any(type(v) not in (int, float) for v in column if v is not None):
-            texts[name] = _booleans_as_words(
-                np.asarray([None if v is None else _as_text(v) for v in column] + [None], dtype=object)[:-1]
-            )
+            texts[name] = _booleans_as_words(text_array([None if v is None else _as_text(v) for v in column]))
             continue
         numeric[name] = _json_numbers(column, position)
     chunks = [np.column_stack([numeric[n] for n in names if n in numeric])] if numeric else []

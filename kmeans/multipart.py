@@ -192,6 +192,14 @@ class SpoolingReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
+    def complete_file(self) -> BinaryIO:
+        """The whole body on disk (spooled now), opened at this reader's position: for a parser
+        that reads in threads of its own (a request body is read on the event loop's terms)."""
+        self.finish()
+        handle = open(self._path, "rb")  # noqa: SIM115 -- closed by the caller
+        handle.seek(self._pos)
+        return handle
+
     def finish(self) -> SpooledFile:
         """Spool the rest of the body; the file, its sha256 and its size."""
         while self._pull(self._chunk):

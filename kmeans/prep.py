@@ -296,7 +296,10 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
     """Prediction rows (a csvio.Table) -> the encoded feature matrix, matched to the model's
     features by column name when the rows have names, by position otherwise; and how many
     values of each categorical feature were categories the model has not seen."""
-    from kmeans.csvio import _as_text
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from kmeans.csvio import _as_text, text_array
 
     features = features_of(pre)
     names = [f["name"] for f in features]
@@ -324,7 +327,7 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
             )
         sources = list(table.columns)
     numeric_names = table.numeric_columns
-    n = table.rows if table.chunks else len(next(iter(table.text.values())))
+    n = table.rows
     numeric = [(f, s) for f, s in zip(features, sources, strict=True) if f["type"] == "numeric"]
     indices = [numeric_names.index(s) if s in numeric_names else None for _, s in numeric]
     if indices and None not in indices:
@@ -335,11 +338,11 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
         for j, (feature, source) in enumerate(numeric):
             if indices[j] is None:
                 cells = table.text[source]
-                bad = next(i for i, v in enumerate(cells) if v is not None)
+                bad = int(np.flatnonzero(cells.is_valid().to_numpy(zero_copy_only=False))[0])
                 position = table.columns.index(source) + 1
                 row = bad + table.first_row
                 raise Unprocessable(
-                    f"row {row}, column {position}: {str(cells[bad])[:40]!r} is not a number"
+                    f"row {row}, column {position}: {str(cells[bad].as_py())[:40]!r} is not a number"
                     f" (column {feature['name']!r} of model {model_id} is numeric)",
                     row=row,
                     column=position,
@@ -364,9 +367,10 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
         if source in table.text:
             cells = table.text[source]
         else:
-            cells = [None if v != v else _as_text(float(v)) for v in table.numeric_column(source)]
-        lookup = {c: i for i, c in enumerate(feature["categories"])}
-        codes = np.fromiter((-1 if v is None else lookup.get(v, -2) for v in cells), dtype=np.int64, count=n)
+            cells = text_array([None if v != v else _as_text(v) for v in table.numeric_column(source).tolist()])
+        found = pc.index_in(cells, value_set=pa.array(feature["categories"], type=cells.type))
+        codes = found.fill_null(-2).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes[cells.is_null().to_numpy(zero_copy_only=False)] = -1
         if not feature.get("missing_category") and (codes == -1).any():
             strategy = pre.get("missing", "mean")
             if strategy in ("error", "drop_rows"):
@@ -388,8 +392,8 @@ def ids_of(table: Any, pre: dict[str, Any]) -> list[str] | None:
     if not name or not table.named or name not in table.columns:
         return None
     if name in table.text:
-        return ["" if v is None else v for v in table.text[name]]
-    return ["" if v != v else _as_text(float(v)) for v in table.numeric_column(name)]
+        return table.text[name].fill_null("").to_pylist()
+    return ["" if v != v else _as_text(v) for v in table.numeric_column(name).tolist()]
 
 
 def weights(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray | None:

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kmeans import prep
-from kmeans.csvio import Table, _as_text
+from kmeans.csvio import Table, _as_text, text_array
 from kmeans.errors import Unprocessable
 
 # A text column with more distinct values than this is no category (most likely an id).
@@ -33,7 +35,7 @@ class Typed:
     schema: list[dict[str, Any]]
     numeric: list[np.ndarray]  # row chunks of the numeric columns (float64, NaN: missing)
     codes: np.ndarray | None  # rows x categorical columns, int32, -1: missing
-    ids: list[str] | None  # the id column as text ("" where missing)
+    ids: pa.Array | None  # the id column as text ("" where missing)
     id_column: str | None
 
 
@@ -42,23 +44,33 @@ def numeric_schema(columns: list[str]) -> list[dict[str, Any]]:
     return [{"name": c, "type": "numeric", "missing": 0, "distinct": None} for c in columns]
 
 
-def _looks_like_id(values: np.ndarray) -> bool:
+def _looks_like_id(values: pa.Array) -> bool:
     """Text unique in every row, none missing, and each value with a digit in it (A1, 2024-17 …)
     or too many values to be categories."""
-    if any(v is None for v in values):
+    if values.null_count or pc.count_distinct(values).as_py() != len(values):
         return False
-    series = pd.Series(values, dtype=object)
-    if not series.is_unique:
-        return False
-    return len(values) > MAX_CATEGORIES or bool(series.str.contains(r"\d", regex=True).all())
+    return len(values) > MAX_CATEGORIES or bool(pc.all(pc.match_substring_regex(values, r"\d")).as_py())
+
+
+def categories_of(values: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Text values as int32 codes into their sorted distinct values (-1: missing), and those values."""
+    encoded = pc.dictionary_encode(values)
+    found = encoded.dictionary.to_pylist()
+    order = sorted(range(len(found)), key=found.__getitem__)
+    rank = np.empty(len(found), dtype=np.int32)
+    rank[order] = np.arange(len(found), dtype=np.int32)
+    indices = encoded.indices
+    codes = rank[indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(found) else np.zeros(len(values), np.int32)
+    codes[indices.is_null().to_numpy(zero_copy_only=False)] = -1
+    return codes.astype(np.int32, copy=False), [found[i] for i in order]
 
 
 # The longest text value a category or an id may have (api.yaml's Cell: maxLength).
 MAX_TEXT = 10000
 
 
-def _check_length(name: str, values: Any) -> None:
-    longest = max((len(v) for v in values), default=0)
+def _check_length(name: str, values: pa.Array) -> None:
+    longest = pc.max(pc.utf8_length(values)).as_py() or 0
     if longest > MAX_TEXT:
         raise Unprocessable(
             f"column {name!r} has a value of {longest} characters; categories and ids may have at most {MAX_TEXT}",
@@ -76,22 +88,23 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
     numeric_names = table.numeric_columns
     if id_column is None:
         id_column = next((n for n in table.columns if n in table.text and _looks_like_id(table.text[n])), None)
-    rows = table.rows if table.chunks else len(next(iter(table.text.values())))
+    rows = table.rows
     schema: list[dict[str, Any]] = []
     codes: list[np.ndarray] = []
     ids = None
     keep = [i for i, n in enumerate(numeric_names) if n != id_column]
     for name in table.columns:
         if name == id_column:
-            cells = table.text[name] if name in table.text else table.numeric_column(name)
-            texts = [_as_text(v) if v is not None and v == v else "" for v in cells]
-            _check_length(name, texts)
-            ids = texts
-            missing = sum(1 for t in texts if t == "")
-            schema.append({"name": name, "type": "id", "missing": missing, "distinct": int(pd.Series(ids).nunique())})
+            if name in table.text:
+                cells = table.text[name]
+            else:
+                cells = text_array([_as_text(v) if v == v else None for v in table.numeric_column(name).tolist()])
+            _check_length(name, cells)
+            missing = cells.null_count
+            ids = cells.fill_null("")
+            schema.append({"name": name, "type": "id", "missing": missing, "distinct": pc.count_distinct(ids).as_py()})
         elif name in table.text:
-            series = pd.Series(table.text[name], dtype=object)
-            code, categories = pd.factorize(series, sort=True, use_na_sentinel=True)
+            code, categories = categories_of(table.text[name])
             missing = int((code < 0).sum())
             if missing == rows:
                 raise Unprocessable(f"column {name!r} is empty: it has no values", parameter=name)
@@ -101,11 +114,11 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
                     f" categorical column may have: if it identifies rows, name it with id_column",
                     parameter="id_column",
                 )
-            _check_length(name, categories)
-            codes.append(code.astype(np.int32))
+            _check_length(name, table.text[name])
+            codes.append(code)
             schema.append({
                 "name": name, "type": "categorical", "missing": missing, "distinct": len(categories),
-                "categories": [str(c) for c in categories],
+                "categories": categories,
             })
         else:
             schema.append({"name": name, "type": "numeric", "missing": 0, "distinct": None})

@@ -8,6 +8,7 @@ The anomaly threshold of ``contamination`` models is in the same units.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -55,10 +56,16 @@ def score(
 def csv_bytes(result: dict[str, Any]) -> bytes:
     """A CSV with a header: [id], label, [distance], [distance_0 … distance_{k-1}], [anomaly]."""
     header = ["label"]
+    ids = result.get("ids")
+    if ids is not None and not result.keys() - {"labels", "ids", "unknown_categories"}:
+        # id,label only (every labels answer of a dataset with ids): one join, not a row at a time.
+        cells = ids if not _QUOTED.search("\x00".join(ids)) else [_csv_cell(v) for v in ids]
+        labels = map(str, np.asarray(result["labels"]).astype(np.int64).tolist())
+        return ("id,label\n" + "\n".join(map(",".join, zip(cells, labels, strict=True))) + "\n").encode()
     parts = [result["labels"].astype(np.int64)[:, None].astype(str)]
-    if result.get("ids") is not None:
+    if ids is not None:
         header.insert(0, "id")
-        parts.insert(0, np.array([_csv_cell(v) for v in result["ids"]], dtype=object)[:, None])
+        parts.insert(0, np.array([_csv_cell(v) for v in ids], dtype=object)[:, None])
     if "distances" in result:
         header.append("distance")
         parts.append(np.array([repr(float(v)) for v in result["distances"]], dtype=object)[:, None])
@@ -72,6 +79,9 @@ def csv_bytes(result: dict[str, Any]) -> bytes:
     table = np.concatenate([p.astype(object) for p in parts], axis=1) if parts else np.empty((0, 0))
     lines = [",".join(header)] + [",".join(row) for row in table.tolist()]
     return ("\n".join(lines) + "\n").encode()
+
+
+_QUOTED = re.compile(r'[,"\r\n]')
 
 
 def _csv_cell(value: str) -> str:

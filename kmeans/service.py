@@ -218,7 +218,7 @@ class KMeansService:
         self, table: csvio.Table, name: str, sha: str, size: int, project: str, id_column: str | None = None
     ) -> dict[str, Any]:
         typed = schema.classify(table, id_column)
-        rows = table.rows if table.chunks else len(next(iter(table.text.values())))
+        rows = table.rows
         record = {
             "id": new_id("ds"),
             "name": name,

@@ -262,7 +262,10 @@ class Store:
         """Write ids to ``path`` atomically (temp file, fsync, rename)."""
         import pyarrow as pa
 
-        table = pa.table({"id": pa.array(ids, type=pa.large_string())})
+        column = ids.cast(pa.large_string()) if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(
+            list(ids), type=pa.large_string()
+        )
+        table = pa.table({"id": column})
         tmp = self.temp_path(".arrow")
         try:
             with open(tmp, "wb") as out:

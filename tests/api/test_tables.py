@@ -722,3 +722,4 @@ def test_the_classic_predict_takes_columns_by_position_as_it_always_did(api):
     assert classic(b"a,b\n1,100\n100,1\n").text == by_position
     assert_problem(classic(b"x,y,z\n1,100,5\n"), 422, "3 columns")
     assert_problem(api.post("/kmeans/upload", files={"file": ("s.csv", b"1;2\n3;4\n", CSV)}), 422, "delimiter")
+

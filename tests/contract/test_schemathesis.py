@@ -19,6 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import allow_header_conformance
+from schemathesis.transport.serialization import serialize_binary
 
 from kmeans.access import Access
 from kmeans.config import Settings
@@ -45,6 +46,15 @@ expected-statuses = ["2xx", "404", "409", "422"]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 """
 )
+@schemathesis.serializer(
+    "application/vnd.apache.parquet", "application/vnd.apache.arrow.file", "application/vnd.apache.arrow.stream"
+)
+def columnar_bytes(ctx, value) -> bytes:
+    """Generated bodies of the binary table types, sent as the bytes they are (the server must
+    refuse what is not a Parquet or Arrow file with a 422, never a 500)."""
+    return serialize_binary(value)
+
+
 schema = schemathesis.openapi.from_asgi("/kmeans/openapi.json", APP, config=CONFIG).exclude(
     # Server-Sent Events stream until the fit ends; they are not a request/response contract.
     path_regex=r"/events$"
