@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kmeans.csvio import Expect, Table, _as_text, _booleans_as_words, check_names, text_array
+from kmeans.csvio import Expect, Table, _BadCell, _booleans_as_words, check_names, typed_arrow_column
 from kmeans.errors import PayloadTooLarge, Unprocessable
 
 PARQUET = "parquet"
@@ -100,32 +99,17 @@ def _column(name: str, position: int, column: pa.ChunkedArray, as_text: bool = F
             parameter=name,
             column=position,
         )
-    if pa.types.is_null(kind):
-        if as_text:
-            return "text", pa.nulls(len(column), pa.large_string())
-        return "numeric", np.full(len(column), np.nan)
-    if pa.types.is_boolean(kind):
-        return "text", pc.if_else(column, "true", "false").cast(pa.large_string()).combine_chunks()
-    if as_text and (pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
-        return "text", column.cast(pa.large_string()).combine_chunks()
-    if as_text and pa.types.is_floating(kind):
-        return "text", text_array([None if v is None or v != v else _as_text(v) for v in column.to_pylist()])
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        # Integers past 2**53 round to the nearest float64, as they would in a CSV.
-        values = np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
-        infinite = np.flatnonzero(np.isinf(values))
-        if len(infinite):
-            row = int(infinite[0]) + 1
-            raise Unprocessable(
-                f"row {row}, column {position} ({name!r}): {values[row - 1]} is not a finite number",
-                row=row,
-                column=position,
-            )
-        return "numeric", values
+    try:
+        typed = typed_arrow_column(column, as_text, quoted=False)
+    except _BadCell as bad:
+        row = bad.index + 1
+        raise Unprocessable(
+            f"row {row}, column {position} ({name!r}): {bad.reason}", row=row, column=position
+        ) from None
+    if typed is not None:
+        return typed
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return "text", _booleans_as_words(column.cast(pa.large_string()).combine_chunks())
-    if pa.types.is_temporal(kind):
-        return "text", column.cast(pa.large_string()).combine_chunks()
     raise Unprocessable(
         f"column {name!r} is of type {kind}, which is neither numbers nor text", parameter=name, column=position
     )

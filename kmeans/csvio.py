@@ -371,7 +371,7 @@ def _read_typed(
         raise Unprocessable("the CSV file has a header row but no data rows")
     text: dict[str, pa.Array] = {}
     numeric: list[str] = []
-    kinds: dict[str, Any] = {}
+    numeric_values: dict[str, np.ndarray] = {}
     for position, name in enumerate(names, start=1):
         column = arrow.column(name)
         try:
@@ -390,10 +390,10 @@ def _read_typed(
             text[name] = values
         else:
             numeric.append(name)
-            kinds[name] = values
+            numeric_values[name] = values
     block = np.empty((arrow.num_rows, len(numeric)))
     for j, name in enumerate(numeric):
-        block[:, j] = kinds.pop(name)
+        block[:, j] = numeric_values.pop(name)
     del arrow
     return Table(
         chunks=[block] if numeric else [],
@@ -422,18 +422,15 @@ def _arrow_column(column: pa.ChunkedArray, as_text: bool, options: Options, na: 
     """One column pyarrow read as ``("numeric", float64 values, NaN missing)`` or ``("text",
     a large_string Arrow array, null missing)``; _BadCell for a typo among numbers or a number
     that is not finite."""
+    # A column to keep as text is always read as large_string (ConvertOptions column_types), so
+    # as_text only ever matters below, among the strings.
+    typed = typed_arrow_column(column, as_text)
+    if typed is not None:
+        return typed
     kind = column.type
-    if pa.types.is_null(kind):
-        if as_text:
-            return "text", pa.nulls(len(column), pa.large_string())
-        return "numeric", np.full(len(column), np.nan)
-    if pa.types.is_boolean(kind):
-        return "text", pc.if_else(column, "true", "false").cast(pa.large_string()).combine_chunks()
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return "numeric", _finite(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), column)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # what pyarrow makes of bytes that are not UTF-8
         raise _BadCell(0, "the CSV file is not UTF-8 text")
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # dates, times: text as written
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # any other type: text as written
         return "text", column.cast(pa.large_string()).combine_chunks()
     cells = _unquoted(pc.utf8_trim_whitespace(column.cast(pa.large_string())))
     cells = pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
@@ -457,12 +454,39 @@ def _arrow_column(column: pa.ChunkedArray, as_text: bool, options: Options, na: 
     raise _BadCell(index, f"{str(cells[index].as_py())[:40]!r} is not a number")
 
 
-def _finite(values: np.ndarray, column: Any) -> np.ndarray:
+def typed_arrow_column(column: pa.ChunkedArray, as_text: bool = False, quoted: bool = True) -> tuple[str, Any] | None:
+    """A null, boolean, number or date/time column as ("numeric", float64) or ("text", large_string); else None."""
+    # The CSV and the Parquet/Arrow readers' shared part. ``as_text``: a column to keep as text
+    # (numbers as written, whole floats without ".0"); ``quoted``: the _finite message, the CSV's
+    # (the cell quoted, and why) or the bare value. _BadCell for a number that is not finite.
+    kind = column.type
+    if pa.types.is_null(kind):
+        if as_text:
+            return "text", pa.nulls(len(column), pa.large_string())
+        return "numeric", np.full(len(column), np.nan)
+    if pa.types.is_boolean(kind):
+        return "text", pc.if_else(column, "true", "false").cast(pa.large_string()).combine_chunks()
+    if as_text and (pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_temporal(kind)):
+        return "text", column.cast(pa.large_string()).combine_chunks()
+    if as_text and pa.types.is_floating(kind):
+        return "text", text_array([None if v is None or v != v else _as_text(v) for v in column.to_pylist()])
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        # Integers past 2**53 round to the nearest float64 (in a CSV too).
+        values = np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+        return "numeric", _finite(values, column, quoted)
+    if pa.types.is_temporal(kind):  # dates, times: text as written
+        return "text", column.cast(pa.large_string()).combine_chunks()
+    return None
+
+
+def _finite(values: np.ndarray, column: Any, quoted: bool = True) -> np.ndarray:
     """``values`` (float64, NaN where missing) if every present one is finite, else _BadCell."""
     bad = np.flatnonzero(np.isinf(values))
     if len(bad):
         index = int(bad[0])
         text = str(column[index].as_py())[:40]
+        if not quoted:  # Parquet/Arrow: the value itself (only ever inf or -inf)
+            raise _BadCell(index, f"{text} is not a finite number")
         raise _BadCell(index, f"{text!r} is not a finite number (NaN and infinity are not allowed)")
     return values
 

@@ -85,7 +85,7 @@ _QUOTED = re.compile(r'[,"\r\n]')
 
 
 def _csv_cell(value: str) -> str:
-    if any(c in value for c in ',"\r\n'):
+    if _QUOTED.search(value):
         return '"' + value.replace('"', '""') + '"'
     return value
 
