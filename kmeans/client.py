@@ -425,6 +425,24 @@ class KMeansClient:
         """Cancel a queued or running fit."""
         return self._json("POST", f"/models/{_quote(model_id)}/cancel")
 
+    def pause_model(self, model_id: str) -> dict[str, Any]:
+        """Pause a queued or running KMeans fit (its centers are checkpointed, its process freed)."""
+        return self._json("POST", f"/models/{_quote(model_id)}/pause")
+
+    def resume_model(self, model_id: str) -> dict[str, Any]:
+        """Queue a paused fit again, to go on from its checkpoint."""
+        return self._json("POST", f"/models/{_quote(model_id)}/resume")
+
+    def copy_model(
+        self, model_id: str, params: Mapping[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Refit a model's dataset with its params and ``params`` overriding them (202, the new model);
+        ``options``: ``dataset_id``, ``time_limit``, ``callback_url``."""
+        body: dict[str, Any] = dict(options)
+        if params is not None:
+            body["params"] = dict(params)
+        return self._json("POST", f"/models/{_quote(model_id)}/copy", json=body)
+
     def wait_for_model(
         self,
         model_id: str,
@@ -541,10 +559,11 @@ class KMeansClient:
     # -- sweeps -----------------------------------------------------------------------------
 
     def create_sweep(
-        self, dataset_id: str, k_min: int, k_max: int, params: Mapping[str, Any] | None = None
+        self, dataset_id: str, k_min: int, k_max: int, params: Mapping[str, Any] | None = None, **options: Any
     ) -> dict[str, Any]:
-        """Fit every k from ``k_min`` to ``k_max`` (in the background) to choose the number of clusters."""
-        body: dict[str, Any] = {"dataset_id": dataset_id, "k_min": k_min, "k_max": k_max}
+        """Fit every k from ``k_min`` to ``k_max`` (in the background) to choose the number of clusters;
+        ``options`` are further body fields such as ``time_limit`` and ``callback_url``."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "k_min": k_min, "k_max": k_max, **options}
         if params is not None:
             body["params"] = dict(params)
         return self._json("POST", "/sweeps", json=body)
@@ -563,6 +582,27 @@ class KMeansClient:
     def wait_for_sweep(self, sweep_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
         """Poll the sweep until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s."""
         return self._wait(lambda: self.get_sweep(sweep_id), f"sweep {sweep_id}", timeout, poll, None)
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """Cancel a queued or running sweep (the k values it finished stay)."""
+        return self._json("POST", f"/sweeps/{_quote(sweep_id)}/cancel")
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a sweep (cancelled first if it still runs)."""
+        self.request("DELETE", f"/sweeps/{_quote(sweep_id)}")
+
+    def list_jobs(
+        self,
+        offset: int = 0,
+        limit: int = 100,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """The queue: running jobs, then queued ones with their ``position`` (or the jobs in ``status``)."""
+        params = self._params(offset=offset, limit=limit, status=status, kind=kind, project=project)
+        return self._json("GET", "/jobs", params=params)
 
     def sweep_plot(self, sweep_id: str) -> bytes:
         """A PNG of each metric over k."""

@@ -32,6 +32,9 @@ class FitResult:
 
 # progress(fraction 0..1, phase text); it may raise to stop the fit.
 Progress = Callable[[float, str], None]
+# checkpoint(centers): the centers after an iteration, in the space the fit was given; called
+# with a function that makes them (a copy), so that a checkpoint that is not kept costs nothing.
+Checkpoint = Callable[[Callable[[], np.ndarray]], None]
 
 
 class _ProgressReader:
@@ -39,8 +42,16 @@ class _ProgressReader:
 
     _ITERATION = re.compile(r"^Iteration (\d+),")
 
-    def __init__(self, n_init: int, max_iter: int, progress: Progress) -> None:
+    def __init__(
+        self,
+        n_init: int,
+        max_iter: int,
+        progress: Progress,
+        checkpoint: Checkpoint | None = None,
+        offset: np.ndarray | None = None,
+    ) -> None:
         self.n_init, self.max_iter, self.progress = n_init, max_iter, progress
+        self.checkpoint, self.offset = checkpoint, offset
         self.init = self.step = 0
         self._line = ""
 
@@ -111,6 +122,10 @@ def _hook_iteration(iterate: Callable[..., Any]) -> Callable[..., Any]:
         result = iterate(*args, **kwargs)
         reader = getattr(_listeners, "reader", None)
         if reader is not None and kwargs.get("update_centers", True):  # not the final relabelling
+            if reader.checkpoint is not None and len(args) > 3:
+                # The new centers (both iterations' 4th argument), in KMeans' own space: the data
+                # less its mean, which it subtracts before its runs (and adds back after).
+                reader.checkpoint(lambda: np.asarray(args[3], dtype=np.float64) + reader.offset)
             reader.iterated()
         return result
 
@@ -255,14 +270,21 @@ def _estimator(params: dict[str, Any], verbose: bool) -> Any:
     return KMeans(**options, verbose=int(verbose))
 
 
+def can_checkpoint(params: dict[str, Any]) -> bool:
+    """Whether a fit with ``params`` reports its centers as it goes (KMeans, where the hooks exist)."""
+    return params.get("method", "kmeans") == "kmeans" and HOOKED
+
+
 def fit(
     values: np.ndarray,
     params: dict[str, Any],
     progress: Progress | None = None,
     sample_weight: np.ndarray | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> FitResult:
     """Fit ``params["method"]`` (KMeans, MiniBatchKMeans or BisectingKMeans; params already
-    validated against the spec) on ``values``, already in the model's fitted space."""
+    validated against the spec) on ``values``, already in the model's fitted space. With
+    ``checkpoint`` (KMeans only), the centers after each iteration are offered to it."""
     method = params.get("method", "kmeans")
     hooked = progress is not None and method == "kmeans" and HOOKED
     verbose = progress is not None and method != "bisecting" and not hooked
@@ -270,7 +292,10 @@ def fit(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if hooked:
-            _listeners.reader = _ProgressReader(resolved_n_init(params), params.get("max_iter", 300), progress)
+            offset = np.asarray(values).mean(axis=0) if checkpoint is not None else None
+            _listeners.reader = _ProgressReader(
+                resolved_n_init(params), params.get("max_iter", 300), progress, checkpoint, offset
+            )
             try:
                 model.fit(values, sample_weight=sample_weight)
             finally:

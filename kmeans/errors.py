@@ -56,6 +56,10 @@ class FitFailed(ProblemError):
     status, title = 500, "Fit Failed"
 
 
+class SweepFailed(ProblemError):
+    status, title = 500, "Sweep Failed"
+
+
 class Unavailable(ProblemError):
     status, title = 503, "Service Unavailable"
 

@@ -1,8 +1,9 @@
-"""One fit, start to finish, in whatever process runs it: a local child process or a Dask worker.
+"""One job (a fit or a sweep), start to finish, in whatever process runs it: a local child
+process or a Dask worker.
 
-It talks to the rest of the service only through the data dir: it reads the model and the
+It talks to the rest of the service only through the data dir: it reads the job and the
 dataset, writes progress while it runs, and writes the result only if its run still owns
-the model (``run_token``): a fit that was cancelled, timed out or re-queued elsewhere
+the job (``run_token``): a job that was cancelled, timed out or re-queued elsewhere
 meanwhile leaves no trace.
 """
 
@@ -15,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import FitFailed, ProblemError
+from kmeans.errors import FitFailed, ProblemError, SweepFailed
 from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -42,70 +44,129 @@ class TimeLimitExceeded(Exception):
     """The fit ran longer than its time limit."""
 
 
-def time_limit_problem(limit: float) -> dict:
-    """The error a model gets when its fit runs out of time."""
-    return FitFailed(
-        f"the fit exceeded its time limit of {limit:g} s and was stopped;"
-        " give it a larger time_limit or fewer n_init/max_iter"
+FAILED = {"fit": FitFailed, "sweep": SweepFailed}  # the problem a failed job of each kind records
+WHAT = {"fit": "fit", "sweep": "sweep"}
+
+
+def time_limit_problem(limit: float, kind: str = "fit") -> dict:
+    """The error a job gets when it runs out of time."""
+    advice = "fewer n_init/max_iter" + (" or a narrower k range" if kind == "sweep" else "")
+    return FAILED[kind](
+        f"the {WHAT[kind]} exceeded its time limit of {limit:g} s and was stopped; give it a larger time_limit or"
+        f" {advice}"
     ).to_problem()
 
 
-def execute(data_dir: str, model_id: str, run_token: str, time_limit: float | None, cooperative: bool) -> str:
-    """Run the fit of ``model_id`` for the run ``run_token``; returns how it ended.
+class JobRun:
+    """What a running job may do: report progress, and learn that it must stop.
 
-    ``cooperative``: there is no process to kill (a Dask task), so the fit itself checks for
-    cancellation and its time limit at every iteration.
+    ``cooperative``: there is no process to kill (a Dask task), so the job itself checks for
+    cancellation and its time limit whenever it reports progress.
     """
-    store = Store(Path(data_dir))
-    model = store.get_model(model_id)
-    if model is None or model["status"] != "running" or model["run_token"] != run_token:
-        return "skipped"
-    started = time.monotonic()
-    last_write = last_check = 0.0
 
-    def progress(fraction: float, phase: str) -> None:
-        nonlocal last_write, last_check
+    def __init__(
+        self, store: Store, kind: str, job_id: str, run_token: str, time_limit: float | None, cooperative: bool
+    ) -> None:
+        self.store, self.kind, self.job_id, self.run_token = store, kind, job_id, run_token
+        self.time_limit, self.cooperative = time_limit, cooperative
+        self.started = time.monotonic()
+        self._last_write = self._last_check = 0.0
+
+    def progress(self, fraction: float, phase: str) -> None:
+        """Record progress (at most every PROGRESS_EVERY s); raises Stopped or TimeLimitExceeded."""
         moment = time.monotonic()
-        if cooperative and moment - last_check >= CHECK_EVERY:
-            last_check = moment
-            if time_limit and moment - started > time_limit:
+        if self.cooperative and moment - self._last_check >= CHECK_EVERY:
+            self._last_check = moment
+            if self.time_limit and moment - self.started > self.time_limit:
                 raise TimeLimitExceeded
-            current = store.get_model(model_id)
-            if current is None or current["status"] != "running" or current["run_token"] != run_token:
+            current = self.store.get_job(self.kind, self.job_id)
+            if current is None or current["status"] != "running" or current["run_token"] != self.run_token:
                 raise Stopped
-        if moment - last_write >= PROGRESS_EVERY:
-            last_write = moment
-            if not store.update_model(model_id, ("running",), run_token, progress=round(fraction, 4), phase=phase):
-                raise Stopped
+        if moment - self._last_write >= PROGRESS_EVERY:
+            self._last_write = moment
+            self.update(progress=round(fraction, 4), phase=phase)
 
+    def update(self, **fields: object) -> None:
+        """Write ``fields`` to the job if this run still owns it; else raise Stopped."""
+        if not self.store.update_job(self.kind, self.job_id, ("running",), self.run_token, **fields):
+            raise Stopped
+
+
+def execute(
+    data_dir: str, kind: str, job_id: str, run_token: str, time_limit: float | None, cooperative: bool
+) -> str:
+    """Run the job ``(kind, job_id)`` for the run ``run_token``; returns how it ended."""
+    store = Store(Path(data_dir))
+    job = store.get_job(kind, job_id)
+    if job is None or job["status"] != "running" or job["run_token"] != run_token:
+        return "skipped"
+    run = JobRun(store, kind, job_id, run_token, time_limit, cooperative)
+    failed = FAILED[kind]
     try:
-        clock = time.perf_counter()
-        fitted = prepared_fit(store, model, progress)
-        seconds = time.perf_counter() - clock
+        return _runner(kind)(store, job, run)
     except Stopped:
         return "stopped"
     except TimeLimitExceeded:
-        store.update_model(
-            model_id, ("running",), run_token, status="failed", finished_at=now(), error=time_limit_problem(time_limit)
+        store.update_job(
+            kind, job_id, ("running",), run_token, status="failed", finished_at=now(), phase="time limit exceeded",
+            error=time_limit_problem(time_limit, kind),
         )
         return "timed out"
-    except Exception as exc:  # the fit's failure belongs to the model, not to the process
-        log.exception("fit of model %s failed", model_id)
+    except Exception as exc:  # the job's failure belongs to its resource, not to the process
+        log.exception("%s %s failed", kind, job_id)
         if isinstance(exc, FileNotFoundError):
-            detail = "the dataset's data file is missing; it was deleted before the fit started"
-        elif isinstance(exc, (ValueError, ProblemError)):
+            detail = f"the dataset's data file is missing; it was deleted before the {WHAT[kind]} started"
+        elif isinstance(exc, ProblemError):
+            detail = exc.detail
+        elif isinstance(exc, ValueError):
             detail = str(exc)
         else:
-            detail = f"the fit failed: {type(exc).__name__}: {exc}"
-        store.update_model(
-            model_id, ("running",), run_token, status="failed", finished_at=now(), error=FitFailed(detail).to_problem()
+            detail = f"the {WHAT[kind]} failed: {type(exc).__name__}: {exc}"
+        store.update_job(
+            kind, job_id, ("running",), run_token, status="failed", finished_at=now(), phase="failed",
+            error=failed(detail).to_problem(),
         )
         return "failed"
+
+
+def _runner(kind: str) -> Callable[[Store, dict, JobRun], str]:
+    if kind == "sweep":
+        from kmeans import sweeps  # sweeps use this module's preprocessing
+
+        return sweeps.run
+    return run_fit
+
+
+class _Checkpoints:
+    """Saves a KMeans fit's centers as it goes (at most every PROGRESS_EVERY s), so that a
+    paused fit can resume from them."""
+
+    def __init__(self, store: Store, path: Path) -> None:
+        self.store, self.path = store, path
+        self._last = 0.0
+
+    def __call__(self, centers: Callable[[], np.ndarray]) -> None:
+        moment = time.monotonic()
+        if moment - self._last >= PROGRESS_EVERY:
+            self._last = moment
+            self.store.save_array(self.path, centers())  # atomic: a kill leaves the previous one
+
+
+def run_fit(store: Store, model: dict, run: JobRun) -> str:
+    """Fit a model and store its result (if its run still owns it); returns how it ended.
+
+    A resumed fit (``checkpoint`` set when it was resumed) starts from the saved centers."""
+    path = store.checkpoint_path(model["id"])
+    start = Store.load_array(path) if model.get("checkpoint") and path.exists() else None
+    saver = _Checkpoints(store, path) if engine.can_checkpoint(model["params"]) else None
+    clock = time.perf_counter()
+    fitted = prepared_fit(store, model, run.progress, start=start, checkpoint=saver)
+    seconds = time.perf_counter() - clock
     result = fitted.result
     sizes = np.bincount(result.labels[result.labels >= 0], minlength=result.centers.shape[0])
     done = store.finish_model(
-        model_id,
-        run_token,
+        model["id"],
+        run.run_token,
         result.centers,
         result.labels,
         finished_at=now(),
@@ -130,13 +191,19 @@ class PreparedFit:
     threshold: float | None
 
 
-def prepared_fit(store: Store, model: dict, progress: engine.Progress | None = None) -> PreparedFit:
+def prepared_fit(
+    store: Store,
+    model: dict,
+    progress: engine.Progress | None = None,
+    start: np.ndarray | None = None,
+    checkpoint: engine.Checkpoint | None = None,
+) -> PreparedFit:
     """Select, weigh, scale and normalise the dataset as the model's options say, fit, and
     measure: the metrics and the contamination threshold are in the fitted space."""
     params = model["params"]
     pre = model["preprocessing"]
     values, codes = store.dataset_arrays(model["dataset_id"])
-    return fit_values(values, params, pre, progress, codes=codes)
+    return fit_values(values, params, pre, progress, codes=codes, start=start, checkpoint=checkpoint)
 
 
 def prepare(
@@ -159,8 +226,11 @@ def fit_values(
     progress: engine.Progress | None = None,
     metrics: bool = True,
     codes: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+    checkpoint: engine.Checkpoint | None = None,
 ) -> PreparedFit:
-    """The fit of dataset rows ``values`` with the options ``params`` and the plan ``pre``."""
+    """The fit of dataset rows ``values`` with the options ``params`` and the plan ``pre``;
+    with ``start`` (centers in the fitted space: a checkpoint), one run from those centers."""
     fitted_space, pre, weights, kept = prepare(values, params, pre, codes)
     if len(fitted_space) < prep.n_clusters(params):
         raise FitFailed(
@@ -168,9 +238,11 @@ def fit_values(
             " after leaving out rows with missing values"
         )
     fit_params = dict(params)
-    if isinstance(params.get("init"), list):
+    if start is not None:
+        fit_params.update(init=np.asarray(start, dtype=np.float64).tolist(), n_init=1)
+    elif isinstance(params.get("init"), list):
         fit_params["init"] = prep.transform(np.asarray(params["init"], dtype=np.float64), pre).tolist()
-    result = engine.fit(fitted_space, fit_params, progress, sample_weight=weights)
+    result = engine.fit(fitted_space, fit_params, progress, sample_weight=weights, checkpoint=checkpoint)
     quality = engine.quality(fitted_space, result.labels, params.get("random_state")) if metrics else {}
     threshold = None
     if params.get("contamination") is not None:
@@ -225,7 +297,7 @@ def _reuse_freed_memory() -> None:
 def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
     """Entry point of a local fit process; ``owner`` is the pid of the server process.
 
-    It runs the fits ``(model_id, run_token)`` that arrive on ``jobs`` one after the other,
+    It runs the jobs ``(kind, job_id, run_token)`` that arrive on ``jobs`` one after the other,
     answering each with how it ended, and exits when none came for IDLE_SECONDS, the server
     hung up, or a fit was stopped. A process's first fit is its slow one (1M x 8: 0.44-0.74 s,
     where its next fits took 0.35-0.45 s), so a process is kept for the next fit.
@@ -237,8 +309,8 @@ def child_main(data_dir: str, jobs: Connection, owner: int) -> None:
         threading.Thread(target=_watch_owner, args=(owner,), name="kmeans-owner-watch", daemon=True).start()
     try:
         while jobs.poll(IDLE_SECONDS):
-            model_id, run_token = jobs.recv()
-            outcome = execute(data_dir, model_id, run_token, None, cooperative=False)
+            kind, job_id, run_token = jobs.recv()
+            outcome = execute(data_dir, kind, job_id, run_token, None, cooperative=False)
             jobs.send(outcome)
             if outcome not in REUSABLE:  # stopped (cancelled, deleted, taken over): as if killed
                 break

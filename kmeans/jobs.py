@@ -1,11 +1,16 @@
-"""Where fits run: a FIFO queue in the database, and a dispatcher in every server process.
+"""Where background work runs: one queue in the database, and a dispatcher in every server process.
 
-The queue is the ``models`` table itself: a fit is ``queued`` until some process's dispatcher
-claims it, atomically and only while fewer than ``max_concurrent_fits`` fits run across all
-processes that share the data dir. The claimant runs it in a separate process (locally, or
-as a task on a Dask cluster), beats a heartbeat for it, kills it when it is cancelled or runs
-out of time, and re-queues it once if a process running it died (no heartbeat). Nothing about
-a fit lives only in memory, so any process can report on, cancel or recover any fit.
+Every kind of job -- a fit, a sweep, a webhook delivery -- is a row with the same lifecycle
+(queued -> running -> succeeded / failed / cancelled; a fit may also be paused), and the
+``jobs`` view of the store is the queue over all of them. A job is ``queued`` until some
+process's dispatcher claims it, atomically, in the store's fair order (first-in first-out
+within a project, round-robin between projects), and only while fewer than
+``max_concurrent_fits`` fits and sweeps run across all processes that share the data dir.
+The claimant runs a fit or sweep in a separate process (locally, or as a task on a Dask
+cluster) and a delivery in a thread (it waits on the network, not the CPU); it beats a
+heartbeat for it, kills it when it is cancelled or runs out of time, and re-queues it if the
+process running it died (no heartbeat). Nothing about a job lives only in memory, so any
+process can report on, cancel or recover any job.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
@@ -40,8 +46,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+Key = tuple[str, str]  # (kind, id) of a job
+
+
 class Run(Protocol):
-    """A fit in progress somewhere."""
+    """A job in progress somewhere."""
 
     def done(self) -> bool: ...
 
@@ -51,7 +60,7 @@ class Run(Protocol):
 
 
 class Launcher(Protocol):
-    def start(self, model: dict[str, Any]) -> Run: ...
+    def start(self, job: dict[str, Any]) -> Run: ...
 
     def close(self) -> None: ...
 
@@ -99,14 +108,14 @@ class LocalLauncher:
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["kmeans.fitjob", "kmeans.fitwarm"])
+        self._context.set_forkserver_preload(["kmeans.fitjob", "kmeans.sweeps", "kmeans.fitwarm"])
         self._runs: list[LocalRun] = []  # the latest run of each fit process
         # Start the fork server (it imports numpy and scikit-learn and warms them up, ~2 s)
         # now, in the background, rather than when the first fit is waiting for it.
         threading.Thread(target=forkserver.ensure_running, name="kmeans-forkserver", daemon=True).start()
 
-    def start(self, model: dict[str, Any]) -> LocalRun:
-        job = (model["id"], model["run_token"])
+    def start(self, record: dict[str, Any]) -> LocalRun:
+        job = (record["kind"], record["id"], record["run_token"])
         for run in list(self._runs):
             if not run.done():
                 continue
@@ -170,16 +179,17 @@ class DaskLauncher:
         self.data_dir = data_dir
         self.client = Client(address, set_as_default=False, timeout=30)
 
-    def start(self, model: dict[str, Any]) -> DaskRun:
-        limit = model.get("time_limit")
+    def start(self, job: dict[str, Any]) -> DaskRun:
+        limit = job.get("time_limit")
         future = self.client.submit(
             fitjob.execute,
             self.data_dir,
-            model["id"],
-            model["run_token"],
+            job["kind"],
+            job["id"],
+            job["run_token"],
             limit,
             True,
-            key=f"kmeans-fit-{model['id']}-{model['run_token']}",
+            key=f"kmeans-{job['kind']}-{job['id']}-{job['run_token']}",
             pure=False,
         )
         return DaskRun(future)
@@ -188,17 +198,53 @@ class DaskLauncher:
         self.client.close()
 
 
+class ThreadRun:
+    """A job that waits on the network rather than the CPU (a webhook delivery), in a thread of
+    this process. It cannot be killed; a delivery attempt is bounded by its timeout, and the
+    outcome of a run that no longer owns its job is discarded (``run_token``)."""
+
+    def __init__(self, target: Callable[[dict[str, Any]], None], job: dict[str, Any]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, args=(target, job), name=f"kmeans-{job['kind']}", daemon=True)
+        self.thread.start()
+
+    def _main(self, target: Callable[[dict[str, Any]], None], job: dict[str, Any]) -> None:
+        try:
+            target(job)
+        except BaseException as exc:  # recorded on the job by the dispatcher
+            log.exception("%s %s failed", job["kind"], job["id"])
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def stop(self) -> None:
+        pass
+
+    def outcome(self) -> str:
+        return "exited normally" if self.error is None else f"raised {type(self.error).__name__}: {self.error}"
+
+
 @dataclass
 class _Active:
-    model_id: str
+    key: Key
     run_token: str
     run: Run
     started: float = field(default_factory=time.monotonic)
     time_limit: float | None = None
 
 
+@dataclass
+class Deliveries:
+    """How this process delivers webhooks: ``run(delivery)`` makes one attempt and records it."""
+
+    run: Callable[[dict[str, Any]], None]
+    max_running: int = 4
+    max_attempts: int = 5
+
+
 class Dispatcher:
-    """Claims queued fits, runs them, watches them, recovers them. One per server process."""
+    """Claims queued jobs, runs them, watches them, recovers them. One per server process."""
 
     def __init__(
         self,
@@ -206,28 +252,32 @@ class Dispatcher:
         launcher: Launcher,
         max_running: int,
         heartbeat_timeout: float,
-        on_terminal: Any = None,
+        on_terminal: Callable[[str, str], None] | None = None,
+        deliveries: Deliveries | None = None,
+        housekeeping: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
         self.max_running = max_running
         self.heartbeat_timeout = heartbeat_timeout
-        self.on_terminal = on_terminal or (lambda model_id: None)
+        self.on_terminal = on_terminal or (lambda kind, job_id: None)
+        self.deliveries = deliveries
+        self.housekeeping = housekeeping or (lambda: None)
         self.worker = worker_name()
-        self._active: dict[str, _Active] = {}
+        self._active: dict[Key, _Active] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._beater: threading.Thread | None = None
-        # The runs this process owns, starting or running: {model_id: run_token}. Beaten by
+        # The runs this process owns, starting or running: {(kind, id): run_token}. Beaten by
         # a thread of their own, so that a slow start (the fork server coming up on a busy
         # machine) never looks like a dead process to the other servers.
-        self._owned: dict[str, str] = {}
+        self._owned: dict[Key, str] = {}
         self._owned_lock = threading.Lock()
         self._last_sweep = 0.0
 
     def start(self) -> None:
-        """Start dispatching (and beating the heartbeats of fits run here) in background threads."""
+        """Start dispatching (and beating the heartbeats of jobs run here) in background threads."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="kmeans-dispatcher", daemon=True)
             self._beater = threading.Thread(target=self._beat_loop, name="kmeans-heartbeat", daemon=True)
@@ -235,11 +285,11 @@ class Dispatcher:
             self._beater.start()
 
     def wake(self) -> None:
-        """Look at the queue now (a fit was just queued)."""
+        """Look at the queue now (a job was just queued or cancelled)."""
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop dispatching; fits running here are stopped and put back in the queue."""
+        """Stop dispatching; jobs running here are stopped and put back in the queue."""
         self._stopping.set()
         self._wake.set()
         for thread in (self._thread, self._beater):
@@ -248,27 +298,28 @@ class Dispatcher:
         self._thread = self._beater = None
         for active in list(self._active.values()):
             active.run.stop()
+            kind, job_id = active.key
             # A shutdown is nobody's failure: the attempt does not count.
-            self.store.update_model(
-                active.model_id, ("running",), active.run_token, status="queued", run_token=None,
+            self.store.update_job(
+                kind, job_id, ("running",), active.run_token, status="queued", run_token=None,
                 queued_at=now(), phase="re-queued: the server running it shut down", progress=0,
-                attempts=max(0, self._attempts(active.model_id) - 1),
+                attempts=max(0, self._attempts(active.key) - 1),
             )
         self._active.clear()
         with self._owned_lock:
             self._owned.clear()
         self.launcher.close()
 
-    def _attempts(self, model_id: str) -> int:
-        model = self.store.get_model(model_id)
-        return model["attempts"] if model else 0
+    def _attempts(self, key: Key) -> int:
+        job = self.store.get_job(*key)
+        return job["attempts"] if job else 0
 
-    def _own(self, model_id: str, run_token: str | None) -> None:
+    def _own(self, key: Key, run_token: str | None) -> None:
         with self._owned_lock:
             if run_token is None:
-                self._owned.pop(model_id, None)
+                self._owned.pop(key, None)
             else:
-                self._owned[model_id] = run_token
+                self._owned[key] = run_token
 
     def _beat_loop(self) -> None:
         while not self._stopping.wait(BEAT_EVERY):
@@ -289,88 +340,110 @@ class Dispatcher:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round: reap, enforce cancellations and limits, sweep, claim."""
+        """One round: reap, enforce cancellations and limits, recover, claim."""
         self._reap()
         self._enforce()
         moment = time.monotonic()
         if moment - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = moment
             self.recover_stale()
+            self.housekeeping()
         self._claim()
+        if self.deliveries is not None:
+            self._claim_deliveries()
 
     def _reap(self) -> None:
-        for model_id, active in list(self._active.items()):
+        for key, active in list(self._active.items()):
             if not active.run.done():
                 continue
-            del self._active[model_id]
-            self._own(model_id, None)
-            model = self.store.get_model(model_id)
-            if model is not None and model["status"] == "running" and model["run_token"] == active.run_token:
-                # The process ended without recording an outcome: it crashed or was killed.
-                self._requeue_or_fail(model, f"the fit process {active.run.outcome()}")
-            self.on_terminal(model_id)
+            del self._active[key]
+            self._own(key, None)
+            job = self.store.get_job(*key)
+            if job is not None and job["status"] == "running" and job["run_token"] == active.run_token:
+                # The run ended without recording an outcome: it crashed or was killed.
+                self._requeue_or_fail(job, f"the {key[0]} process {active.run.outcome()}")
+            if job is not None and key[0] != "webhook":
+                self.on_terminal(*key)
 
     def _enforce(self) -> None:
         if not self._active:
             return
-        current = self.store.models_by_id(list(self._active))
-        for model_id, active in list(self._active.items()):
-            model = current.get(model_id)
-            if model is None or model["status"] != "running" or model["run_token"] != active.run_token:
-                active.run.stop()  # cancelled, deleted, or taken over: free the CPU now
+        current = self.store.jobs_by_key(list(self._active))
+        for key, active in list(self._active.items()):
+            job = current.get(key)
+            if job is None or job["status"] != "running" or job["run_token"] != active.run_token:
+                active.run.stop()  # cancelled, paused, deleted, or taken over: free the CPU now
             elif active.time_limit and time.monotonic() - active.started > active.time_limit:
                 active.run.stop()
-                self.store.update_model(
-                    model_id, ("running",), active.run_token, status="failed", finished_at=now(),
-                    error=fitjob.time_limit_problem(active.time_limit), phase="time limit exceeded",
+                self.store.update_job(
+                    *key, ("running",), active.run_token, status="failed", finished_at=now(),
+                    error=fitjob.time_limit_problem(active.time_limit, key[0]), phase="time limit exceeded",
                 )
 
     def recover_stale(self) -> int:
-        """Re-queue (once) or fail running fits whose process stopped beating; returns how many."""
+        """Re-queue or fail running jobs whose process stopped beating; returns how many."""
         count = 0
-        for model in self.store.stale_runs(time.time() - self.heartbeat_timeout):
-            if model["id"] in self._active or model["id"] in self._owned:
+        for job in self.store.stale_runs(time.time() - self.heartbeat_timeout):
+            key = (job["kind"], job["id"])
+            if key in self._active or key in self._owned:
                 continue
             self._requeue_or_fail(
-                model, f"the process running it ({model.get('worker')}) stopped answering for"
+                job, f"the process running it ({job.get('worker')}) stopped answering for"
                 f" {self.heartbeat_timeout:g} s",
             )
             count += 1
         return count
 
-    def _requeue_or_fail(self, model: dict[str, Any], why: str) -> None:
-        if model["attempts"] < MAX_ATTEMPTS:
-            changed = self.store.update_model(
-                model["id"], ("running",), model["run_token"], status="queued", run_token=None,
+    def _max_attempts(self, kind: str) -> int:
+        return self.deliveries.max_attempts if kind == "webhook" and self.deliveries else MAX_ATTEMPTS
+
+    def _requeue_or_fail(self, job: dict[str, Any], why: str) -> None:
+        kind = job["kind"]
+        if job["attempts"] < self._max_attempts(kind):
+            changed = self.store.update_job(
+                kind, job["id"], ("running",), job["run_token"], status="queued", run_token=None,
                 queued_at=now(), progress=0, phase=f"re-queued: {why}",
             )
-            log.warning("model %s re-queued: %s", model["id"], why)
+            log.warning("%s %s re-queued: %s", kind, job["id"], why)
         else:
-            changed = self.store.update_model(
-                model["id"], ("running",), model["run_token"], status="failed", finished_at=now(),
+            failed = fitjob.FAILED.get(kind, FitFailed)
+            changed = self.store.update_job(
+                kind, job["id"], ("running",), job["run_token"], status="failed", finished_at=now(),
                 phase="failed",
-                error=FitFailed(f"{why}, on {model['attempts']} attempts; the fit was given up").to_problem(),
+                error=failed(f"{why}, on {job['attempts']} attempts; the {kind} was given up").to_problem(),
             )
-            log.warning("model %s failed: %s", model["id"], why)
-            if changed:
-                self.on_terminal(model["id"])
+            log.warning("%s %s failed: %s", kind, job["id"], why)
+            if changed and kind != "webhook":
+                self.on_terminal(kind, job["id"])
 
     def _claim(self) -> None:
         while not self._stopping.is_set() and self.store.has_queued():
-            model = self.store.claim_next(self.worker, self.max_running, secrets.token_hex(8))
-            if model is None:
+            job = self.store.claim_next(self.worker, self.max_running, secrets.token_hex(8))
+            if job is None:
                 return
-            self._own(model["id"], model["run_token"])
+            key = (job["kind"], job["id"])
+            self._own(key, job["run_token"])
             try:
-                run = self.launcher.start(model)
+                run = self.launcher.start(job)
             except Exception as exc:
-                self._own(model["id"], None)
-                log.exception("could not start the fit of %s", model["id"])
-                self.store.update_model(
-                    model["id"], ("running",), model["run_token"], status="failed", finished_at=now(),
-                    error=FitFailed(f"the fit could not be started: {exc}").to_problem(),
+                self._own(key, None)
+                log.exception("could not start %s %s", *key)
+                failed = fitjob.FAILED[job["kind"]]
+                self.store.update_job(
+                    *key, ("running",), job["run_token"], status="failed", finished_at=now(),
+                    error=failed(f"the {job['kind']} could not be started: {exc}").to_problem(),
                 )
-                self.on_terminal(model["id"])
+                self.on_terminal(*key)
                 continue
-            limit = model.get("time_limit")
-            self._active[model["id"]] = _Active(model["id"], model["run_token"], run, time_limit=limit)
+            self._active[key] = _Active(key, job["run_token"], run, time_limit=job.get("time_limit"))
+
+    def _claim_deliveries(self) -> None:
+        while not self._stopping.is_set() and self.store.has_queued(("webhook",)):
+            job = self.store.claim_next(
+                self.worker, self.deliveries.max_running, secrets.token_hex(8), kinds=("webhook",)
+            )
+            if job is None:
+                return
+            key = (job["kind"], job["id"])
+            self._own(key, job["run_token"])
+            self._active[key] = _Active(key, job["run_token"], ThreadRun(self.deliveries.run, job))

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from kmeans import access, csvio, engine, prep, schema, webhooks
+from kmeans import access, csvio, engine, prep, schema, sweeps, webhooks
 from kmeans.config import Settings
 from kmeans.errors import (
     Conflict,
@@ -26,7 +26,7 @@ from kmeans.errors import (
     PayloadTooLarge,
     Unprocessable,
 )
-from kmeans.jobs import DaskLauncher, Dispatcher, Launcher, LocalLauncher
+from kmeans.jobs import DaskLauncher, Deliveries, Dispatcher, Launcher, LocalLauncher
 from kmeans.multipart import GrowingReader, SpooledFile, SpoolingReader
 from kmeans.store import ACTIVE, TERMINAL, Store, new_id, now
 
@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
 EVENT_POLL = 0.25  # seconds between looks at a model whose events are streamed
 DEFAULT_N_CLUSTERS = 8
-PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version")
+PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
+WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery"}  # what a job of each kind is called
+COLLECTION = {"fit": "models", "sweep": "sweeps"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
 Upload = SpooledFile | BinaryIO
@@ -131,6 +133,8 @@ class KMeansService:
                 self.settings.max_concurrent_fits,
                 self.settings.heartbeat_timeout,
                 on_terminal=self.notify,
+                deliveries=Deliveries(self._deliver, max_attempts=self.settings.webhook_attempts),
+                housekeeping=self._queue_deliveries,
             )
             self.dispatcher.start()
 
@@ -326,6 +330,7 @@ class KMeansService:
         time_limit: float | None = None,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        copied_from: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Queue a fit of ``dataset_id``; returns (the model, whether it was created now).
 
@@ -345,8 +350,7 @@ class KMeansService:
                 f" of dataset {dataset_id}",
                 parameter="n_clusters",
             )
-        if callback_url is not None:
-            webhooks.check_url(callback_url, list(self.settings.webhook_allow))
+        secret = self._callback_secret(callback_url)
         stamp = now()
         record = {
             "id": new_id("m"),
@@ -362,7 +366,9 @@ class KMeansService:
             "preprocessing": pre,
             "time_limit": time_limit or self.settings.fit_time_limit,
             "callback_url": callback_url,
+            "callback_secret": secret,
             "project": dataset["project"],
+            "copied_from": copied_from,
         }
         # Keys are per project: one project's key never finds another's model.
         key = (f"{dataset['project']}/{idempotency_key}", fingerprint) if idempotency_key else None
@@ -375,9 +381,8 @@ class KMeansService:
                     parameter="Idempotency-Key",
                 )
             return self.get_model(stored["id"]), False
-        self.start()  # normally done at app start-up; a no-op then
-        self.dispatcher.wake()
-        return self.get_model(record["id"]), True
+        self._queued()
+        return self._with_secret(self.get_model(record["id"]), secret), True
 
     def plan_fit(self, dataset: dict[str, Any], params: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
         """Check fit options against the dataset (422 naming the option); the preprocessing plan."""
@@ -386,46 +391,289 @@ class KMeansService:
             prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
         return pre
 
-    def _cancel(self, model_id: str) -> bool:
-        """Mark a queued or running fit cancelled (its owner kills its process); False if it was not."""
-        cancelled = self.store.update_model(
-            model_id, ACTIVE, status="cancelled", finished_at=now(), phase="cancelled", run_token=None
+    def _queued(self) -> None:
+        self.start()  # normally done at app start-up; a no-op then
+        self.dispatcher.wake()
+
+    def _callback_secret(self, callback_url: str | None) -> str | None:
+        """Check a callback URL (422 unless allowed); the new key that signs its deliveries."""
+        if callback_url is None:
+            return None
+        webhooks.check_url(callback_url, list(self.settings.webhook_allow))
+        return webhooks.new_secret()
+
+    @staticmethod
+    def _with_secret(record: dict[str, Any], secret: str | None) -> dict[str, Any]:
+        """The record as created: with the webhook secret, shown this once."""
+        return {**record, "callback_secret": secret} if secret else record
+
+    # -- jobs of every kind -----------------------------------------------------------------
+
+    def _job(self, kind: str, job_id: str) -> dict[str, Any]:
+        """A job the caller may see (404 if unknown or another project's)."""
+        return access.visible(self.store.get_job(kind, job_id), WHAT[kind], job_id)
+
+    def _cancel(self, kind: str, job_id: str) -> bool:
+        """Mark a queued, running or paused job cancelled (its owner kills its process); False if it was not."""
+        cancelled = self.store.update_job(
+            kind, job_id, (*ACTIVE, "paused"), status="cancelled", finished_at=now(), phase="cancelled",
+            run_token=None,
         )
-        if cancelled and self.dispatcher is not None:
-            self.dispatcher.wake()
+        if cancelled:
+            if self.dispatcher is not None:
+                self.dispatcher.wake()
+            self.notify(kind, job_id)
         return cancelled
 
-    def cancel_model(self, model_id: str) -> dict[str, Any]:
-        """Stop a queued or running fit: it is ``cancelled`` at once and its process is killed."""
-        self.get_model(model_id)  # 404 if unknown or another project's
-        if not self._cancel(model_id):
-            model = self.get_model(model_id)  # its state now, for the message
+    def cancel(self, kind: str, job_id: str) -> dict[str, Any]:
+        """Stop a queued, running or paused job: it is ``cancelled`` at once and its process is killed."""
+        self._job(kind, job_id)
+        if not self._cancel(kind, job_id):
+            job = self._job(kind, job_id)  # its state now, for the message
             raise Conflict(
-                f"model {model_id} is already {model['status']}; only queued or running fits can be cancelled"
+                f"{WHAT[kind]} {job_id} is already {job['status']}; only queued, running or paused ones can be"
+                " cancelled"
             )
-        self.notify(model_id)
+        return _public(self._job(kind, job_id))
+
+    def cancel_model(self, model_id: str) -> dict[str, Any]:
+        """Stop a queued, running or paused fit."""
+        return self.cancel("fit", model_id)
+
+    def pause_model(self, model_id: str) -> dict[str, Any]:
+        """Pause a queued or running KMeans fit: its process is freed, its latest centers kept."""
+        model = self.get_model(model_id)
+        if not engine.can_checkpoint(model["params"]):
+            raise Conflict(
+                f"model {model_id} is fitted with method {model['params'].get('method', 'kmeans')}, which cannot be"
+                " paused; only method kmeans fits can (cancel this one instead)"
+            )
+        was = model.get("phase") or model["status"]
+        if not self.store.update_job(
+            "fit", model_id, ACTIVE, status="paused", run_token=None, phase=f"paused ({was})"
+        ):
+            status = self.get_model(model_id)["status"]
+            raise Conflict(f"model {model_id} is {status}; only queued or running fits can be paused")
+        if self.dispatcher is not None:
+            self.dispatcher.wake()  # its owner kills the process now
         return self.get_model(model_id)
 
-    def notify(self, model_id: str) -> None:
-        """Call a finished model's webhook, once, in the background."""
-        if not self.store.claim_callback(model_id):
-            return
-        record = self.store.get_model(model_id)  # runs outside requests too: no caller to check
-        if record is None:
-            return
-        model = _public(record)
-        threading.Thread(target=self._deliver, args=(model,), name="kmeans-webhook", daemon=True).start()
+    def resume_model(self, model_id: str) -> dict[str, Any]:
+        """Queue a paused fit again; it starts from the centers it had when it was paused."""
+        self.get_model(model_id)
+        saved = self.store.checkpoint_path(model_id)
+        checkpoint = {"resumed_at": now()} if saved.exists() else None
+        phase = "queued: resumes from its checkpoint" if checkpoint else "queued: resumed (it had not started)"
+        if not self.store.update_job(
+            "fit", model_id, ("paused",), status="queued", queued_at=now(), phase=phase, progress=0, attempts=0,
+            checkpoint=checkpoint,
+        ):
+            raise Conflict(f"model {model_id} is {self.get_model(model_id)['status']}; only paused fits can be resumed")
+        self._queued()
+        return self.get_model(model_id)
 
-    def _deliver(self, model: dict[str, Any]) -> None:
-        payload = {"event": f"model.{model['status']}", "model": {**model, "callback": None}}
-        outcome = webhooks.deliver(
-            model["callback_url"],
-            payload,
-            list(self.settings.webhook_allow),
-            self.settings.webhook_attempts,
-            self.settings.webhook_max_wait,
+    def copy_model(
+        self,
+        model_id: str,
+        params: dict[str, Any] | None = None,
+        dataset_id: str | None = None,
+        time_limit: float | None = None,
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """A new fit of a model's dataset (or ``dataset_id``) with its params, ``params`` overriding them."""
+        source = self.get_model(model_id)
+        dataset_id = dataset_id or source["dataset_id"]
+        if not dataset_id:
+            raise Conflict(f"model {model_id} was imported and has no dataset; name one with dataset_id")
+        merged = {**source["params"], **(params or {})}
+        model, _ = self.create_model(dataset_id, merged, time_limit or source.get("time_limit"), callback_url,
+                                     copied_from=model_id)
+        return model
+
+    def notify(self, kind: str | None = None, job_id: str | None = None) -> None:
+        """Queue the webhook delivery of every finished fit or sweep that has a callback and none
+        queued yet (of ``job_id``'s, in particular), and have it sent soon."""
+        if self._queue_deliveries() and self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _queue_deliveries(self) -> int:
+        return len(self.store.enqueue_deliveries(self._delivery_record))
+
+    @staticmethod
+    def _delivery_record(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+        what = WHAT[kind]
+        event = f"{what}.{record['status']}"
+        stamp = now()
+        body = {**_public(record), "callback": None}
+        return {
+            "id": new_id("wh"),
+            "project": record["project"],
+            "target_kind": kind,
+            "target_id": record["id"],
+            "event": event,
+            "url": record["callback_url"],
+            # Standard Webhooks' shape (type, timestamp, data), and the resource under its own name.
+            "payload": {"type": event, "timestamp": stamp, "data": body, "event": event, what: body},
+            "status": "queued",
+            "created_at": stamp,
+            "queued_at": stamp,
+            "phase": "queued",
+        }
+
+    def _deliver(self, delivery: dict[str, Any]) -> None:
+        """One attempt at a webhook delivery (a job run in a thread), recorded on the delivery and
+        on its resource: delivered, re-queued with backoff, or failed for good."""
+        target = self.store.get_job(delivery["target_kind"], delivery["target_id"]) or {}
+        outcome = webhooks.attempt(
+            delivery["url"], delivery["payload"], list(self.settings.webhook_allow), target.get("callback_secret"),
+            delivery["id"],
         )
-        self.store.update_model(model["id"], callback={**outcome, "at": now()})
+        attempts = delivery["attempts"]
+        last = {"status_code": outcome.status_code, "error": outcome.error}
+        fields: dict[str, Any] = {"last": last, "progress": 1.0}
+        if outcome.state == "retry" and attempts < self.settings.webhook_attempts:
+            wait = max(webhooks.backoff(attempts, self.settings.webhook_max_wait), outcome.retry_after or 0)
+            state = "retrying"
+            fields.update(status="queued", run_token=None, queued_at=now(), not_before=time.time() + wait,
+                          phase=f"attempt {attempts} failed; next in {wait:.1f} s", progress=0)
+        elif outcome.state == "delivered":
+            state = "delivered"
+            fields.update(status="succeeded", finished_at=now(), phase="delivered")
+        else:
+            state = "failed"
+            fields.update(status="failed", finished_at=now(), phase="failed",
+                          error={"detail": outcome.error or f"the receiver answered {outcome.status_code}"})
+        callback = {"state": state, "delivery_id": delivery["id"], "attempts": attempts, "at": now(),
+                    **{k: v for k, v in last.items() if v is not None}}
+        self.store.end_delivery_attempt(delivery, delivery["run_token"], callback, **fields)
+        if state == "failed":
+            log.warning("webhook %s failed after %d attempt(s): %s", delivery["id"], attempts, last)
+
+    def job_events(
+        self, kind: str, job_id: str, last_event_id: int | None, max_seconds: float,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[int, dict]]:
+        """(event id, job) each time the job changes, until it ends or ``max_seconds`` pass.
+
+        Read from the database, so it follows a job wherever it runs. With ``last_event_id``
+        (a reconnecting client), states up to that one are not sent again. Between changes
+        it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive. It
+        ends early when ``stop`` is set (the client hung up).
+        """
+        self._job(kind, job_id)  # 404 now, before a stream starts
+        return self._events(kind, job_id, last_event_id or 0, max_seconds, stop or threading.Event())
+
+    def model_events(
+        self, model_id: str, last_event_id: int | None, max_seconds: float, stop: threading.Event | None = None
+    ) -> Iterator[tuple[int, dict]]:
+        """:meth:`job_events` of a fit."""
+        return self.job_events("fit", model_id, last_event_id, max_seconds, stop)
+
+    def _events(
+        self, kind: str, job_id: str, seen: int, max_seconds: float, stop: threading.Event
+    ) -> Iterator[tuple[int, dict]]:
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline and not stop.is_set():
+            record = self.store.get_job(kind, job_id)
+            if record is None:
+                return
+            if record["version"] > seen:
+                seen = record["version"]
+                yield seen, _public(record)
+            if record["status"] in TERMINAL:
+                return
+            yield 0, {}
+            stop.wait(EVENT_POLL)
+
+    def list_jobs(
+        self, offset: int, limit: int, status: str | None = None, kind: str | None = None, project: str | None = None
+    ) -> dict[str, Any]:
+        """The queue: the caller's project's jobs (an admin's: all), running ones first, then the
+        queued ones in the order they will start, each with its place."""
+        statuses = (status,) if status else (*ACTIVE, "paused")
+        rows, total = self.store.list_jobs(access.current().scope(project), statuses, kind, offset, limit)
+        return {"items": [self._job_summary(r) for r in rows], "offset": offset, "limit": limit, "total": total}
+
+    @staticmethod
+    def _job_summary(row: dict[str, Any]) -> dict[str, Any]:
+        keep = ("id", "kind", "project", "status", "phase", "progress", "attempts", "time_limit", "position",
+                "created_at", "queued_at", "started_at", "finished_at", "error")
+        summary = {k: row.get(k) for k in keep}
+        collection = COLLECTION.get(row["kind"])
+        summary["resource"] = f"/kmeans/{collection}/{row['id']}" if collection else None
+        return summary
+
+    def project_events(
+        self, last_event_id: int | None, max_seconds: float, project: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[int, dict]]:
+        """(event id, event) for every change of a job in the caller's project (an admin's: all,
+        or ``project``) and every push to an online model, from after ``last_event_id`` (default:
+        from now on), until ``max_seconds`` pass or ``stop`` is set."""
+        scope = access.current().scope(project)
+        seen = self.store.last_event() if last_event_id is None else last_event_id
+        return self._project_events(scope, seen, max_seconds, stop or threading.Event())
+
+    def _project_events(
+        self, scope: str | None, seen: int, max_seconds: float, stop: threading.Event
+    ) -> Iterator[tuple[int, dict]]:
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline and not stop.is_set():
+            for event in self.store.events_since(seen, scope):
+                seen = event["seq"]
+                collection = COLLECTION.get(event["kind"])
+                yield seen, {
+                    "kind": event["kind"], "id": event["resource_id"], "project": event["project"],
+                    "status": event["status"], "phase": event["phase"], "at": event["at"],
+                    "resource": f"/kmeans/{collection}/{event['resource_id']}" if collection else None,
+                    **({"data": event["data"]} if event["data"] is not None else {}),
+                }
+            yield 0, {}
+            stop.wait(EVENT_POLL)
+
+    # -- sweeps -----------------------------------------------------------------------------
+
+    def create_sweep(
+        self, dataset_id: str, k_min: int, k_max: int, params: dict[str, Any] | None,
+        time_limit: float | None = None, callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Check and queue a sweep over ``k_min..k_max``."""
+        params = dict(params or {})
+        dataset = self.dataset_record(dataset_id)
+        sweeps.check_range(dataset, k_min, k_max)
+        pre = self.plan_fit(dataset, params, sweep=True)
+        secret = self._callback_secret(callback_url)
+        record = sweeps.new_record(
+            dataset, k_min, k_max, params, pre, time_limit=time_limit or self.settings.fit_time_limit,
+            callback_url=callback_url, callback_secret=secret,
+        )
+        self.store.add_sweep(record)
+        self._queued()
+        return self._with_secret(self.get_sweep(record["id"]), secret)
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """One sweep the caller may see."""
+        return self._public_sweep(self._job("sweep", sweep_id))
+
+    @staticmethod
+    def _public_sweep(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in _public(record).items() if k != "preprocessing"}
+
+    def list_sweeps(
+        self, offset: int, limit: int, dataset_id: str | None = None, project: str | None = None
+    ) -> dict[str, Any]:
+        """A page of the sweeps the caller sees, newest first."""
+        items, total = self.store.list_sweeps(offset, limit, dataset_id, access.current().scope(project))
+        return {"items": [self._public_sweep(i) for i in items], "offset": offset, "limit": limit, "total": total}
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a sweep; a queued or running one is cancelled first."""
+        self._job("sweep", sweep_id)
+        self._cancel("sweep", sweep_id)
+        if not self.store.delete_sweep(sweep_id):
+            raise NotFound(f"no sweep with id {sweep_id}")
+
+    # -- models (continued) -------------------------------------------------------------------
 
     def wait_for_model(self, model_id: str, timeout: float) -> dict[str, Any]:
         """Block until the model leaves queued/running (or ``timeout`` passes); return it."""
@@ -437,35 +685,6 @@ class KMeansService:
                 return model
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
-
-    def model_events(
-        self, model_id: str, last_event_id: int | None, max_seconds: float, stop: threading.Event | None = None
-    ) -> Iterator[tuple[int, dict]]:
-        """(event id, model) each time the model changes, until it ends or ``max_seconds`` pass.
-
-        Read from the database, so it follows a fit wherever it runs. With ``last_event_id``
-        (a reconnecting client), states up to that one are not sent again. Between changes
-        it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive. It
-        ends early when ``stop`` is set (the client hung up).
-        """
-        self.get_model(model_id)  # 404 now, before a stream starts
-        return self._events(model_id, last_event_id or 0, max_seconds, stop or threading.Event())
-
-    def _events(
-        self, model_id: str, seen: int, max_seconds: float, stop: threading.Event
-    ) -> Iterator[tuple[int, dict]]:
-        deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline and not stop.is_set():
-            record = self.store.get_model(model_id)
-            if record is None:
-                return
-            if record["version"] > seen:
-                seen = record["version"]
-                yield seen, _public(record)
-            if record["status"] in TERMINAL:
-                return
-            yield 0, {}
-            stop.wait(EVENT_POLL)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         """One model (404 if unknown or in another project)."""
@@ -486,7 +705,7 @@ class KMeansService:
     def delete_model(self, model_id: str) -> None:
         """Delete a model; a queued or running fit is cancelled first."""
         self.get_model(model_id)  # 404 if unknown or another project's
-        self._cancel(model_id)
+        self._cancel("fit", model_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 

@@ -8,6 +8,7 @@ row that points at them is committed, so a crash never leaves a row without its 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import secrets
@@ -96,6 +97,43 @@ CREATE TABLE IF NOT EXISTS sweeps (
     started_at TEXT,
     finished_at TEXT
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    queued_at TEXT,
+    not_before REAL,
+    started_at TEXT,
+    finished_at TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    phase TEXT,
+    run_token TEXT,
+    worker TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    time_limit REAL,
+    error TEXT,
+    last TEXT,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status);
+CREATE INDEX IF NOT EXISTS deliveries_target ON deliveries (target_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    status TEXT,
+    phase TEXT,
+    data TEXT,
+    at TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
 CREATE TABLE IF NOT EXISTS uploads (
@@ -133,9 +171,36 @@ CREATE TABLE IF NOT EXISTS tokens (
 MIGRATIONS = {
     # Column types (NULL: a dataset from before them, all numeric), the id column, statistics.
     "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'", "schema": "TEXT", "id_column": "TEXT", "stats": "TEXT"},
-    "models": {"project": "TEXT NOT NULL DEFAULT 'default'"},
-    "sweeps": {"project": "TEXT NOT NULL DEFAULT 'default'"},
+    # callback_secret: the key that signs a resource's webhook deliveries (never shown again).
+    # checkpoint: a paused fit's checkpoint (JSON: when saved; resume starts from its centers);
+    # copied_from: the model a copy was made of.
+    "models": {
+        "project": "TEXT NOT NULL DEFAULT 'default'", "callback_secret": "TEXT", "checkpoint": "TEXT",
+        "copied_from": "TEXT",
+    },
+    # Sweeps became jobs of the one queue: the lifecycle columns models have.
+    "sweeps": {
+        "project": "TEXT NOT NULL DEFAULT 'default'", "queued_at": "TEXT", "phase": "TEXT", "run_token": "TEXT",
+        "heartbeat": "REAL", "attempts": "INTEGER NOT NULL DEFAULT 0", "time_limit": "REAL",
+        "version": "INTEGER NOT NULL DEFAULT 1", "callback_url": "TEXT", "callback": "TEXT",
+        "callback_secret": "TEXT", "preprocessing": "TEXT",
+    },
 }
+# Every kind of background work and the table that holds it: one queue over all of them
+# (the ``jobs`` view), one lifecycle (queued -> running -> succeeded / failed / cancelled,
+# ``paused`` for fits), one claim, one heartbeat.
+KINDS = {"fit": "models", "sweep": "sweeps", "webhook": "deliveries"}
+COMPUTE = ("fit", "sweep")  # the kinds that run in job processes (or on Dask)
+_JOB_COLUMNS = (
+    "id, project, status, created_at, queued_at, started_at, finished_at, progress, phase, run_token, worker,"
+    " heartbeat, attempts, time_limit, error, version"
+)
+JOBS_VIEW = "CREATE VIEW jobs AS " + " UNION ALL ".join(
+    f"SELECT '{kind}' AS kind, {_JOB_COLUMNS}, {'not_before' if kind == 'webhook' else 'NULL'} AS not_before"
+    f" FROM {table}"
+    for kind, table in KINDS.items()
+)
+EVENTS_KEPT = 100_000  # the project event log keeps about this many of the latest events
 DEFAULT_PROJECT = "default"
 
 # The newest upload of a file name and content whose dataset still exists, in one project.
@@ -143,7 +208,10 @@ SAME_UPLOAD = (
     "SELECT u.* FROM uploads u JOIN datasets d ON d.id = u.dataset_id"
     " WHERE u.filename = ? AND u.sha256 = ? AND d.project = ? ORDER BY u.job_id DESC LIMIT 1"
 )
-JSON_FIELDS = ("schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results")
+JSON_FIELDS = (
+    "schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results",
+    "payload", "last", "data", "checkpoint",
+)
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -192,6 +260,15 @@ class Store:
                 for column, decl in columns.items():
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            conn.execute("CREATE INDEX IF NOT EXISTS sweeps_status ON sweeps (status)")
+            # A view holds no data: one whose definition is not the code's is made anew, in one
+            # transaction (other processes read it meanwhile: they see the old one or the new one).
+            have = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'jobs'").fetchone()
+            if have is None or have[0] != JOBS_VIEW:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DROP VIEW IF EXISTS jobs")
+                conn.execute(JOBS_VIEW)
+                conn.execute("COMMIT")
             conn.execute(
                 "INSERT OR IGNORE INTO projects (id, description, created_at) VALUES (?, ?, ?)",
                 (DEFAULT_PROJECT, "Where resources go when no project is named.", now()),
@@ -295,6 +372,10 @@ class Store:
     def labels_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.labels.npy"
 
+    def checkpoint_path(self, model_id: str) -> Path:
+        """The centers (fitted space) a running KMeans fit had after its latest checkpoint."""
+        return self.root / "models" / f"{model_id}.checkpoint.npy"
+
     def save_array(self, path: Path, array: np.ndarray | list[np.ndarray]) -> None:
         """Write an array (or its row chunks, one after the other) to ``path`` as ``.npy``,
         atomically: temp file, fsync, rename. Chunks are never concatenated in memory."""
@@ -369,14 +450,16 @@ class Store:
     def delete_dataset(self, dataset_id: str) -> bool:
         """Remove a dataset unless a fit on it is still queued or running."""
         with self.transaction() as db:
-            busy = db.execute(
-                "SELECT id FROM models WHERE dataset_id = ? AND status IN (?, ?) LIMIT 1",
-                (dataset_id, *ACTIVE),
-            ).fetchone()
-            if busy is not None:
-                raise Conflict(
-                    f"dataset {dataset_id} is in use by model {busy['id']}, which is still fitting"
-                )
+            for table, what in (("models", "model"), ("sweeps", "sweep")):
+                busy = db.execute(
+                    f"SELECT id FROM {table} WHERE dataset_id = ? AND status IN (?, ?, ?) LIMIT 1",
+                    (dataset_id, *ACTIVE, "paused"),
+                ).fetchone()
+                if busy is not None:
+                    raise Conflict(
+                        f"dataset {dataset_id} is in use by {what} {busy['id']}, which is queued, running or paused;"
+                        " cancel it first"
+                    )
             gone = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
         if gone:
             for path in (self.dataset_path(dataset_id), self.codes_path(dataset_id), self.ids_path(dataset_id)):
@@ -406,6 +489,7 @@ class Store:
                 f"INSERT INTO models ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                 tuple(_encode(record[k]) for k in keys),
             )
+            self._log_event(db, "fit", record["id"])
         return record
 
     def get_model(self, model_id: str) -> dict[str, Any] | None:
@@ -426,19 +510,8 @@ class Store:
     def update_model(
         self, model_id: str, only_if_status: tuple[str, ...] = (), owner: str | None = None, **fields: Any
     ) -> bool:
-        """Set ``fields`` on a model if it still exists (in one of ``only_if_status``, and still
-        run by the run whose token is ``owner``). Every change bumps ``version``, the id of live events."""
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        sql = f"UPDATE models SET {sets}, version = version + 1 WHERE id = ?"
-        args: tuple = (*(_encode(v) for v in fields.values()), model_id)
-        if only_if_status:
-            sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
-            args += only_if_status
-        if owner is not None:
-            sql += " AND run_token = ?"
-            args += (owner,)
-        with self.transaction() as db:
-            return db.execute(sql, args).rowcount > 0
+        """:meth:`update_job` of a fit."""
+        return self.update_job("fit", model_id, only_if_status, owner, **fields)
 
     def finish_model(
         self, model_id: str, run_token: str, centers: np.ndarray, labels: np.ndarray, **fields: Any
@@ -447,55 +520,10 @@ class Store:
         self.save_array(self.centers_path(model_id), centers)
         self.save_array(self.labels_path(model_id), labels)
         if self.update_model(model_id, ("running",), run_token, status="succeeded", **fields):
+            self.checkpoint_path(model_id).unlink(missing_ok=True)
             return True
         self._remove_model_files(model_id)
         return False
-
-    def claim_next(self, worker: str, max_running: int, run_token: str) -> dict[str, Any] | None:
-        """Take the oldest queued model for ``worker`` if fewer than ``max_running`` fits run."""
-        with self.transaction() as db:
-            running = db.execute("SELECT COUNT(*) FROM models WHERE status = 'running'").fetchone()[0]
-            if running >= max_running:
-                return None
-            row = db.execute(
-                "SELECT id FROM models WHERE status = 'queued' ORDER BY queued_at, id LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE models SET status = 'running', worker = ?, run_token = ?, started_at = ?,"
-                " heartbeat = ?, attempts = attempts + 1, progress = 0, phase = 'starting',"
-                " version = version + 1 WHERE id = ?",
-                (worker, run_token, now(), time.time(), row["id"]),
-            )
-            return _decode(db.execute("SELECT * FROM models WHERE id = ?", (row["id"],)).fetchone())
-
-    def beat(self, runs: dict[str, str]) -> None:
-        """Record that the fits ``{model_id: run_token}`` are alive."""
-        if not runs:
-            return
-        stamp = time.time()
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE models SET heartbeat = ? WHERE id = ? AND run_token = ? AND status = 'running'",
-                [(stamp, model_id, token) for model_id, token in runs.items()],
-            )
-
-    def stale_runs(self, older_than: float) -> list[dict[str, Any]]:
-        """Running models whose last heartbeat is older than ``older_than`` (epoch seconds)."""
-        rows = self._conn().execute(
-            "SELECT * FROM models WHERE status = 'running' AND (heartbeat IS NULL OR heartbeat < ?)",
-            (older_than,),
-        ).fetchall()
-        return [_decode(r) for r in rows]
-
-    def models_by_id(self, model_ids: list[str]) -> dict[str, dict[str, Any]]:
-        if not model_ids:
-            return {}
-        rows = self._conn().execute(
-            f"SELECT * FROM models WHERE id IN ({', '.join('?' * len(model_ids))})", tuple(model_ids)
-        ).fetchall()
-        return {r["id"]: _decode(r) for r in rows}
 
     def delete_model(self, model_id: str) -> bool:
         with self.transaction() as db:
@@ -508,8 +536,8 @@ class Store:
         return bool(gone)
 
     def _remove_model_files(self, model_id: str) -> None:
-        self.centers_path(model_id).unlink(missing_ok=True)
-        self.labels_path(model_id).unlink(missing_ok=True)
+        for path in (self.centers_path(model_id), self.labels_path(model_id), self.checkpoint_path(model_id)):
+            path.unlink(missing_ok=True)
 
     # -- classic uploads ------------------------------------------------------------------
 
@@ -607,17 +635,284 @@ class Store:
         except sqlite3.Error as exc:
             raise Unavailable(f"the data directory's database cannot be read: {exc}") from None
 
-    # -- queue helpers --------------------------------------------------------------------
+    # -- the job queue: fits, sweeps and webhook deliveries ----------------------------------
 
-    def has_queued(self) -> bool:
-        """Whether any fit waits in the queue (a read, so idle dispatchers take no write lock)."""
-        return self._conn().execute("SELECT 1 FROM models WHERE status = 'queued' LIMIT 1").fetchone() is not None
+    def _log_event(self, db: sqlite3.Connection, kind: str, job_id: str, data: dict | None = None) -> None:
+        """Append a job's current status (or ``data``, e.g. a push) to the project event log."""
+        table = KINDS.get(kind, "models")
+        db.execute(
+            f"INSERT INTO events (project, kind, resource_id, status, phase, data, at)"
+            f" SELECT project, ?, id, status, phase, ?, ? FROM {table} WHERE id = ?",
+            (kind, _encode(data), now(), job_id),
+        )
+        seq = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if seq % 1000 == 0:  # now and then, forget the oldest events
+            db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEPT,))
 
-    def claim_callback(self, model_id: str) -> bool:
-        """Take the duty of calling a finished model's webhook (exactly one process gets it)."""
+    def log_event(self, kind: str, job_id: str, data: dict | None = None) -> None:
+        """Record an event of a resource that is not a status change (e.g. an online push)."""
         with self.transaction() as db:
-            return db.execute(
-                "UPDATE models SET callback = ? WHERE id = ? AND callback IS NULL AND callback_url IS NOT NULL"
-                " AND status IN (?, ?, ?)",
-                (json.dumps({"state": "sending"}), model_id, *TERMINAL),
+            self._log_event(db, kind, job_id, data)
+
+    def events_since(self, seq: int, project: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """Events after ``seq`` (of one project, or all), oldest first."""
+        where, args = ("AND project = ?", (project,)) if project else ("", ())
+        rows = self._conn().execute(
+            f"SELECT * FROM events WHERE seq > ? {where} ORDER BY seq LIMIT ?", (seq, *args, limit)
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def last_event(self) -> int:
+        """The sequence number of the latest event (0: none yet)."""
+        return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    def get_job(self, kind: str, job_id: str) -> dict[str, Any] | None:
+        """The record of a job (a model, sweep or delivery) with its ``kind``."""
+        record = self._one(f"SELECT * FROM {KINDS[kind]} WHERE id = ?", (job_id,))
+        return {**record, "kind": kind} if record is not None else None
+
+    def update_job(
+        self, kind: str, job_id: str, only_if_status: tuple[str, ...] = (), owner: str | None = None, **fields: Any
+    ) -> bool:
+        """Set ``fields`` on a job if it still exists (in one of ``only_if_status``, and still run
+        by the run whose token is ``owner``). Every change bumps ``version``, the id of the job's
+        live events; a change of status is also logged for the project's event stream."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        sql = f"UPDATE {KINDS[kind]} SET {sets}, version = version + 1 WHERE id = ?"
+        args: tuple = (*(_encode(v) for v in fields.values()), job_id)
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
+            args += only_if_status
+        if owner is not None:
+            sql += " AND run_token = ?"
+            args += (owner,)
+        with self.transaction() as db:
+            changed = db.execute(sql, args).rowcount > 0
+            if changed and "status" in fields:
+                self._log_event(db, kind, job_id)
+            return changed
+
+    def claim_next(
+        self, worker: str, max_running: int, run_token: str, kinds: tuple[str, ...] = COMPUTE
+    ) -> dict[str, Any] | None:
+        """Take the next queued job of ``kinds`` (in :func:`fair_order`) for ``worker``, if fewer
+        than ``max_running`` of them run across every process sharing this data dir."""
+        marks = ", ".join("?" * len(kinds))
+        with self.transaction() as db:
+            running = dict(db.execute(
+                f"SELECT project, COUNT(*) FROM jobs WHERE status = 'running' AND kind IN ({marks}) GROUP BY project",
+                kinds,
+            ).fetchall())
+            if sum(running.values()) >= max_running:
+                return None
+            queued = self._queued(db, kinds)
+            if not queued:
+                return None
+            job = fair_order(queued, running, self._last_starts(db, kinds, queued))[0]
+            kind = job["kind"]
+            db.execute(
+                f"UPDATE {KINDS[kind]} SET status = 'running', worker = ?, run_token = ?, started_at = ?,"
+                " heartbeat = ?, attempts = attempts + 1, progress = 0, phase = 'starting',"
+                " version = version + 1 WHERE id = ?",
+                (worker, run_token, now(), time.time(), job["id"]),
+            )
+            self._log_event(db, kind, job["id"])
+            record = _decode(db.execute(f"SELECT * FROM {KINDS[kind]} WHERE id = ?", (job["id"],)).fetchone())
+            return {**record, "kind": kind}
+
+    @staticmethod
+    def _queued(db: sqlite3.Connection, kinds: tuple[str, ...], project: str | None = None) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(kinds))
+        sql = (
+            f"SELECT kind, id, project, queued_at FROM jobs WHERE status = 'queued' AND kind IN ({marks})"
+            " AND (not_before IS NULL OR not_before <= ?)"
+        )
+        return [dict(r) for r in db.execute(sql, (*kinds, time.time())).fetchall()]
+
+    @staticmethod
+    def _last_starts(db: sqlite3.Connection, kinds: tuple[str, ...], queued: list[dict]) -> dict[str, str]:
+        projects = sorted({j["project"] for j in queued})
+        rows = db.execute(
+            f"SELECT project, MAX(started_at) FROM jobs WHERE kind IN ({', '.join('?' * len(kinds))})"
+            f" AND project IN ({', '.join('?' * len(projects))}) GROUP BY project",
+            (*kinds, *projects),
+        ).fetchall()
+        return {project: last for project, last in rows if last}
+
+    def queue_positions(self, kinds: tuple[str, ...] = COMPUTE) -> dict[tuple[str, str], int]:
+        """{(kind, id): 1-based place in the queue} of every queued job of ``kinds``."""
+        marks = ", ".join("?" * len(kinds))
+        db = self._conn()
+        queued = self._queued(db, kinds)
+        if not queued:
+            return {}
+        running = dict(db.execute(
+            f"SELECT project, COUNT(*) FROM jobs WHERE status = 'running' AND kind IN ({marks}) GROUP BY project", kinds
+        ).fetchall())
+        order = fair_order(queued, running, self._last_starts(db, kinds, queued))
+        return {(j["kind"], j["id"]): place for place, j in enumerate(order, 1)}
+
+    def list_jobs(
+        self, project: str | None, statuses: tuple[str, ...], kind: str | None, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Jobs in ``statuses`` (of one project, or all; of one kind, or all), running ones first,
+        then queued ones by their place in the queue, then the newest first."""
+        where = [f"status IN ({', '.join('?' * len(statuses))})"]
+        args: list[Any] = list(statuses)
+        for column, value in (("project", project), ("kind", kind)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = " AND ".join(where)
+        db = self._conn()
+        total = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args).fetchone()[0]
+        rows = [_decode(r) for r in db.execute(
+            f"SELECT * FROM jobs WHERE {clause} ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1"
+            " ELSE 2 END, created_at DESC, id",
+            args,
+        ).fetchall()]
+        places = self.queue_positions(COMPUTE) if any(r["status"] == "queued" for r in rows) else {}
+        places.update(self.queue_positions(("webhook",)) if any(r["kind"] == "webhook" for r in rows) else {})
+        for row in rows:
+            row["position"] = places.get((row["kind"], row["id"]))
+        rows.sort(key=lambda r: (r["status"] != "running", r["position"] is None, r["position"] or 0))
+        return rows[offset:offset + limit], total
+
+    def beat(self, runs: dict[tuple[str, str], str]) -> None:
+        """Record that the jobs ``{(kind, id): run_token}`` are alive."""
+        if not runs:
+            return
+        stamp = time.time()
+        with self.transaction() as db:
+            for (kind, job_id), token in runs.items():
+                db.execute(
+                    f"UPDATE {KINDS[kind]} SET heartbeat = ? WHERE id = ? AND run_token = ? AND status = 'running'",
+                    (stamp, job_id, token),
+                )
+
+    def stale_runs(self, older_than: float) -> list[dict[str, Any]]:
+        """Running jobs whose last heartbeat is older than ``older_than`` (epoch seconds)."""
+        rows = self._conn().execute(
+            "SELECT kind, id FROM jobs WHERE status = 'running' AND (heartbeat IS NULL OR heartbeat < ?)",
+            (older_than,),
+        ).fetchall()
+        return [job for kind, job_id in rows if (job := self.get_job(kind, job_id)) is not None]
+
+    def jobs_by_key(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The current records of jobs ``(kind, id)`` that still exist."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind in {k for k, _ in keys}:
+            ids = [i for k, i in keys if k == kind]
+            rows = self._conn().execute(
+                f"SELECT * FROM {KINDS[kind]} WHERE id IN ({', '.join('?' * len(ids))})", tuple(ids)
+            ).fetchall()
+            found.update({(kind, r["id"]): {**_decode(r), "kind": kind} for r in rows})
+        return found
+
+    def models_by_id(self, model_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The current records of the fits ``model_ids`` that still exist."""
+        return {job_id: job for (_, job_id), job in self.jobs_by_key([("fit", m) for m in model_ids]).items()}
+
+    def has_queued(self, kinds: tuple[str, ...] = COMPUTE) -> bool:
+        """Whether a job of ``kinds`` waits and may start now (a read: idle dispatchers take no write lock)."""
+        marks = ", ".join("?" * len(kinds))
+        row = self._conn().execute(
+            f"SELECT 1 FROM jobs WHERE status = 'queued' AND kind IN ({marks})"
+            " AND (not_before IS NULL OR not_before <= ?) LIMIT 1",
+            (*kinds, time.time()),
+        ).fetchone()
+        return row is not None
+
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def add_sweep(self, record: dict[str, Any]) -> None:
+        """Queue a sweep."""
+        keys = list(record)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO sweeps ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                tuple(_encode(record[k]) for k in keys),
+            )
+            self._log_event(db, "sweep", record["id"])
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+
+    def list_sweeps(
+        self, offset: int, limit: int, dataset_id: str | None = None, project: str | None = None
+    ) -> tuple[list[dict], int]:
+        pairs = (("dataset_id", dataset_id), ("project", project))
+        return self._page("sweeps", {k: v for k, v in pairs if v}, offset, limit)
+
+    def delete_sweep(self, sweep_id: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,)).rowcount > 0
+
+    # -- webhook deliveries -----------------------------------------------------------------
+
+    def enqueue_deliveries(self, make: Any) -> list[dict[str, Any]]:
+        """Queue one delivery for each finished fit or sweep with a ``callback_url`` whose
+        webhook is not queued yet; ``make(kind, record)`` gives the delivery's record. Exactly
+        once per resource, whichever process asks first (and again after a crash: the
+        resources' ``callback`` stays empty until the delivery is queued)."""
+        made = []
+        with self.transaction() as db:
+            for kind in COMPUTE:
+                table = KINDS[kind]
+                rows = db.execute(
+                    f"SELECT * FROM {table} WHERE callback_url IS NOT NULL AND callback IS NULL"
+                    f" AND status IN ({', '.join('?' * len(TERMINAL))}) LIMIT 100",
+                    TERMINAL,
+                ).fetchall()
+                for row in rows:
+                    delivery = make(kind, _decode(row))
+                    keys = list(delivery)
+                    db.execute(
+                        f"INSERT INTO deliveries ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                        tuple(_encode(delivery[k]) for k in keys),
+                    )
+                    callback = {"state": "queued", "delivery_id": delivery["id"], "attempts": 0, "at": now()}
+                    db.execute(f"UPDATE {table} SET callback = ? WHERE id = ?", (json.dumps(callback), row["id"]))
+                    made.append(delivery)
+        return made
+
+    def end_delivery_attempt(
+        self, delivery: dict[str, Any], run_token: str, callback: dict[str, Any], **fields: Any
+    ) -> bool:
+        """Record one delivery attempt on the delivery and on the resource it reports, together."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as db:
+            changed = db.execute(
+                f"UPDATE deliveries SET {sets}, version = version + 1 WHERE id = ? AND run_token = ?"
+                " AND status = 'running'",
+                (*(_encode(v) for v in fields.values()), delivery["id"], run_token),
             ).rowcount > 0
+            if changed:
+                db.execute(
+                    f"UPDATE {KINDS[delivery['target_kind']]} SET callback = ? WHERE id = ?",
+                    (json.dumps(callback), delivery["target_id"]),
+                )
+                if "status" in fields:
+                    self._log_event(db, "webhook", delivery["id"])
+            return changed
+
+    def set_callback(self, kind: str, resource_id: str, callback: dict[str, Any]) -> None:
+        """Show a delivery's state on the resource it reports."""
+        with self.transaction() as db:
+            db.execute(f"UPDATE {KINDS[kind]} SET callback = ? WHERE id = ?", (json.dumps(callback), resource_id))
+
+
+def fair_order(
+    queued: list[dict[str, Any]], running: dict[str, int], last_start: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The order queued jobs start in: first-in first-out within a project, round-robin between
+    projects. The round starts with the project that runs the fewest jobs now, then the one
+    whose last job started longest ago, so that one project's backlog never starves another."""
+    by_project: dict[str, list[dict[str, Any]]] = {}
+    for job in sorted(queued, key=lambda j: (j.get("queued_at") or "", j["id"])):
+        by_project.setdefault(job["project"], []).append(job)
+    projects = sorted(by_project, key=lambda p: (running.get(p, 0), last_start.get(p) or "", p))
+    order = []
+    for turn in itertools.zip_longest(*(by_project[p] for p in projects)):
+        order.extend(job for job in turn if job is not None)
+    return order

@@ -112,3 +112,22 @@ def predict_with_model(
     if media.wants_csv():
         return media.csv_response(scoring.csv_bytes(result), **media.unknown_header(unknown))
     return media.json(scoring.json_body(model_id, result))
+
+
+def pause_model(model_id: str) -> Any:
+    """Pause a queued or running fit (its centers are checkpointed, its process freed)."""
+    return media.json(service().pause_model(model_id))
+
+
+def resume_model(model_id: str) -> Any:
+    """Queue a paused fit again, to go on from its checkpoint."""
+    return media.json(service().resume_model(model_id), 202, Location=f"/kmeans/models/{model_id}")
+
+
+def copy_model(model_id: str, body: dict | None = None) -> Any:
+    """Refit a model's dataset with its params and the overrides given; 202 with the new model."""
+    body = body or {}
+    model = service().copy_model(
+        model_id, body.get("params"), body.get("dataset_id"), body.get("time_limit"), body.get("callback_url")
+    )
+    return media.json(model, 202, Location=f"/kmeans/models/{model['id']}")

@@ -13,6 +13,7 @@ started open (no tokens) whose first token was made after start-up.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -284,6 +285,43 @@ def b_cancel_model(w: World, missing: bool) -> Call:
     return Call("POST", f"{BASE}/models/{model}/cancel", ident=model, intact=intact, cleanup=cleanup)
 
 
+def b_pause_model(w: World, missing: bool) -> Call:
+    """POST /models/{id}/pause of a throwaway long fit."""
+    if missing:
+        return Call("POST", f"{BASE}/models/{MISSING['model']}/pause", ident=MISSING["model"])
+    model = long_fit(w)
+
+    def intact() -> None:
+        assert w.ok("GET", f"/models/{model}", 200)["status"] in ("queued", "running")
+
+    def cleanup() -> None:
+        w.admin("POST", f"/models/{model}/cancel")
+
+    return Call("POST", f"{BASE}/models/{model}/pause", ident=model, intact=intact, cleanup=cleanup)
+
+
+def b_resume_model(w: World, missing: bool) -> Call:
+    """POST /models/{id}/resume of a throwaway paused fit."""
+    if missing:
+        return Call("POST", f"{BASE}/models/{MISSING['model']}/resume", ident=MISSING["model"])
+    model = long_fit(w)
+    w.ok("POST", f"/models/{model}/pause", 200)
+
+    def intact() -> None:
+        assert w.ok("GET", f"/models/{model}", 200)["status"] == "paused"
+
+    def cleanup() -> None:
+        w.admin("POST", f"/models/{model}/cancel")
+
+    return Call("POST", f"{BASE}/models/{model}/resume", ident=model, intact=intact, cleanup=cleanup)
+
+
+def b_copy_model(w: World, missing: bool) -> Call:
+    """POST /models/{id}/copy of team-a's model with another k."""
+    model = MISSING["model"] if missing else w.ids["model"]
+    return Call("POST", f"{BASE}/models/{model}/copy", {"json": {"params": {"n_clusters": 3}}}, ident=model)
+
+
 def b_predict_with_model(w: World, missing: bool) -> Call:
     """POST /models/{id}/predictions from JSON."""
     model = MISSING["model"] if missing else w.ids["model"]
@@ -336,6 +374,58 @@ def _sweep_get(suffix: str) -> Callable[[World, bool], Call]:
 
     build.__doc__ = f"GET /sweeps/{{id}}{suffix}."
     return build
+
+
+def long_sweep(w: World) -> str:
+    """A new team-a sweep that runs long enough to be cancelled."""
+    params = {k: v for k, v in LONG_FIT.items() if k != "n_clusters"}
+    body = {"dataset_id": w.ids["long_dataset"], "k_min": 2, "k_max": 30, "params": params}
+    return w.ok("POST", "/sweeps", 202, json=body)["id"]
+
+
+def b_cancel_sweep(w: World, missing: bool) -> Call:
+    """POST /sweeps/{id}/cancel of a throwaway long sweep."""
+    if missing:
+        return Call("POST", f"{BASE}/sweeps/{MISSING['sweep']}/cancel", ident=MISSING["sweep"])
+    sweep = long_sweep(w)
+
+    def intact() -> None:
+        assert w.ok("GET", f"/sweeps/{sweep}", 200)["status"] in ("queued", "running")
+
+    def cleanup() -> None:
+        w.admin("POST", f"/sweeps/{sweep}/cancel")
+
+    return Call("POST", f"{BASE}/sweeps/{sweep}/cancel", ident=sweep, intact=intact, cleanup=cleanup)
+
+
+def b_delete_sweep(w: World, missing: bool) -> Call:
+    """DELETE /sweeps/{id} of a throwaway long sweep."""
+    if missing:
+        return Call("DELETE", f"{BASE}/sweeps/{MISSING['sweep']}", ident=MISSING["sweep"])
+    sweep = long_sweep(w)
+
+    def cleanup() -> None:
+        w.admin("DELETE", f"/sweeps/{sweep}")
+
+    return Call("DELETE", f"{BASE}/sweeps/{sweep}", ident=sweep, intact=_exists(w, f"/sweeps/{sweep}"), cleanup=cleanup)
+
+
+def b_list_jobs(w: World, missing: bool) -> Call:
+    """GET /jobs of every state (the finished ones too, so that there is something to see)."""
+    return Call("GET", f"{BASE}/jobs?status=succeeded&limit=1000")
+
+
+def b_get_events(w: World, missing: bool) -> Call:
+    """GET /events from the start of the log, in a stream cut short to a second."""
+    from kmeans.api import jobs
+
+    before = jobs.EVENT_STREAM_SECONDS
+    jobs.EVENT_STREAM_SECONDS = 1.0
+
+    def cleanup() -> None:
+        jobs.EVENT_STREAM_SECONDS = before
+
+    return Call("GET", f"{BASE}/events", {"headers": {"Last-Event-ID": "0"}}, cleanup=cleanup)
 
 
 def b_whoami(w: World, missing: bool) -> Call:
@@ -418,6 +508,9 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "get_model": ("resource", _model_get("")),
     "delete_model": ("resource", b_delete_model),
     "cancel_model": ("resource", b_cancel_model),
+    "pause_model": ("resource", b_pause_model),
+    "resume_model": ("resource", b_resume_model),
+    "copy_model": ("resource", b_copy_model),
     "get_model_events": ("resource", _model_get("/events")),
     "get_model_labels": ("resource", _model_get("/labels")),
     "get_model_centers": ("resource", _model_get("/centers")),
@@ -433,6 +526,11 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "list_sweeps": ("list", b_list_sweeps),
     "get_sweep": ("resource", _sweep_get("")),
     "get_sweep_plot": ("resource", _sweep_get("/plot.png")),
+    "get_sweep_events": ("resource", _sweep_get("/events")),
+    "cancel_sweep": ("resource", b_cancel_sweep),
+    "delete_sweep": ("resource", b_delete_sweep),
+    "list_jobs": ("list", b_list_jobs),
+    "get_events": ("events", b_get_events),
     "whoami": ("self", b_whoami),
     "create_project": ("global", b_create_project),
     "list_projects": ("global", b_list_projects),
@@ -622,6 +720,15 @@ def check_allowed(w: World, op: Operation, scope: str, caller: str, response: ht
         if op.operation_id == "upload":
             body = w.ok("GET", f"/datasets/{body['dataset_id']}", 200)
         assert body["project"] == (project or "default"), body
+    elif scope == "events":
+        events = [
+            json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")
+        ]
+        assert events or project == "team-b", "the project's event log is empty"
+        if project is not None:
+            assert {event["project"] for event in events} <= {project}, events
+        if caller == "other":
+            assert not team_a_ids_in(events, w.team_a), "another project's events are streamed"
     elif scope == "self":
         me = response.json()
         assert (me["role"], me["project"], me["token_id"], me["open"]) == (

@@ -66,10 +66,16 @@ def wait_until(predicate, timeout: float = 20, every: float = 0.05):
     raise AssertionError(f"not true within {timeout} s")
 
 
+def job_pid(client: TestClient, kind: str, job_id: str) -> int:
+    """The pid of the local process running a job (a fit or a sweep)."""
+    dispatcher = client.app.service.dispatcher
+    key = (kind, job_id)
+    return wait_until(lambda: key in dispatcher._active and dispatcher._active[key].run.process.pid)
+
+
 def fit_pid(client: TestClient, model_id: str) -> int:
     """The pid of the local process running a model's fit."""
-    dispatcher = client.app.service.dispatcher
-    return wait_until(lambda: model_id in dispatcher._active and dispatcher._active[model_id].run.process.pid)
+    return job_pid(client, "fit", model_id)
 
 
 def process_gone(pid: int) -> bool:

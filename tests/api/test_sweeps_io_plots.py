@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -239,42 +235,3 @@ def test_plot_of_an_imported_model_is_409(api):
     assert_problem(api.get(f"/kmeans/models/{model['id']}/plot.png"), 409, "imported")
 
 
-def test_a_sweep_runs_in_the_background_and_reports_progress(client, monkeypatch):
-    from kmeans import sweeps
-
-    real_fit = sweeps.engine.fit
-    gate = threading.Event()
-
-    def slow_fit(*args, **kwargs):
-        gate.wait(10)
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(sweeps.engine, "fit", slow_fit)
-    ds = dataset(client, blobs(3, 2))
-    started = time.monotonic()
-    response = client.post("/kmeans/sweeps", json={"dataset_id": ds, "k_min": 2, "k_max": 4})
-    assert response.status_code == 202 and time.monotonic() - started < 5
-    assert client.get(response.headers["location"]).json()["status"] in ("queued", "running")
-    gate.set()
-    done = wait_sweep(client, response.json()["id"])
-    assert done["status"] == "succeeded" and done["recommended_k"] == 3 and done["progress"] == 1.0
-
-
-def test_a_sweep_whose_process_is_gone_is_reported_failed(client):
-    from kmeans.access import OPEN, acting_as
-    from kmeans.sweeps import sweeps_of
-
-    service = client.app.service
-    ds = dataset(client, blobs(2, 2))
-    with acting_as(OPEN):  # the service called directly, as the local user of this open app
-        sweep = sweeps_of(service).create(service.get_dataset(ds), 2, 3, {})
-    wait_sweep(client, sweep["id"])
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    with service.store.transaction() as db:
-        db.execute(
-            "UPDATE sweeps SET status = 'running', worker = ? WHERE id = ?",
-            (f"{socket.gethostname()}:{dead.pid}", sweep["id"]),
-        )
-    failed = client.get(f"/kmeans/sweeps/{sweep['id']}").json()
-    assert failed["status"] == "failed" and "stopped" in failed["error"]["detail"]

@@ -37,6 +37,12 @@ METHODS = {
     "get_model": "get_model",
     "delete_model": "delete_model",
     "cancel_model": "cancel_model",
+    "pause_model": "pause_model",
+    "resume_model": "resume_model",
+    "copy_model": "copy_model",
+    "cancel_sweep": "cancel_sweep",
+    "delete_sweep": "delete_sweep",
+    "list_jobs": "list_jobs",
     "get_model_labels": "labels",
     "get_model_centers": "centers",
     "predict_with_model": "predictions",
@@ -62,7 +68,7 @@ METHODS = {
     "revoke_token": "revoke_token",
 }
 # Server-Sent Events are a stream, not a request/response: poll get_model (wait_for_model) instead.
-NOT_IN_THE_CLIENT = {"get_model_events"}
+NOT_IN_THE_CLIENT = {"get_model_events", "get_sweep_events", "get_events"}  # event streams: EventSource or curl -N
 
 
 @pytest.fixture(autouse=True)
