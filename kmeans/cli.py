@@ -93,6 +93,9 @@ class KMeansGroup(click.Group):
             ctx.exit(EXIT_API_ERROR)
 
 
+JOB_STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+
+
 def json_option(func: Callable) -> Callable:
     """``--json`` on a command (``kmeans --json …`` works too)."""
 
@@ -382,7 +385,7 @@ def _wait(state: State, model: dict[str, Any], timeout: float) -> dict[str, Any]
 
 @models.command("list")
 @click.option("--dataset", "dataset_id", help="Only models of this dataset.")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--project", help="Only models of this project.")
@@ -446,6 +449,35 @@ def models_cancel(state: State, model_id: str) -> None:
     emit(state, state.client.cancel_model(model_id), lambda m: out.print(f"model {m['id']} is {m['status']}"))
 
 
+@models.command("pause")
+@click.argument("model_id")
+@json_option
+def models_pause(state: State, model_id: str) -> None:
+    """Pause a queued or running fit (its centers are kept; resume goes on from them)."""
+    emit(state, state.client.pause_model(model_id), lambda m: out.print(f"model {m['id']} is {m['status']}"))
+
+
+@models.command("resume")
+@click.argument("model_id")
+@json_option
+def models_resume(state: State, model_id: str) -> None:
+    """Queue a paused fit again, to go on from its checkpoint."""
+    emit(state, state.client.resume_model(model_id), lambda m: out.print(f"model {m['id']} is {m['status']}"))
+
+
+@models.command("copy")
+@click.argument("model_id")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A fit option that replaces the model's (repeatable), e.g. --param n_clusters=5.")
+@click.option("--dataset", "dataset_id", help="Fit this dataset instead of the model's.")
+@json_option
+def models_copy(state: State, model_id: str, params: tuple[str, ...], dataset_id: str | None) -> None:
+    """Refit a model's dataset with its options, some of them changed."""
+    options = {"dataset_id": dataset_id} if dataset_id else {}
+    model = state.client.copy_model(model_id, dict(parse_param(p) for p in params), **options)
+    emit(state, model, lambda m: out.print(f"model {m['id']} (a copy of {model_id}) is {m['status']}"))
+
+
 @models.command("delete")
 @click.argument("model_id")
 @json_option
@@ -453,6 +485,22 @@ def models_delete(state: State, model_id: str) -> None:
     """Delete a model."""
     state.client.delete_model(model_id)
     emit(state, {"deleted": model_id}, lambda r: out.print(f"deleted model {model_id}"))
+
+
+@cli.command()
+@click.option("--status", type=click.Choice(JOB_STATUSES), help="Jobs in this state (default: the live ones).")
+@click.option("--kind", type=click.Choice(["fit", "sweep", "webhook"]), help="Only jobs of this kind.")
+@click.option("--project", help="Only jobs of this project (admins).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def jobs(state: State, status: str | None, kind: str | None, project: str | None, limit: int) -> None:
+    """Show the queue: running jobs, then queued ones in the order they start."""
+    page = state.client.list_jobs(0, limit, status=status, kind=kind, project=project)
+    emit(state, page, lambda p: table(
+        ([j["position"] or "", j["kind"], j["id"], j["project"], j["status"], j["phase"] or "",
+          f"{j['progress']:.0%}"] for j in p["items"]),
+        "place", "kind", "id", "project", "status", "phase", "progress", title=_page_title("jobs", p),
+    ))
 
 
 @cli.command()

@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans.errors import Conflict, Unavailable
+from kmeans.errors import Conflict, NotFound, Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS events (
     at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS models_dataset ON models (dataset_id);
+CREATE INDEX IF NOT EXISTS events_project ON events (project, seq);
 CREATE INDEX IF NOT EXISTS models_status ON models (status);
 CREATE TABLE IF NOT EXISTS uploads (
     job_id INTEGER PRIMARY KEY,
@@ -238,6 +239,12 @@ def _encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
+# A model's version 1 when it has none yet: (centers, counts, created_at); and what a new version
+# is made of: (centers, counts, rows_added, source). See the "model versions" methods of Store.
+FirstVersion = Callable[[], tuple[Any, Any, str]]
+NewVersion = tuple[Any, Any, int, str]
+
+
 class Store:
     """Datasets, models and classic uploads under ``data_dir``."""
 
@@ -261,6 +268,11 @@ class Store:
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             conn.execute("CREATE INDEX IF NOT EXISTS sweeps_status ON sweeps (status)")
+            for table in ("models", "sweeps"):  # finished jobs whose webhook is not queued yet
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {table}_pending_callback ON {table} (status)"
+                    " WHERE callback_url IS NOT NULL AND callback IS NULL"
+                )
             # A view holds no data: one whose definition is not the code's is made anew, in one
             # transaction (other processes read it meanwhile: they see the old one or the new one).
             have = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'jobs'").fetchone()
@@ -635,6 +647,108 @@ class Store:
         except sqlite3.Error as exc:
             raise Unavailable(f"the data directory's database cannot be read: {exc}") from None
 
+    # -- model versions ---------------------------------------------------------------------
+    # The centers and counts of an online (minibatch) model, version by version; kmeans.online
+    # does the math. A version never changes once written. ``first()`` gives version 1 of a
+    # model that has no versions yet, as (centers, counts, created_at): it is called only then,
+    # inside the transaction that records it. Centers and counts are stored as JSON (exact for
+    # float64) and come back as lists.
+
+    def seed_version(self, model_id: str, centers: Any, counts: Any, source: str = "import") -> None:
+        """Record version 1 with given centers and counts (an imported model continues from its export's)."""
+        with self.transaction() as db:
+            self._insert_version(db, model_id, 1, centers, counts, 0, source, now())
+
+    def list_versions(self, model_id: str, first: FirstVersion) -> tuple[int, list[dict[str, Any]]]:
+        """A model's current version number and all its versions, oldest first."""
+        with self.transaction() as db:
+            self._ensure_first_version(db, model_id, first)
+            current = self._current_version(db, model_id)
+            rows = db.execute("SELECT * FROM model_versions WHERE model_id = ? ORDER BY version", (model_id,))
+            return current, [self._version_record(r) for r in rows.fetchall()]
+
+    def get_version(self, model_id: str, number: int, first: FirstVersion) -> dict[str, Any]:
+        """Version ``number`` of a model, or NotFound."""
+        with self.transaction() as db:
+            return self._existing_version(db, model_id, number, first)
+
+    def append_version(
+        self, model_id: str, first: FirstVersion, compute: Callable[[dict[str, Any]], NewVersion],
+        base: int | None = None, event: str | None = None,
+    ) -> dict[str, Any]:
+        """Make a model's next version and make it current, in one write transaction (updates of
+        one model are serialized by the write lock, across threads and processes: none is lost).
+        ``compute(version)`` gets version ``base`` (default: the current one; NotFound if there is
+        none such) and gives the new one's ``(centers, counts, rows_added, source)``. With
+        ``event``, the new version is logged to the project event log under that kind, with data
+        ``{"version": n, "rows_added": m}``, in the same transaction."""
+        with self.transaction() as db:
+            number = self._current_version(db, model_id) if base is None else base
+            centers, counts, rows_added, source = compute(self._existing_version(db, model_id, number, first))
+            latest = db.execute("SELECT MAX(version) FROM model_versions WHERE model_id = ?", (model_id,)).fetchone()
+            version = latest[0] + 1
+            self._insert_version(db, model_id, version, centers, counts, rows_added, source, now())
+            db.execute("UPDATE models SET center_version = ?, version = version + 1 WHERE id = ?", (version, model_id))
+            if event is not None:
+                self._log_event(db, event, model_id, {"version": version, "rows_added": rows_added})
+            return self._version_row(db, model_id, version)
+
+    def version_centers(self, model_id: str, number: int) -> list[list[float]] | None:
+        """The centers of version ``number`` of a model (None: no such version is recorded)."""
+        row = self._conn().execute(
+            "SELECT centers FROM model_versions WHERE model_id = ? AND version = ?", (model_id, number)
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def _version_record(row: sqlite3.Row) -> dict[str, Any]:
+        """A ``model_versions`` row with its centers and counts decoded."""
+        record = dict(row)
+        record["centers"], record["counts"] = json.loads(record["centers"]), json.loads(record["counts"])
+        return record
+
+    @staticmethod
+    def _insert_version(
+        db: sqlite3.Connection, model_id: str, version: int, centers: Any, counts: Any, rows_added: int,
+        source: str, created_at: str,
+    ) -> None:
+        db.execute(
+            "INSERT INTO model_versions (model_id, version, centers, counts, rows_added, source, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (model_id, version, json.dumps(np.asarray(centers).tolist()), json.dumps(np.asarray(counts).tolist()),
+             rows_added, source, created_at),
+        )
+
+    def _ensure_first_version(self, db: sqlite3.Connection, model_id: str, first: FirstVersion) -> None:
+        """Record version 1 (the fit's result, from ``first()``) if the model has no versions yet."""
+        if db.execute("SELECT 1 FROM model_versions WHERE model_id = ? LIMIT 1", (model_id,)).fetchone():
+            return
+        centers, counts, created_at = first()
+        self._insert_version(db, model_id, 1, centers, counts, 0, "fit", created_at)
+
+    @staticmethod
+    def _current_version(db: sqlite3.Connection, model_id: str) -> int:
+        row = db.execute("SELECT center_version FROM models WHERE id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no model with id {model_id}")
+        return row[0] or 1
+
+    @staticmethod
+    def _version_row(db: sqlite3.Connection, model_id: str, number: int) -> dict[str, Any] | None:
+        row = db.execute(
+            "SELECT * FROM model_versions WHERE model_id = ? AND version = ?", (model_id, number)
+        ).fetchone()
+        return None if row is None else Store._version_record(row)
+
+    def _existing_version(
+        self, db: sqlite3.Connection, model_id: str, number: int, first: FirstVersion
+    ) -> dict[str, Any]:
+        self._ensure_first_version(db, model_id, first)
+        found = self._version_row(db, model_id, number)
+        if found is None:
+            raise NotFound(f"model {model_id} has no version {number}")
+        return found
+
     # -- the job queue: fits, sweeps and webhook deliveries ----------------------------------
 
     def _log_event(self, db: sqlite3.Connection, kind: str, job_id: str, data: dict | None = None) -> None:
@@ -766,15 +880,21 @@ class Store:
         clause = " AND ".join(where)
         db = self._conn()
         total = db.execute(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args).fetchone()[0]
+        live = set(statuses) <= {*ACTIVE, "paused"}
+        # Finished jobs are paged by the database; live ones (as many as the queue holds) are
+        # ordered here, by their places in the queue.
+        page = "" if live else " LIMIT ? OFFSET ?"
         rows = [_decode(r) for r in db.execute(
-            f"SELECT * FROM jobs WHERE {clause} ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1"
-            " ELSE 2 END, created_at DESC, id",
-            args,
+            f"SELECT * FROM jobs WHERE {clause} ORDER BY created_at DESC, id{page}",
+            (*args, limit, offset) if page else args,
         ).fetchall()]
         places = self.queue_positions(COMPUTE) if any(r["status"] == "queued" for r in rows) else {}
-        places.update(self.queue_positions(("webhook",)) if any(r["kind"] == "webhook" for r in rows) else {})
+        if any(r["kind"] == "webhook" and r["status"] == "queued" for r in rows):
+            places.update(self.queue_positions(("webhook",)))
         for row in rows:
             row["position"] = places.get((row["kind"], row["id"]))
+        if not live:
+            return rows, total
         rows.sort(key=lambda r: (r["status"] != "running", r["position"] is None, r["position"] or 0))
         return rows[offset:offset + limit], total
 
@@ -855,15 +975,17 @@ class Store:
         webhook is not queued yet; ``make(kind, record)`` gives the delivery's record. Exactly
         once per resource, whichever process asks first (and again after a crash: the
         resources' ``callback`` stays empty until the delivery is queued)."""
-        made = []
+        made: list[dict[str, Any]] = []
+        pending = (
+            "SELECT * FROM {table} WHERE callback_url IS NOT NULL AND callback IS NULL"
+            f" AND status IN ({', '.join('?' * len(TERMINAL))}) LIMIT 100"
+        )
+        if not any(self._conn().execute(pending.format(table=KINDS[k]), TERMINAL).fetchone() for k in COMPUTE):
+            return made  # a read first: idle processes take no write lock every round
         with self.transaction() as db:
             for kind in COMPUTE:
                 table = KINDS[kind]
-                rows = db.execute(
-                    f"SELECT * FROM {table} WHERE callback_url IS NOT NULL AND callback IS NULL"
-                    f" AND status IN ({', '.join('?' * len(TERMINAL))}) LIMIT 100",
-                    TERMINAL,
-                ).fetchall()
+                rows = db.execute(pending.format(table=table), TERMINAL).fetchall()
                 for row in rows:
                     delivery = make(kind, _decode(row))
                     keys = list(delivery)

@@ -325,3 +325,18 @@ def test_a_mixed_table_through_the_cli(run, tmp_path: Path):
     as_json = json.loads(run("predict", model_id, str(examples / "customers_new.csv"), "--decimal", ",",
                              "--json").stdout)
     assert [p["id"] for p in as_json] == ["N001", "N002", "N003"]
+
+
+def test_jobs_copy_pause_and_resume_commands(run, points: Path):
+    dataset_id = upload(run, points)
+    model = fit(run, dataset_id)
+    copy = json.loads(ok(run("models", "copy", model["id"], "--param", "n_clusters=3", "--json")))
+    assert copy["copied_from"] == model["id"] and copy["params"]["n_clusters"] == 3
+    assert f"a copy of {model['id']}" in ok(run("models", "copy", model["id"]))
+    listed = json.loads(ok(run("jobs", "--status", "succeeded", "--kind", "fit", "--json")))
+    assert model["id"] in [j["id"] for j in listed["items"]]
+    assert "jobs" in ok(run("jobs"))  # the live queue, as a table (maybe empty)
+    paused = run("models", "pause", model["id"])  # a finished fit cannot be paused: the server's 409
+    assert paused.exit_code != 0 and "succeeded" in paused.stderr
+    resumed = run("models", "resume", model["id"])
+    assert resumed.exit_code != 0 and "paused" in resumed.stderr
