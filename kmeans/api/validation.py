@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import re
 import secrets
 import threading
@@ -257,7 +258,23 @@ def _items(validator: Any, items: Any, instance: Any, schema: dict) -> Any:
     yield from Draft4Validator.VALIDATORS["items"](validator, items, instance, schema)
 
 
-FastRequestValidator = extend(Draft4RequestValidator, {"items": _items})
+def _bounded(keyword: str) -> Callable[..., Any]:
+    """``minimum``/``maximum`` that also refuse NaN and infinities (JSON bodies may carry them as
+    the NaN/Infinity extension): every comparison with NaN is false, so jsonschema lets it pass."""
+    check = Draft4Validator.VALIDATORS[keyword]
+
+    def bounded(validator: Any, bound: Any, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, float) and not math.isfinite(instance):
+            yield ValidationError(f"{instance} is not a finite number")
+            return
+        yield from check(validator, bound, instance, schema)
+
+    return bounded
+
+
+FastRequestValidator = extend(
+    Draft4RequestValidator, {"items": _items, "minimum": _bounded("minimum"), "maximum": _bounded("maximum")}
+)
 
 
 class Utf8JSONValidator(JSONRequestBodyValidator):

@@ -334,3 +334,20 @@ def test_a_copy_refits_the_dataset_with_the_overrides(client: TestClient):
     imported = client.post("/kmeans/models/import", json=doc).json()
     refused = client.post(f"/kmeans/models/{imported['id']}/copy")
     assert refused.status_code == 409 and "dataset_id" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/kmeans/models", b'{"dataset_id": "ds_0000000000000000", "time_limit": %s}', "time_limit"),
+        ("/kmeans/sweeps", b'{"dataset_id": "ds_0000000000000000", "k_min": 2, "k_max": 3, "time_limit": %s}',
+         "time_limit"),
+        ("/kmeans/models/m_0000000000000000/copy", b'{"time_limit": %s}', "time_limit"),
+        ("/kmeans/models", b'{"dataset_id": "ds_0000000000000000", "params": {"tol": %s}}', "tol"),
+    ],
+)
+def test_a_non_finite_bounded_number_is_refused_by_the_spec_naming_it(client: TestClient, path, body, field, constant):
+    response = client.post(path, content=body % constant, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert field in response.json()["detail"] and ("finite" in response.json()["detail"] or "imum" in response.text)
