@@ -37,7 +37,7 @@ EVENT_POLL = 0.25  # seconds between looks at a model whose events are streamed
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
 WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery"}  # what a job of each kind is called
-COLLECTION = {"fit": "models", "sweep": "sweeps"}
+COLLECTION = {"fit": "models", "sweep": "sweeps", "push": "models", "restore": "models"}  # where an event's resource is
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
 Upload = SpooledFile | BinaryIO

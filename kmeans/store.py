@@ -670,7 +670,8 @@ class Store:
     def get_version(self, model_id: str, number: int, first: FirstVersion) -> dict[str, Any]:
         """Version ``number`` of a model, or NotFound."""
         with self.transaction() as db:
-            return self._existing_version(db, model_id, number, first)
+            self._ensure_first_version(db, model_id, first)
+            return self._existing_version(db, model_id, number)
 
     def append_version(
         self, model_id: str, first: FirstVersion, compute: Callable[[dict[str, Any]], NewVersion],
@@ -683,8 +684,9 @@ class Store:
         ``event``, the new version is logged to the project event log under that kind, with data
         ``{"version": n, "rows_added": m}``, in the same transaction."""
         with self.transaction() as db:
+            self._ensure_first_version(db, model_id, first)
             number = self._current_version(db, model_id) if base is None else base
-            centers, counts, rows_added, source = compute(self._existing_version(db, model_id, number, first))
+            centers, counts, rows_added, source = compute(self._existing_version(db, model_id, number))
             latest = db.execute("SELECT MAX(version) FROM model_versions WHERE model_id = ?", (model_id,)).fetchone()
             version = latest[0] + 1
             self._insert_version(db, model_id, version, centers, counts, rows_added, source, now())
@@ -740,11 +742,9 @@ class Store:
         ).fetchone()
         return None if row is None else Store._version_record(row)
 
-    def _existing_version(
-        self, db: sqlite3.Connection, model_id: str, number: int, first: FirstVersion
-    ) -> dict[str, Any]:
-        self._ensure_first_version(db, model_id, first)
-        found = self._version_row(db, model_id, number)
+    @staticmethod
+    def _existing_version(db: sqlite3.Connection, model_id: str, number: int) -> dict[str, Any]:
+        found = Store._version_row(db, model_id, number)
         if found is None:
             raise NotFound(f"model {model_id} has no version {number}")
         return found

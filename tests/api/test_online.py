@@ -1,8 +1,9 @@
-"""Online updates of minibatch models, versions, predicting with a version, restore, and
-concurrent pushes (none lost)."""
+"""Online updates of minibatch models, versions, predicting with a version, restore,
+concurrent pushes (none lost), and pushes and restores in the project event stream."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -135,3 +136,40 @@ def test_an_imported_minibatch_model_continues_from_the_exported_counts(api):
     assert a["centers"] == b["centers"]
     bad = {**doc, "counts": [1]}
     assert_problem(api.post("/kmeans/models/import", json=bad), 422, "counts")
+
+
+def sse(text: str, event: str) -> list[dict]:
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if fields.get("event") == event:
+            found.append({**json.loads(fields["data"]), "event_id": int(fields["id"])})
+    return found
+
+
+def test_pushes_and_restores_are_in_the_project_event_stream(api, monkeypatch):
+    from kmeans.api import jobs
+
+    monkeypatch.setattr(jobs, "EVENT_STREAM_SECONDS", 1.0)  # a stream ends after this long
+    model = minibatch(api)
+    mid = model["id"]
+    pushed = api.post(f"/kmeans/models/{mid}/data", json={"data": [[3, 1], [12, 4], [13, 1]]}).json()
+    again = api.post(f"/kmeans/models/{mid}/data", json={"data": [[1, 1]]}).json()
+    restored = api.post(f"/kmeans/models/{mid}/versions/1/restore").json()
+    events = sse(api.get("/kmeans/events", headers={"Last-Event-ID": "0"}).text, "job")
+    mine = [e for e in events if e["id"] == mid and e["kind"] in ("push", "restore")]
+    assert [(e["kind"], e["data"]) for e in mine] == [
+        ("push", {"version": pushed["version"], "rows_added": 3}),
+        ("push", {"version": again["version"], "rows_added": 1}),
+        ("restore", {"version": restored["version"], "rows_added": 0}),
+    ]
+    assert [pushed["version"], again["version"], restored["version"]] == [2, 3, 4]
+    assert all(e["project"] == "default" and e["status"] == "succeeded" for e in mine)
+    # after the fit's own events, in the order they happened
+    fit_events = [e["event_id"] for e in events if e["id"] == mid and e["kind"] == "fit"]
+    assert fit_events and max(fit_events) < mine[0]["event_id"] < mine[1]["event_id"] < mine[2]["event_id"]
+    # a push that fails (wrong width) makes no version and no event
+    api.post(f"/kmeans/models/{mid}/data", json={"data": [[1, 1, 1]]})
+    later = sse(api.get("/kmeans/events", headers={"Last-Event-ID": str(mine[-1]["event_id"])}).text, "job")
+    assert [e for e in later if e["id"] == mid] == []
+    assert api.get(f"/kmeans/models/{mid}/versions").json()["current"] == 4

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmeans.errors import Conflict
+from kmeans.errors import Conflict, NotFound
 from kmeans.store import Store, new_id, now
 
 
@@ -248,3 +248,126 @@ def test_ids_are_stored_at_their_own_width_and_read_back_in_pages(store):
     assert store.load_ids("ds_ids") == ids
     assert store.load_ids("ds_ids", 5, 3) == ids[5:8] and store.load_ids("ds_ids", 30_000, 10) == []
     assert store.load_ids("ds_none") is None and temp_files(store) == []
+
+
+# -- model versions ------------------------------------------------------------------------
+
+
+class FirstVersion:
+    """A ``first()`` callback that counts its calls."""
+
+    def __init__(self, centers=((0.0, 0.0), (1.0, 1.0)), counts=(2.0, 3.0)) -> None:
+        self.calls = 0
+        self.centers, self.counts = [list(c) for c in centers], list(counts)
+
+    def __call__(self):
+        self.calls += 1
+        return np.array(self.centers), np.array(self.counts), "2024-01-01T00:00:00+00:00"
+
+
+def plus_one(rows: int = 1):
+    """A ``compute`` that adds one to every count (and records what it was given)."""
+    seen = []
+
+    def compute(current):
+        seen.append(current)
+        return np.asarray(current["centers"]), np.asarray(current["counts"]) + 1, rows, "data"
+
+    compute.seen = seen
+    return compute
+
+
+def push_events(store: Store, model_id: str) -> list[dict]:
+    return [e for e in store.events_since(0, None, 1000) if e["resource_id"] == model_id and e["kind"] != "fit"]
+
+
+def test_version_one_is_recorded_from_first_once_and_only_when_missing(store):
+    model_id = add_model(store, add_dataset(store), status="succeeded")
+    first = FirstVersion()
+    current, items = store.list_versions(model_id, first)
+    assert current == 1 and first.calls == 1
+    assert [(v["version"], v["source"], v["rows_added"]) for v in items] == [(1, "fit", 0)]
+    assert items[0]["centers"] == first.centers and items[0]["counts"] == first.counts
+    assert items[0]["created_at"] == "2024-01-01T00:00:00+00:00"
+    assert store.get_version(model_id, 1, first)["counts"] == [2.0, 3.0] and first.calls == 1
+    with pytest.raises(NotFound, match="no version 2"):
+        store.get_version(model_id, 2, first)
+    assert store.version_centers(model_id, 1) == first.centers
+    assert store.version_centers(model_id, 2) is None
+
+
+def test_seed_version_records_version_one_and_first_is_not_called(store):
+    model_id = add_model(store, add_dataset(store), status="succeeded")
+    store.seed_version(model_id, np.array([[5.0, 6.0]]), np.array([7.0]))
+    first = FirstVersion()
+    row = store.get_version(model_id, 1, first)
+    assert (row["source"], row["centers"], row["counts"], first.calls) == ("import", [[5.0, 6.0]], [7.0], 0)
+
+
+def test_append_version_makes_the_next_version_current_and_logs_its_event(store):
+    model_id = add_model(store, add_dataset(store), status="succeeded")
+    first = FirstVersion()
+    before = store.get_model(model_id)["version"]
+    compute = plus_one(rows=4)
+    row = store.append_version(model_id, first, compute, event="push")
+    assert compute.seen[0]["version"] == 1 and compute.seen[0]["counts"] == [2.0, 3.0]
+    assert (row["version"], row["counts"], row["rows_added"], row["source"]) == (2, [3.0, 4.0], 4, "data")
+    model = store.get_model(model_id)
+    assert model["center_version"] == 2 and model["version"] == before + 1
+    events = push_events(store, model_id)
+    assert [(e["kind"], e["project"], e["data"]) for e in events] == [
+        ("push", "default", {"version": 2, "rows_added": 4})
+    ]
+    # a restore starts from the version it names, not the current one
+    compute = plus_one(rows=0)
+    row = store.append_version(model_id, first, compute, base=1, event="restore")
+    assert compute.seen[0]["version"] == 1 and (row["version"], row["counts"]) == (3, [3.0, 4.0])
+    assert push_events(store, model_id)[-1]["data"] == {"version": 3, "rows_added": 0}
+    # without an event kind, nothing is logged
+    store.append_version(model_id, first, plus_one())
+    assert len(push_events(store, model_id)) == 2 and first.calls == 1
+    assert store.list_versions(model_id, first)[0] == 4
+
+
+def test_append_version_writes_nothing_when_compute_fails_or_a_version_is_missing(store):
+    model_id = add_model(store, add_dataset(store), status="succeeded")
+    first = FirstVersion()
+
+    def fails(current):
+        raise ValueError("bad rows")
+
+    with pytest.raises(ValueError):
+        store.append_version(model_id, first, fails, event="push")
+    with pytest.raises(NotFound, match="no version 7"):
+        store.append_version(model_id, first, plus_one(), base=7, event="restore")
+    with pytest.raises(NotFound, match="no model"):
+        store.append_version("m_0000000000000000", first, plus_one(), event="push")
+    # the first transaction rolled back its version 1 too: it is recorded again, once
+    assert store.list_versions(model_id, first) == (1, [store.get_version(model_id, 1, first)])
+    assert store.get_model(model_id)["center_version"] is None and push_events(store, model_id) == []
+
+
+def test_concurrent_appends_from_separate_stores_are_all_applied(tmp_path):
+    store = Store(tmp_path / "data")
+    model_id = add_model(store, add_dataset(store), status="succeeded")
+    first = FirstVersion()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        mine = Store(tmp_path / "data")  # another connection, as another process would have
+        try:
+            for _ in range(10):
+                mine.append_version(model_id, first, plus_one(), event="push")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    current, items = store.list_versions(model_id, first)
+    assert current == 41 and [v["version"] for v in items] == list(range(1, 42))
+    assert items[-1]["counts"] == [42.0, 43.0] and first.calls == 1
+    assert sorted(e["data"]["version"] for e in push_events(store, model_id)) == list(range(2, 42))
