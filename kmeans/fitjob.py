@@ -155,10 +155,13 @@ class _Checkpoints:
 def run_fit(store: Store, model: dict, run: JobRun) -> str:
     """Fit a model and store its result (if its run still owns it); returns how it ended.
 
-    A resumed fit (``checkpoint`` set when it was resumed) starts from the saved centers."""
-    path = store.checkpoint_path(model["id"])
-    start = Store.load_array(path) if model.get("checkpoint") and path.exists() else None
-    saver = _Checkpoints(store, path) if engine.can_checkpoint(model["params"]) else None
+    A resumed fit starts from the centers its paused run saved (``checkpoint.run``); this run
+    saves its own checkpoints under its own token."""
+    paused_run = (model.get("checkpoint") or {}).get("run")
+    saved = store.checkpoint_path(model["id"], paused_run) if paused_run else None
+    start = Store.load_array(saved) if saved is not None and saved.exists() else None
+    own = store.checkpoint_path(model["id"], run.run_token)
+    saver = _Checkpoints(store, own) if engine.can_checkpoint(model["params"]) else None
     clock = time.perf_counter()
     fitted = prepared_fit(store, model, run.progress, start=start, checkpoint=saver)
     seconds = time.perf_counter() - clock

@@ -425,16 +425,11 @@ class Dispatcher:
             self._own(key, job["run_token"])
             try:
                 run = self.launcher.start(job)
-            except Exception as exc:
+            except Exception as exc:  # e.g. no process could be forked now: likely the machine's, not the job's
                 self._own(key, None)
                 log.exception("could not start %s %s", *key)
-                failed = fitjob.FAILED[job["kind"]]
-                self.store.update_job(
-                    *key, ("running",), job["run_token"], status="failed", finished_at=now(),
-                    error=failed(f"the {job['kind']} could not be started: {exc}").to_problem(),
-                )
-                self.on_terminal(*key)
-                continue
+                self._requeue_or_fail(job, f"its process could not be started ({type(exc).__name__}: {exc})")
+                return  # the next jobs would meet the same trouble: try again next round
             self._active[key] = _Active(key, job["run_token"], run, time_limit=job.get("time_limit"))
 
     def _claim_deliveries(self) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 EVENT_POLL = 0.25  # seconds between looks at a model whose events are streamed
+PRUNE_EVERY = 600.0  # seconds between prunings of finished webhook deliveries
+DELIVERIES_KEPT_SECONDS = 7 * 86400  # a finished delivery is kept this long (its outcome stays on the resource)
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
 WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery"}  # what a job of each kind is called
@@ -53,7 +56,10 @@ def display_name(filename: str | None, fallback: str = "upload.csv") -> str:
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
+    public = {k: v for k, v in record.items() if k not in PUBLIC_HIDDEN}
+    if isinstance(public.get("checkpoint"), dict):  # which run saved it is the store's business
+        public["checkpoint"] = {k: v for k, v in public["checkpoint"].items() if k != "run"}
+    return public
 
 
 @lru_cache(maxsize=256)
@@ -115,6 +121,7 @@ class KMeansService:
         self.access = access.Access(self.store, settings.auth_required, settings.insecure)
         self._launcher = launcher
         self.dispatcher: Dispatcher | None = None
+        self._next_prune = 0.0
         # Parses of multipart uploads while they arrive (threads start when first needed).
         self._arriving = ThreadPoolExecutor(4, thread_name_prefix="kmeans-arriving")
 
@@ -134,7 +141,7 @@ class KMeansService:
                 self.settings.heartbeat_timeout,
                 on_terminal=self.notify,
                 deliveries=Deliveries(self._deliver, max_attempts=self.settings.webhook_attempts),
-                housekeeping=self._queue_deliveries,
+                housekeeping=self._housekeeping,
             )
             self.dispatcher.start()
 
@@ -380,7 +387,8 @@ class KMeansService:
                     f" (model {stored['id']}); use a new key for a new fit",
                     parameter="Idempotency-Key",
                 )
-            return self.get_model(stored["id"]), False
+            # The same answer as the first time, secret included: a retry is a client that lost it.
+            return self._with_secret(self.get_model(stored["id"]), stored.get("callback_secret")), False
         self._queued()
         return self._with_secret(self.get_model(record["id"]), secret), True
 
@@ -448,10 +456,17 @@ class KMeansService:
                 f"model {model_id} is fitted with method {model['params'].get('method', 'kmeans')}, which cannot be"
                 " paused; only method kmeans fits can (cancel this one instead)"
             )
-        was = model.get("phase") or model["status"]
-        if not self.store.update_job(
-            "fit", model_id, ACTIVE, status="paused", run_token=None, phase=f"paused ({was})"
-        ):
+        record = self.store.get_model(model_id) or {}
+        was = record.get("phase") or record.get("status")
+        if record.get("status") == "running":
+            # The checkpoint to resume from is this run's (its own file): kept by the token.
+            paused = self.store.update_job(
+                "fit", model_id, ("running",), record["run_token"], status="paused", run_token=None,
+                phase=f"paused ({was})", checkpoint={"run": record["run_token"], "paused_at": now()},
+            )
+        else:  # queued: it keeps the checkpoint it had (if it was paused before)
+            paused = self.store.update_job("fit", model_id, ("queued",), status="paused", phase=f"paused ({was})")
+        if not paused:
             status = self.get_model(model_id)["status"]
             raise Conflict(f"model {model_id} is {status}; only queued or running fits can be paused")
         if self.dispatcher is not None:
@@ -459,16 +474,19 @@ class KMeansService:
         return self.get_model(model_id)
 
     def resume_model(self, model_id: str) -> dict[str, Any]:
-        """Queue a paused fit again; it starts from the centers it had when it was paused."""
-        self.get_model(model_id)
-        saved = self.store.checkpoint_path(model_id)
-        checkpoint = {"resumed_at": now()} if saved.exists() else None
-        phase = "queued: resumes from its checkpoint" if checkpoint else "queued: resumed (it had not started)"
+        """Queue a paused fit again; it starts from the centers it had when it was paused.
+
+        Its attempts start again from 0 (a pause is nobody's failure)."""
+        record = access.visible(self.store.get_model(model_id), "model", model_id)
+        checkpoint = record.get("checkpoint")
+        saved = checkpoint and self.store.checkpoint_path(model_id, checkpoint["run"]).exists()
+        phase = "queued: resumes from its checkpoint" if saved else "queued: resumed (from the start: no checkpoint)"
+        fields: dict[str, Any] = {"checkpoint": {**checkpoint, "resumed_at": now()}} if saved else {"checkpoint": None}
         if not self.store.update_job(
             "fit", model_id, ("paused",), status="queued", queued_at=now(), phase=phase, progress=0, attempts=0,
-            checkpoint=checkpoint,
+            **fields,
         ):
-            raise Conflict(f"model {model_id} is {self.get_model(model_id)['status']}; only paused fits can be resumed")
+            raise Conflict(f"model {model_id} is {record['status']}; only paused fits can be resumed")
         self._queued()
         return self.get_model(model_id)
 
@@ -479,13 +497,22 @@ class KMeansService:
         dataset_id: str | None = None,
         time_limit: float | None = None,
         callback_url: str | None = None,
+        unset: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """A new fit of a model's dataset (or ``dataset_id``) with its params, ``params`` overriding them."""
+        """A new fit of a model's dataset (or ``dataset_id``) with its params, ``params`` overriding
+        them and the options in ``unset`` left out."""
         source = self.get_model(model_id)
         dataset_id = dataset_id or source["dataset_id"]
         if not dataset_id:
             raise Conflict(f"model {model_id} was imported and has no dataset; name one with dataset_id")
-        merged = {**source["params"], **(params or {})}
+        unknown = [name for name in unset if name not in source["params"]]
+        if unknown:
+            raise Unprocessable(
+                f"unset names {', '.join(map(repr, unknown))}, which model {model_id}'s params do not have"
+                f" (they have {', '.join(map(repr, source['params'])) or 'none'})",
+                parameter="unset",
+            )
+        merged = {**{k: v for k, v in source["params"].items() if k not in unset}, **(params or {})}
         model, _ = self.create_model(dataset_id, merged, time_limit or source.get("time_limit"), callback_url,
                                      copied_from=model_id)
         return model
@@ -499,12 +526,21 @@ class KMeansService:
     def _queue_deliveries(self) -> int:
         return len(self.store.enqueue_deliveries(self._delivery_record))
 
-    @staticmethod
-    def _delivery_record(kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _housekeeping(self) -> None:
+        """Every dispatcher sweep: queue missed deliveries; now and then forget old finished ones."""
+        self._queue_deliveries()
+        moment = time.monotonic()
+        if moment >= self._next_prune:
+            self._next_prune = moment + PRUNE_EVERY
+            cutoff = datetime.fromtimestamp(time.time() - DELIVERIES_KEPT_SECONDS, UTC).isoformat()
+            self.store.prune_deliveries(cutoff)
+
+    @classmethod
+    def _delivery_record(cls, kind: str, record: dict[str, Any]) -> dict[str, Any]:
         what = WHAT[kind]
         event = f"{what}.{record['status']}"
         stamp = now()
-        body = {**_public(record), "callback": None}
+        body = {**(cls._public_sweep(record) if kind == "sweep" else _public(record)), "callback": None}
         return {
             "id": new_id("wh"),
             "project": record["project"],
@@ -523,7 +559,13 @@ class KMeansService:
     def _deliver(self, delivery: dict[str, Any]) -> None:
         """One attempt at a webhook delivery (a job run in a thread), recorded on the delivery and
         on its resource: delivered, re-queued with backoff, or failed for good."""
-        target = self.store.get_job(delivery["target_kind"], delivery["target_id"]) or {}
+        target = self.store.get_job(delivery["target_kind"], delivery["target_id"])
+        if target is None:  # deleted meanwhile: nothing to report on, and no key to sign with
+            self.store.update_job(
+                "webhook", delivery["id"], ("running",), delivery["run_token"], status="cancelled", finished_at=now(),
+                phase=f"cancelled: its {WHAT[delivery['target_kind']]} was deleted",
+            )
+            return
         outcome = webhooks.attempt(
             delivery["url"], delivery["payload"], list(self.settings.webhook_allow), target.get("callback_secret"),
             delivery["id"],

@@ -268,6 +268,8 @@ class Store:
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             conn.execute("CREATE INDEX IF NOT EXISTS sweeps_status ON sweeps (status)")
+            for table in KINDS.values():  # fair share: when each project's latest job started
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_started ON {table} (project, started_at)")
             for table in ("models", "sweeps"):  # finished jobs whose webhook is not queued yet
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {table}_pending_callback ON {table} (status)"
@@ -384,13 +386,20 @@ class Store:
     def labels_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.labels.npy"
 
-    def checkpoint_path(self, model_id: str) -> Path:
-        """The centers (fitted space) a running KMeans fit had after its latest checkpoint."""
-        return self.root / "models" / f"{model_id}.checkpoint.npy"
+    def checkpoint_path(self, model_id: str, run_token: str) -> Path:
+        """The centers (fitted space) the run ``run_token`` of a KMeans fit had at its latest
+        checkpoint: one file per run, so that a run that is being stopped never overwrites
+        the checkpoint of the run after it."""
+        return self.root / "models" / f"{model_id}.checkpoint.{run_token}.npy"
 
-    def save_array(self, path: Path, array: np.ndarray | list[np.ndarray]) -> None:
-        """Write an array (or its row chunks, one after the other) to ``path`` as ``.npy``,
-        atomically: temp file, fsync, rename. Chunks are never concatenated in memory."""
+    def remove_checkpoints(self, model_id: str) -> None:
+        """Remove every checkpoint of a model's runs."""
+        for path in (self.root / "models").glob(f"{model_id}.checkpoint.*.npy"):
+            path.unlink(missing_ok=True)
+
+    def stage_array(self, array: np.ndarray | list[np.ndarray]) -> Path:
+        """Write an array (or its row chunks, one after the other) as ``.npy`` to a fresh temp
+        file, fsynced; the caller renames it into place. Chunks are never concatenated in memory."""
         chunks = array if isinstance(array, list) else [array]
         first = chunks[0]
         shape = (sum(len(c) for c in chunks), *first.shape[1:])
@@ -403,10 +412,19 @@ class Store:
                     out.write(np.ascontiguousarray(chunk, dtype=first.dtype).data)
                 out.flush()
                 os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def save_array(self, path: Path, array: np.ndarray | list[np.ndarray]) -> None:
+        """Write an array (or its row chunks) to ``path`` as ``.npy``, atomically: temp file,
+        fsync, rename."""
+        tmp = self.stage_array(array)
+        try:
             os.replace(tmp, path)
         finally:
-            with suppress(FileNotFoundError):
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load_array(path: Path, mmap: bool = False) -> np.ndarray:
@@ -528,18 +546,28 @@ class Store:
     def finish_model(
         self, model_id: str, run_token: str, centers: np.ndarray, labels: np.ndarray, **fields: Any
     ) -> bool:
-        """Store a fit's arrays, then mark it succeeded, if this run still owns it; else discard them."""
-        self.save_array(self.centers_path(model_id), centers)
-        self.save_array(self.labels_path(model_id), labels)
-        if self.update_model(model_id, ("running",), run_token, status="succeeded", **fields):
-            self.checkpoint_path(model_id).unlink(missing_ok=True)
-            return True
-        self._remove_model_files(model_id)
-        return False
+        """Store a fit's arrays and mark it succeeded, if this run still owns it; else discard them.
+
+        The arrays are renamed into place inside the transaction that checks ownership, so a
+        run that lost its model (cancelled, paused, re-queued) never touches the files of the
+        run that owns it, and nobody sees the model succeeded before its files exist."""
+        staged = [self.stage_array(centers), self.stage_array(labels)]
+        try:
+            with self.transaction() as db:
+                if not self._update_job(db, "fit", model_id, ("running",), run_token, status="succeeded", **fields):
+                    return False
+                os.replace(staged[0], self.centers_path(model_id))
+                os.replace(staged[1], self.labels_path(model_id))
+        finally:
+            for path in staged:
+                path.unlink(missing_ok=True)
+        self.remove_checkpoints(model_id)
+        return True
 
     def delete_model(self, model_id: str) -> bool:
         with self.transaction() as db:
             gone = db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
+            self._cancel_deliveries(db, model_id, "model")
             db.execute("DELETE FROM model_versions WHERE model_id = ?", (model_id,))
             db.execute("UPDATE uploads SET model_id = NULL WHERE model_id = ?", (model_id,))
             db.execute("DELETE FROM idempotency_keys WHERE model_id = ?", (model_id,))
@@ -548,8 +576,9 @@ class Store:
         return bool(gone)
 
     def _remove_model_files(self, model_id: str) -> None:
-        for path in (self.centers_path(model_id), self.labels_path(model_id), self.checkpoint_path(model_id)):
+        for path in (self.centers_path(model_id), self.labels_path(model_id)):
             path.unlink(missing_ok=True)
+        self.remove_checkpoints(model_id)
 
     # -- classic uploads ------------------------------------------------------------------
 
@@ -608,6 +637,8 @@ class Store:
                 "SELECT 1 FROM tokens WHERE project = ? AND revoked_at IS NULL LIMIT 1", (project_id,)
             ).fetchone():
                 raise Conflict(f"project {project_id!r} still has tokens that are not revoked; revoke them first")
+            # Its resources are gone, so are their deliveries' reasons (cancelled on delete).
+            db.execute("DELETE FROM deliveries WHERE project = ?", (project_id,))
             return db.execute("DELETE FROM projects WHERE id = ?", (project_id,)).rowcount > 0
 
     def add_token(self, record: dict[str, Any]) -> None:
@@ -791,6 +822,13 @@ class Store:
         """Set ``fields`` on a job if it still exists (in one of ``only_if_status``, and still run
         by the run whose token is ``owner``). Every change bumps ``version``, the id of the job's
         live events; a change of status is also logged for the project's event stream."""
+        with self.transaction() as db:
+            return self._update_job(db, kind, job_id, only_if_status, owner, **fields)
+
+    def _update_job(
+        self, db: sqlite3.Connection, kind: str, job_id: str, only_if_status: tuple[str, ...] = (),
+        owner: str | None = None, **fields: Any,
+    ) -> bool:
         sets = ", ".join(f"{k} = ?" for k in fields)
         sql = f"UPDATE {KINDS[kind]} SET {sets}, version = version + 1 WHERE id = ?"
         args: tuple = (*(_encode(v) for v in fields.values()), job_id)
@@ -800,11 +838,10 @@ class Store:
         if owner is not None:
             sql += " AND run_token = ?"
             args += (owner,)
-        with self.transaction() as db:
-            changed = db.execute(sql, args).rowcount > 0
-            if changed and "status" in fields:
-                self._log_event(db, kind, job_id)
-            return changed
+        changed = db.execute(sql, args).rowcount > 0
+        if changed and "status" in fields:
+            self._log_event(db, kind, job_id)
+        return changed
 
     def claim_next(
         self, worker: str, max_running: int, run_token: str, kinds: tuple[str, ...] = COMPUTE
@@ -812,6 +849,8 @@ class Store:
         """Take the next queued job of ``kinds`` (in :func:`fair_order`) for ``worker``, if fewer
         than ``max_running`` of them run across every process sharing this data dir."""
         marks = ", ".join("?" * len(kinds))
+        if self._running(self._conn(), kinds) >= max_running:
+            return None  # a read first: while every slot is taken, waiting processes take no write lock
         with self.transaction() as db:
             running = dict(db.execute(
                 f"SELECT project, COUNT(*) FROM jobs WHERE status = 'running' AND kind IN ({marks}) GROUP BY project",
@@ -844,14 +883,24 @@ class Store:
         return [dict(r) for r in db.execute(sql, (*kinds, time.time())).fetchall()]
 
     @staticmethod
+    def _running(db: sqlite3.Connection, kinds: tuple[str, ...]) -> int:
+        marks = ", ".join("?" * len(kinds))
+        sql = f"SELECT COUNT(*) FROM jobs WHERE status = 'running' AND kind IN ({marks})"
+        return db.execute(sql, kinds).fetchone()[0]
+
+    @staticmethod
     def _last_starts(db: sqlite3.Connection, kinds: tuple[str, ...], queued: list[dict]) -> dict[str, str]:
-        projects = sorted({j["project"] for j in queued})
-        rows = db.execute(
-            f"SELECT project, MAX(started_at) FROM jobs WHERE kind IN ({', '.join('?' * len(kinds))})"
-            f" AND project IN ({', '.join('?' * len(projects))}) GROUP BY project",
-            (*kinds, *projects),
-        ).fetchall()
-        return {project: last for project, last in rows if last}
+        """{project: when its latest job of ``kinds`` started}, for the projects with queued jobs
+        (one index lookup per table and project: ``(project, started_at)``)."""
+        last: dict[str, str] = {}
+        for project in sorted({j["project"] for j in queued}):
+            for kind in kinds:
+                row = db.execute(
+                    f"SELECT MAX(started_at) FROM {KINDS[kind]} WHERE project = ?", (project,)
+                ).fetchone()
+                if row[0] and row[0] > last.get(project, ""):
+                    last[project] = row[0]
+        return last
 
     def queue_positions(self, kinds: tuple[str, ...] = COMPUTE) -> dict[tuple[str, str], int]:
         """{(kind, id): 1-based place in the queue} of every queued job of ``kinds``."""
@@ -966,7 +1015,24 @@ class Store:
 
     def delete_sweep(self, sweep_id: str) -> bool:
         with self.transaction() as db:
+            self._cancel_deliveries(db, sweep_id, "sweep")
             return db.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,)).rowcount > 0
+
+    def _cancel_deliveries(self, db: sqlite3.Connection, target_id: str, what: str) -> None:
+        """Cancel the webhook deliveries of a resource being deleted (nothing to report on any more)."""
+        db.execute(
+            "UPDATE deliveries SET status = 'cancelled', run_token = NULL, finished_at = ?, version = version + 1,"
+            " phase = ? WHERE target_id = ? AND status IN ('queued', 'running')",
+            (now(), f"cancelled: its {what} was deleted", target_id),
+        )
+
+    def prune_deliveries(self, finished_before: str) -> int:
+        """Forget deliveries that ended before ``finished_before`` (ISO time); their outcome stays
+        on the resource's ``callback``. Returns how many."""
+        with self.transaction() as db:
+            return db.execute(
+                "DELETE FROM deliveries WHERE status IN (?, ?, ?) AND finished_at < ?", (*TERMINAL, finished_before)
+            ).rowcount
 
     # -- webhook deliveries -----------------------------------------------------------------
 

@@ -55,6 +55,9 @@ MAX_RETRY_AFTER = 3600.0
 MAX_ERROR = 300
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 ranges that lead to IPv4 (or to a local translator) that some Python releases still call
+# global: SIIT's IPv4-translated addresses, the deprecated IPv4-compatible ones, local-use NAT64.
+_NEVER_GLOBAL = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0:0/96", "::/96", "64:ff9b:1::/48"))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -150,6 +153,8 @@ def _permitted(host: str, address: IPAddress, names: set[str], networks: list[IP
     candidates = [address, *_judged(address)]
     if any(a in net for a in candidates for net in networks if a.version == net.version):
         return True
+    if isinstance(address, ipaddress.IPv6Address) and any(address in net for net in _NEVER_GLOBAL):
+        return False
     return all(a.is_global for a in _judged(address))
 
 

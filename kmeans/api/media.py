@@ -49,7 +49,7 @@ def inline_small_json(handler: Callable[..., Any]) -> Callable[..., Awaitable[An
     @functools.wraps(handler)
     async def run(*args: Any, **kwargs: Any) -> Any:
         length = header("content-length") or ""
-        if is_json() and length.isdigit() and int(length) <= INLINE_JSON_BYTES:
+        if is_json() and length.isascii() and length.isdigit() and int(length) <= INLINE_JSON_BYTES:
             return handler(*args, **kwargs)
         return await run_in_threadpool(handler, *args, **kwargs)
 

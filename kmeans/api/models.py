@@ -128,6 +128,7 @@ def copy_model(model_id: str, body: dict | None = None) -> Any:
     """Refit a model's dataset with its params and the overrides given; 202 with the new model."""
     body = body or {}
     model = service().copy_model(
-        model_id, body.get("params"), body.get("dataset_id"), body.get("time_limit"), body.get("callback_url")
+        model_id, body.get("params"), body.get("dataset_id"), body.get("time_limit"), body.get("callback_url"),
+        unset=body.get("unset", ()),
     )
     return media.json(model, 202, Location=f"/kmeans/models/{model['id']}")

@@ -64,7 +64,7 @@ class RequestLimitsMiddleware:
         too_large = f"the request body is larger than the limit of {limit} bytes"
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise BadRequest("the Content-Length header is not a number")
             if int(declared) > limit:
                 raise PayloadTooLarge(too_large)
