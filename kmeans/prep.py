@@ -16,6 +16,7 @@ z-score (cosine centers stay on the unit sphere's scale: a direction, not a poin
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -189,27 +190,40 @@ def _missing_problem(feature: dict[str, Any], row: int, strategy: str, where: st
     )
 
 
+# Rows of the design matrix built at a time: the selected values, their fills and one-hot
+# blocks of one chunk stay in cache, and no full-size temporary is made.
+DESIGN_CHUNK_ROWS = 65536
+# Design matrices dataset_design made (by id), which transform may scale in place: nobody else
+# holds them (a fit's matrix is as large as the dataset; a copy of it was the fit's largest cost).
+_SCRATCH: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
 def dataset_design(
     values: np.ndarray, codes: np.ndarray | None, pre: dict[str, Any]
 ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
     """Dataset rows -> the encoded feature matrix (missing values filled as ``pre['missing']``
     says, categories one-hot), ``pre`` with its fill values, and the rows kept (None: all;
-    ``drop_rows`` leaves out rows with a missing feature)."""
+    ``drop_rows`` leaves out rows with a missing feature).
+
+    The matrix is made once, a chunk of rows at a time, from the (memory-mapped) dataset; it is
+    the caller's own: ``transform`` of it scales it in place."""
     features = features_of(pre)
     strategy = pre.get("missing", "mean")
     numeric = [f for f in features if f["type"] == "numeric"]
     index = [f["index"] for f in numeric]
-    if len(numeric) == len(features) and index == list(range(values.shape[1])):
-        block = np.asarray(values, dtype=np.float64)  # the memory map itself: no copy
-    else:
-        block = np.array(values[:, index], dtype=np.float64)
-    gaps = np.isnan(block) if block.size else np.zeros(block.shape, dtype=bool)
+    n = len(values)
+    whole = index == list(range(values.shape[1]))  # every numeric column, in order: no selection
+    # (Not np.isnan(..., out=gaps[:, j]): numpy 2.4 writes wrong values to a strided boolean out.)
+    gaps = np.isnan(values) if whole else np.zeros((n, 0), dtype=bool)
+    if not whole and index:
+        gaps = np.column_stack([np.isnan(values[:, i]) for i in index])
     kept = None
     cat_codes = {f["name"]: np.asarray(codes[:, f["index"]]) for f in features if f["type"] == "categorical"}
     cat_gaps = {name: c < 0 for name, c in cat_codes.items()}
-    any_gap = gaps.any(axis=1) if gaps.size else np.zeros(len(values), dtype=bool)
+    any_gap = gaps.any(axis=1) if gaps.size else np.zeros(n, dtype=bool)
     for gap in cat_gaps.values():
         any_gap = any_gap | gap
+    rows = None  # the dataset rows of the matrix's rows (None: all, in order)
     if any_gap.any():
         if strategy == "error":
             row = int(np.flatnonzero(any_gap)[0])
@@ -226,26 +240,58 @@ def dataset_design(
             kept = ~any_gap
             if not kept.any():
                 raise Unprocessable("every row has a missing value, so drop_rows leaves none", parameter="missing")
-            block = block[kept]
+            rows = np.flatnonzero(kept)
             cat_codes = {name: c[kept] for name, c in cat_codes.items()}
             gaps = gaps[kept]
+    fills: list[float | None] = []
     filled = []
     for j, feature in enumerate(numeric):
         fill = None
         if strategy in ("mean", "median"):
-            column = block[:, j]
+            column = np.asarray(values[:, index[j]], dtype=np.float64)
+            if rows is not None:
+                column = column[rows]
             present = column[~gaps[:, j]] if gaps[:, j].any() else column
             fill = finite_median(present) if strategy == "median" else finite_mean(present)
-            if gaps[:, j].any():
-                if block is values:
+        fills.append(fill if fill is not None and gaps[:, j].any() else None)
+        filled.append({**feature, "fill": fill})
+    by_name = {f["name"]: f for f in filled}
+    pre = {**pre, "features": [by_name.get(f["name"], f) for f in features]}
+    categorical = [f for f in features if f["type"] == "categorical"]
+    if not categorical:  # numbers only: the selected columns themselves (the memory map when they are all)
+        block = np.asarray(values, dtype=np.float64) if whole else np.array(values[:, index], dtype=np.float64)
+        if kept is not None:
+            block = block[kept]
+        for j, fill in enumerate(fills):
+            if fill is not None:
+                if np.shares_memory(block, values):
                     block = np.array(block)
                 block[gaps[:, j], j] = fill
-        filled.append({**feature, "fill": fill})
-    parts = [block] + [_one_hot(cat_codes[f["name"]], f) for f in features if f["type"] == "categorical"]
-    design = parts[0] if len(parts) == 1 else np.hstack(parts)
-    by_name = {f["name"]: f for f in filled}
-    entries = [by_name.get(f["name"], f) for f in features]
-    return design, {**pre, "features": entries}, kept
+        return block, pre, kept
+    widths = [len(f["categories"]) + bool(f.get("missing_category")) for f in categorical]
+    width = len(numeric) + sum(widths)
+    total = n if rows is None else len(rows)
+    design = np.empty((total, width))
+    for start in range(0, total, DESIGN_CHUNK_ROWS):
+        stop = min(start + DESIGN_CHUNK_ROWS, total)
+        out = design[start:stop]
+        if numeric:
+            source = values[start:stop] if rows is None else values[rows[start:stop]]
+            out[:, : len(numeric)] = source if whole else np.asarray(source)[:, index]
+            for j, fill in enumerate(fills):
+                if fill is not None:
+                    column = out[:, j]
+                    column[gaps[start:stop, j]] = fill
+        column = len(numeric)
+        for feature, block_width in zip(categorical, widths, strict=True):
+            hot = cat_codes[feature["name"]][start:stop]
+            if feature.get("missing_category"):
+                hot = np.where(hot == -1, block_width - 1, hot)
+            # 1.0 where the code is the column's category; all zeros for -1/-2 (missing, unknown).
+            np.equal(hot[:, None], np.arange(block_width), out=out[:, column : column + block_width], casting="unsafe")
+            column += block_width
+    _SCRATCH[id(design)] = design
+    return design, pre, kept
 
 
 def finite_mean(values: np.ndarray) -> float:
@@ -417,16 +463,28 @@ def fit_scaler(features: np.ndarray, pre: dict[str, Any], standardize: bool) -> 
     """``pre`` with ``mean``/``scale`` of ``features`` when standardizing (scale 1 for constant columns)."""
     if not standardize:
         return pre
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0)
-    scale[scale == 0] = 1.0
     n_numeric = sum(f["type"] == "numeric" for f in features_of(pre))
-    mean[n_numeric:], scale[n_numeric:] = 0.0, 1.0  # category shares stay shares
+    # Category shares stay shares (mean 0, scale 1): only the numeric columns are measured, in
+    # the matrix's own memory order (row-major ones as one contiguous block: numpy sums each
+    # column in row order either way, the same figures, but over a strided view twice as slowly).
+    numbers = features[:, :n_numeric]
+    if features.flags.c_contiguous and n_numeric < features.shape[1]:
+        numbers = np.ascontiguousarray(numbers)
+    mean = np.zeros(features.shape[1])
+    scale = np.ones(features.shape[1])
+    if n_numeric:
+        mean[:n_numeric] = numbers.mean(axis=0)
+        scale[:n_numeric] = numbers.std(axis=0)
+    scale[scale == 0] = 1.0
     return {**pre, "mean": mean.tolist(), "scale": scale.tolist()}
 
 
 def transform(features: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
-    """Feature rows in original units -> the space the model was fitted in."""
+    """Feature rows in original units -> the space the model was fitted in (a matrix that
+    dataset_design made is scaled in place)."""
+    if _SCRATCH.get(id(features)) is features:
+        del _SCRATCH[id(features)]
+        return _transform_in_place(features, pre)
     out = np.asarray(features, dtype=np.float64)
     if pre.get("mean") is not None:
         out = (out - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
@@ -434,6 +492,28 @@ def transform(features: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = out / np.where(norms == 0, 1.0, norms)  # an all-zero row stays zero
     return np.ascontiguousarray(out)
+
+
+def _transform_in_place(out: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """transform's arithmetic, the same figures, in ``out`` itself, a chunk of rows at a time;
+    columns with mean 0 and scale 1 (one-hot ones) are left as they are: x - 0 / 1 is x."""
+    mean = scale = None
+    if pre.get("mean") is not None:
+        mean, scale = np.asarray(pre["mean"], dtype=np.float64), np.asarray(pre["scale"], dtype=np.float64)
+        moved = np.flatnonzero((mean != 0) | (scale != 1))
+        last = int(moved[-1]) + 1 if len(moved) else 0
+        mean, scale = mean[:last], scale[:last]  # the columns up to the last one that changes
+    cosine = pre.get("distance") == "cosine"
+    for start in range(0, len(out), DESIGN_CHUNK_ROWS):
+        chunk = out[start : start + DESIGN_CHUNK_ROWS]
+        if mean is not None and len(mean):
+            part = chunk[:, : len(mean)]
+            part -= mean
+            part /= scale
+        if cosine:
+            norms = np.linalg.norm(chunk, axis=1, keepdims=True)
+            chunk /= np.where(norms == 0, 1.0, norms)
+    return out
 
 
 def to_original(centers: np.ndarray, pre: dict[str, Any] | None) -> np.ndarray:
