@@ -527,10 +527,27 @@ _BOOLEAN_WORDS = {"true", "false"}
 def _booleans_as_words(cells: pa.Array) -> pa.Array:
     """A column of booleans however written (True, FALSE, …) as the words true and false, as JSON
     and Parquet booleans are: one category whatever the file format."""
+    first = _first_present(cells)
+    if first is None or first.lower() not in _BOOLEAN_WORDS:  # no need to hash a million ids to know
+        return cells
     distinct = pc.unique(cells.drop_null())
     if 0 < len(distinct) <= 6 and set(pc.utf8_lower(distinct).to_pylist()) <= _BOOLEAN_WORDS:
         return pc.utf8_lower(cells)
     return cells
+
+
+def _first_present(cells: pa.Array) -> str | None:
+    """The first value of a text column that is not missing (None: there is none)."""
+    if cells.null_count == len(cells):
+        return None
+    if not cells.null_count:
+        return cells[0].as_py()
+    start, size = 0, 1024
+    while True:
+        found = cells.slice(start, size).drop_null()
+        if len(found):
+            return found[0].as_py()
+        start, size = start + size, size * 4
 
 
 def text_array(values: Sequence[object]) -> pa.Array:

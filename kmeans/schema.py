@@ -47,9 +47,30 @@ def numeric_schema(columns: list[str]) -> list[dict[str, Any]]:
 def _looks_like_id(values: pa.Array) -> bool:
     """Text unique in every row, none missing, and each value with a digit in it (A1, 2024-17 …)
     or too many values to be categories."""
-    if values.null_count or pc.count_distinct(values).as_py() != len(values):
+    if values.null_count or not _unique(values):
         return False
     return len(values) > MAX_CATEGORIES or bool(pc.all(pc.match_substring_regex(values, r"\d")).as_py())
+
+
+# Values looked at first for a repeat: a column of categories has one among its first few.
+UNIQUE_HEAD = 1024
+
+
+def _unique(values: pa.Array) -> bool:
+    """Whether no value appears twice (nulls are not looked at). Hashing a million ids takes a
+    quarter of a second, so first the cheap answers: a repeat near the top (categories), or
+    values in strictly increasing or decreasing order (ids as they are usually written)."""
+    n = len(values)
+    if n < 2:
+        return True
+    head = values.slice(0, UNIQUE_HEAD)
+    if len(pc.unique(head)) < len(head):
+        return False
+    if not values.null_count:
+        before, after = values.slice(0, n - 1), values.slice(1)
+        if pc.all(pc.less(before, after)).as_py() or pc.all(pc.greater(before, after)).as_py():
+            return True
+    return len(pc.unique(values)) == n
 
 
 def categories_of(values: pa.Array) -> tuple[np.ndarray, list[str]]:
@@ -86,7 +107,8 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
             parameter="id_column",
         )
     numeric_names = table.numeric_columns
-    if id_column is None:
+    detected = id_column is None
+    if detected:
         id_column = next((n for n in table.columns if n in table.text and _looks_like_id(table.text[n])), None)
     rows = table.rows
     schema: list[dict[str, Any]] = []
@@ -102,7 +124,9 @@ def classify(table: Table, id_column: str | None = None) -> Typed:
             _check_length(name, cells)
             missing = cells.null_count
             ids = cells.fill_null("")
-            schema.append({"name": name, "type": "id", "missing": missing, "distinct": pc.count_distinct(ids).as_py()})
+            # A detected id column is unique and complete (_looks_like_id): no need to count again.
+            distinct = len(ids) if detected else len(pc.unique(ids))
+            schema.append({"name": name, "type": "id", "missing": missing, "distinct": distinct})
         elif name in table.text:
             code, categories = categories_of(table.text[name])
             missing = int((code < 0).sum())
