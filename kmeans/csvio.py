@@ -372,8 +372,16 @@ def _read_typed(
     text: dict[str, pa.Array] = {}
     numeric: list[str] = []
     numeric_values: dict[str, np.ndarray] = {}
+    rows = arrow.num_rows
+    # Each column is let go once converted, and the columns pyarrow typed as numbers go straight
+    # into the one float64 block: the table, the converted columns and the block are never all
+    # held at once.
+    columns = dict(zip(names, arrow.columns, strict=True))
+    del arrow
+    sure = [n for n in names if n not in as_text and _numeric_type(columns[n].type)]
+    block = np.empty((rows, len(sure)))
     for position, name in enumerate(names, start=1):
-        column = arrow.column(name)
+        column = columns.pop(name)
         try:
             kind, values = _arrow_column(column, name in as_text, options, na)
         except _BadCell as bad:
@@ -390,11 +398,17 @@ def _read_typed(
             text[name] = values
         else:
             numeric.append(name)
-            numeric_values[name] = values
-    block = np.empty((arrow.num_rows, len(numeric)))
-    for j, name in enumerate(numeric):
-        block[:, j] = numeric_values.pop(name)
-    del arrow
+            if numeric == sure[: len(numeric)]:
+                block[:, len(numeric) - 1] = values
+            else:  # text pyarrow kept that holds numbers (quoted ones, say): placed below
+                numeric_values[name] = values
+        del column, values
+    if numeric != sure:
+        placed = {n: block[:, j] for j, n in enumerate(sure)}
+        block = np.empty((rows, len(numeric)))
+        for j, name in enumerate(numeric):
+            block[:, j] = numeric_values.pop(name) if name in numeric_values else placed[name]
+        del placed
     return Table(
         chunks=[block] if numeric else [],
         columns=names,
@@ -404,6 +418,12 @@ def _read_typed(
         first_row=2 if header else 1,
         delimiter=delimiter,
     )
+
+
+def _numeric_type(kind: pa.DataType) -> bool:
+    """Whether typed_arrow_column makes a column of this Arrow type numeric (or refuses it)."""
+    types = pa.types
+    return types.is_integer(kind) or types.is_floating(kind) or types.is_decimal(kind) or types.is_null(kind)
 
 
 class _BadCell(Exception):
