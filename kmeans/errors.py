@@ -60,6 +60,10 @@ class SweepFailed(ProblemError):
     status, title = 500, "Sweep Failed"
 
 
+class DeliveryFailed(ProblemError):
+    status, title = 502, "Webhook Delivery Failed"
+
+
 class Unavailable(ProblemError):
     status, title = 503, "Service Unavailable"
 

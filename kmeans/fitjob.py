@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import FitFailed, ProblemError, SweepFailed
+from kmeans.errors import DeliveryFailed, FitFailed, ProblemError, SweepFailed
 from kmeans.store import Store, now
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class TimeLimitExceeded(Exception):
     """The fit ran longer than its time limit."""
 
 
-FAILED = {"fit": FitFailed, "sweep": SweepFailed}  # the problem a failed job of each kind records
-WHAT = {"fit": "fit", "sweep": "sweep"}
+# The problem a failed job of each kind records.
+FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed}
+WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery"}
 
 
 def time_limit_problem(limit: float, kind: str = "fit") -> dict:

@@ -415,6 +415,11 @@ class Dispatcher:
             log.warning("%s %s failed: %s", kind, job["id"], why)
             if changed and kind != "webhook":
                 self.on_terminal(kind, job["id"])
+        if changed and kind == "webhook":  # the resource shows how its delivery goes
+            state = "retrying" if job["attempts"] < self._max_attempts(kind) else "failed"
+            self.store.set_callback(job["target_kind"], job["target_id"], {
+                "state": state, "delivery_id": job["id"], "attempts": job["attempts"], "error": why, "at": now(),
+            })
 
     def _claim(self) -> None:
         while not self._stopping.is_set() and self.store.has_queued():

@@ -395,3 +395,32 @@ def test_the_webhook_of_a_deleted_model_is_cancelled_not_sent_unsigned(settings:
         finally:
             hook.close()
     assert received == [] and len(cancelled) == 1 and "deleted" in cancelled[0]["phase"]
+
+
+def test_a_delivery_given_up_after_a_crash_shows_failed_on_its_model(tmp_path):
+    from kmeans.jobs import Deliveries, Dispatcher
+
+    store = Store(tmp_path / "data")
+    ds = {"id": "ds_00000000000000bb", "name": "d", "rows": 4, "n_features": 1, "columns": ["x1"],
+          "sha256": "0", "size_bytes": 1, "created_at": now()}
+    store.add_dataset(ds, np.zeros((4, 1)))
+    store.add_model({"id": "m_00000000000000bb", "dataset_id": ds["id"], "status": "succeeded", "params": {},
+                     "created_at": now(), "rows": 4, "n_features": 1, "columns": ["x1"],
+                     "callback_url": "http://127.0.0.1:9/hook"})
+    made = store.enqueue_deliveries(lambda kind, record: {
+        "id": "wh_00000000000000bb", "project": "default", "target_kind": kind, "target_id": record["id"],
+        "event": "model.succeeded", "url": record["callback_url"], "payload": {}, "status": "queued",
+        "created_at": now(), "queued_at": now(),
+    })
+    assert [d["id"] for d in made] == ["wh_00000000000000bb"]
+    dispatcher = Dispatcher(store, launcher=None, max_running=1, heartbeat_timeout=5,
+                            deliveries=Deliveries(lambda job: None, max_attempts=2))
+    for attempt in (1, 2):
+        claimed = store.claim_next("gone-host:1", 4, f"token{attempt}", kinds=("webhook",))
+        store.update_job("webhook", claimed["id"], heartbeat=time.time() - 60)  # its process died
+        assert dispatcher.recover_stale() == 1
+        callback = store.get_model("m_00000000000000bb")["callback"]
+        assert callback["state"] == ("retrying" if attempt == 1 else "failed") and callback["attempts"] == attempt
+    delivery = store.get_job("webhook", "wh_00000000000000bb")
+    assert delivery["status"] == "failed" and delivery["error"]["title"] == "Webhook Delivery Failed"
+    assert "stopped answering" in callback["error"]

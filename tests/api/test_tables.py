@@ -723,3 +723,16 @@ def test_the_classic_predict_takes_columns_by_position_as_it_always_did(api):
     assert_problem(classic(b"x,y,z\n1,100,5\n"), 422, "3 columns")
     assert_problem(api.post("/kmeans/upload", files={"file": ("s.csv", b"1;2\n3;4\n", CSV)}), 422, "delimiter")
 
+
+
+@pytest.mark.parametrize("missing", ["mean", "median"])
+def test_an_all_numeric_table_with_gaps_fits_with_filled_values(api, missing):
+    """The fill must not write into the dataset's read-only memory map (it did: a failed fit)."""
+    dataset = create_csv_dataset(api, b"x,y\n1,2\n,4\n5,6\n7,\n9,10\n")
+    model = fit(api, dataset["id"], n_clusters=2, random_state=0, missing=missing)
+    assert model["status"] == "succeeded", model.get("error")
+    values = np.array([[1, 2], [np.nan, 4], [5, 6], [7, np.nan], [9, 10]])
+    fill = np.nanmean(values, axis=0) if missing == "mean" else np.nanmedian(values, axis=0)
+    filled = np.where(np.isnan(values), fill, values)
+    expected = KMeans(n_clusters=2, random_state=0).fit(filled)
+    assert adjusted_rand_score(expected.labels_, api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"]) == 1

@@ -10,7 +10,7 @@ import pytest
 
 from kmeans.config import Settings
 from server import build_app
-from tests.conftest import local_client, wait_for_model
+from tests.conftest import local_client, wait_for_model, wait_until_done
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.e2e
@@ -88,3 +88,82 @@ def test_time_limit_holds_on_the_cluster(dask_client):
     model = wait_for_model(dask_client, queued["id"], timeout=30)
     assert model["status"] == "failed"
     assert "time limit of 1 s" in model["error"]["detail"]
+
+
+def blobs_csv(rows: int = 600, centers: int = 4) -> str:
+    """Rows around ``centers`` well-separated points (8 columns): a sweep should recommend ``centers``."""
+    rng = np.random.default_rng(2)
+    means = rng.uniform(-20, 20, size=(centers, 8))
+    values = (means[rng.integers(0, centers, rows)] + rng.normal(size=(rows, 8))).round(4)
+    return "\n".join(",".join(map(str, row)) for row in values.tolist())
+
+
+def run_sweep(client, body: str, params: dict, timeout: float) -> dict:
+    response = client.post("/kmeans/datasets", content=body, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 201, response.text
+    sweep = {"dataset_id": response.json()["id"], "k_min": 2, "k_max": 6, "params": params}
+    queued = client.post("/kmeans/sweeps", json=sweep)
+    assert queued.status_code == 202, queued.text
+    return wait_until_done(client, f"/kmeans/sweeps/{queued.json()['id']}", timeout)
+
+
+def test_sweep_runs_on_the_cluster_and_recommends_like_a_local_one(dask_client, settings: Settings, tmp_path):
+    body, params = blobs_csv(), {"n_init": 3, "random_state": 0}
+    sweep = run_sweep(dask_client, body, params, timeout=60)
+    assert sweep["status"] == "succeeded", sweep
+    assert sweep["attempts"] == 1 and sweep["progress"] == 1.0, sweep
+    assert [r["k"] for r in sweep["results"]] == [2, 3, 4, 5, 6]
+    launcher = dask_client.app.service.dispatcher.launcher
+    assert type(launcher).__name__ == "DaskLauncher"
+    # The scheduler saw the sweep's task through to the end (it ran on the cluster, not here).
+    prefix = f"kmeans-sweep-{sweep['id']}-"
+    ends = launcher.client.run_on_scheduler(
+        lambda dask_scheduler: [t.finish for t in dask_scheduler.transition_log if str(t.key).startswith(prefix)]
+    )
+    assert "memory" in ends, ends
+
+    # The same sweep of the same rows in a local process (a server of its own, on its own data dir).
+    with local_client(build_app(replace(settings, data_dir=tmp_path / "local"))) as local:
+        local_sweep = run_sweep(local, body, params, timeout=60)
+        assert type(local.app.service.dispatcher.launcher).__name__ == "LocalLauncher"
+    assert local_sweep["status"] == "succeeded", local_sweep
+    assert sweep["recommended_k"] == local_sweep["recommended_k"] == 4
+    assert sweep["rule"] == local_sweep["rule"] == "max_silhouette"
+    for ours, theirs in zip(sweep["results"], local_sweep["results"], strict=True):
+        assert ours["k"] == theirs["k"]
+        assert np.isclose(ours["inertia"], theirs["inertia"]) and np.isclose(ours["silhouette"], theirs["silhouette"])
+
+
+def test_cancel_stops_a_sweep_on_the_cluster(dask_client):
+    ds = upload(dask_client, 8000)
+    params = {"init": "random", "n_init": 1000, "random_state": 0}  # minutes of work per k
+    queued = dask_client.post("/kmeans/sweeps", json={"dataset_id": ds, "k_min": 2, "k_max": 8, "params": params})
+    assert queued.status_code == 202, queued.text
+    path = f"/kmeans/sweeps/{queued.json()['id']}"
+    launcher = dask_client.app.service.dispatcher.launcher
+
+    def executing() -> list[str]:
+        """The keys of the tasks whose functions run in the cluster's worker threads right now."""
+        running = launcher.client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+        return [key for keys in running.values() for key in keys]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = dask_client.get(path).json()
+        if current["status"] == "running" and current["progress"] > 0:
+            break
+        time.sleep(0.1)
+    assert current["status"] == "running" and current["progress"] > 0, current
+    assert any(key.startswith(f"kmeans-sweep-{current['id']}-") for key in executing()), executing()
+
+    cancelled = dask_client.post(f"{path}/cancel").json()
+    assert cancelled["status"] == "cancelled", cancelled
+    # No process to kill: the task itself notices at its next progress report and returns.
+    deadline = time.monotonic() + 5
+    while (executing() or any(launcher.client.processing().values())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not executing(), "a worker thread still runs the cancelled sweep"
+    assert not any(launcher.client.processing().values()), "the scheduler still runs the cancelled sweep"
+    after = dask_client.get(path).json()
+    assert after["status"] == "cancelled", after
+    assert after["results"] == cancelled["results"], after  # the stopped task wrote nothing more

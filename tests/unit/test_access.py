@@ -142,7 +142,9 @@ def test_a_data_dir_from_before_projects_gets_them_on_open(tmp_path: Path):
               "size_bytes": 1, "created_at": "2026-01-01T00:00:00+00:00"}
     store.add_dataset(record, np.zeros((1, 1)))
     with store.transaction() as db:
-        db.execute("DROP VIEW jobs")  # nor had it the job queue
+        db.execute("DROP VIEW jobs")  # nor had it the job queue, or its indexes
+        for table in ("models", "sweeps", "deliveries"):
+            db.execute(f"DROP INDEX {table}_started")
         for table in ("datasets", "models", "sweeps"):
             db.execute(f"ALTER TABLE {table} DROP COLUMN project")
         db.execute("DROP TABLE projects")
