@@ -25,7 +25,7 @@ import numpy as np
 
 from kmeans import engine, prep
 from kmeans.errors import DeliveryFailed, FitFailed, ProblemError, SweepFailed
-from kmeans.store import Store, now
+from kmeans.store import Store, now, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +259,6 @@ def fit_values(
     return PreparedFit(result, pre, quality, threshold)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _watch_owner(owner: int) -> None:
     """Exit as soon as the server process that started this fit is gone.
 
@@ -274,7 +266,7 @@ def _watch_owner(owner: int) -> None:
     re-queues the model elsewhere. The kernel's parent-death signal does not help here:
     the parent of a fit is the forkserver, which itself waits for its children.
     """
-    while _alive(owner):
+    while process_alive(owner):
         time.sleep(OWNER_CHECK_EVERY)
     os._exit(1)
 

@@ -128,6 +128,9 @@ class KMeansService:
     def start(self) -> None:
         """Start running queued fits from this process (and recovering stalled ones)."""
         if self.dispatcher is None:
+            removed = self.store.remove_leftovers()  # of processes killed mid-upload or mid-write
+            if removed:
+                log.info("removed %d temp files that no live process owned", removed)
             data_dir = str(self.store.root.resolve())
             launcher = self._launcher or (
                 DaskLauncher(data_dir, self.settings.dask_address)

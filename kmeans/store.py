@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -217,6 +218,29 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+LEFTOVER_SECONDS = 86400  # a temp file this old belongs to nobody, whatever its name says
+
+
+def temp_name(suffix: str = "") -> str:
+    """A fresh temp file name that says who owns it: ``host~pid~random<suffix>``."""
+    return f"{socket.gethostname()}~{os.getpid()}~{secrets.token_hex(12)}{suffix}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()
+    return state != "Z"
+
+
 def now() -> str:
     """The current UTC time as ISO 8601."""
     return datetime.now(UTC).isoformat()
@@ -328,8 +352,28 @@ class Store:
         return [_decode(r) for r in rows], total
 
     def temp_path(self, suffix: str = "") -> Path:
-        """A fresh path in the data dir's tmp folder (same file system, so rename is atomic)."""
-        return self.root / "tmp" / f"{secrets.token_hex(12)}{suffix}"
+        """A fresh path in the data dir's tmp folder (same file system, so rename is atomic),
+        named after the process that owns it (see :meth:`remove_leftovers`)."""
+        return self.root / "tmp" / temp_name(suffix)
+
+    def remove_leftovers(self) -> int:
+        """Remove temp files no live process owns (a process killed mid-upload or mid-write
+        leaves them): this host's whose process is gone, and any older than a day (another
+        host's, or named before names carried their owner). Returns how many."""
+        removed = 0
+        host = socket.gethostname()
+        for path in (self.root / "tmp").iterdir():
+            owner = path.name.split("~")
+            try:
+                old = time.time() - path.stat().st_mtime > LEFTOVER_SECONDS
+            except FileNotFoundError:
+                continue
+            dead = len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not process_alive(int(owner[1]))
+            if dead or old:
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def dataset_path(self, dataset_id: str) -> Path:
         return self.root / "datasets" / f"{dataset_id}.npy"

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kmeans.errors import BadRequest, NotFound, PayloadTooLarge
 from kmeans.multipart import MultipartSpooler, SpooledFile, remove
+from kmeans.store import temp_name
 
 DISCONNECTED = "kmeans.disconnected"  # scope key: threading.Event set when the client hangs up
 SPOOLED = "kmeans.spooled"  # scope key: every file spooled for this request (for clean-up)
@@ -161,7 +162,7 @@ def validator_map(spool_dir: Path, on_file: Callable[[SpooledFile], None] | None
     (``on_file`` is told of each file part as it begins to arrive)."""
 
     def new_path() -> Path:
-        return spool_dir / f"{secrets.token_hex(12)}.part"
+        return spool_dir / temp_name(".part")
 
     spooling = {"new_path": staticmethod(new_path), "on_file": staticmethod(on_file) if on_file else None}
     multipart = type("StreamingMultipartValidator", (StreamingMultipartValidator,), spooling)

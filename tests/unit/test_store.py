@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +373,24 @@ def test_concurrent_appends_from_separate_stores_are_all_applied(tmp_path):
     assert current == 41 and [v["version"] for v in items] == list(range(1, 42))
     assert items[-1]["counts"] == [42.0, 43.0] and first.calls == 1
     assert sorted(e["data"]["version"] for e in push_events(store, model_id)) == list(range(2, 42))
+
+
+def test_temp_files_of_dead_processes_are_removed_and_live_ones_kept(store):
+    import subprocess
+
+    from kmeans.store import LEFTOVER_SECONDS, temp_name
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = store.root / "tmp"
+    mine = store.temp_path(".part")
+    mine.write_bytes(b"still being written")
+    gone = tmp / temp_name(".part").replace(f"~{os.getpid()}~", f"~{dead.pid}~")
+    gone.write_bytes(b"left by a kill -9")
+    elsewhere = tmp / f"another-host~{dead.pid}~abc.part"
+    elsewhere.write_bytes(b"another host's")
+    ancient = tmp / "0123456789abcdef01234567.npy"  # a name from before names carried owners
+    ancient.write_bytes(b"old")
+    os.utime(ancient, (time.time() - LEFTOVER_SECONDS - 60,) * 2)
+    assert store.remove_leftovers() == 2
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([mine.name, elsewhere.name])
