@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,3 +112,13 @@ def json_dataset(api: TestClient, data: Any, columns: list[str] | None = None) -
     response = api.post("/kmeans/datasets", json=body)
     assert response.status_code == 201, response.text
     return response.json()["id"]
+
+
+def sse(text: str, event: str) -> list[dict[str, Any]]:
+    """The ``event`` events of a Server-Sent Events body, each its JSON data plus ``event_id``."""
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if fields.get("event") == event:
+            found.append({**json.loads(fields["data"]), "event_id": int(fields["id"])})
+    return found

@@ -270,34 +270,27 @@ def b_delete_model(w: World, missing: bool) -> Call:
     return Call("DELETE", f"{BASE}/models/{model}", ident=model, intact=_exists(w, f"/models/{model}"))
 
 
-def b_cancel_model(w: World, missing: bool) -> Call:
-    """POST /models/{id}/cancel of a throwaway long fit."""
-    if missing:
-        return Call("POST", f"{BASE}/models/{MISSING['model']}/cancel", ident=MISSING["model"])
-    model = long_fit(w)
+def _stop_long_job(collection: str, action: str) -> Callable[[World, bool], Call]:
+    """A builder for POST /{collection}/{id}/{action} (cancel, pause) of a throwaway long job;
+    a refused one leaves it queued or running, and it is cancelled afterwards."""
+    start = {"models": long_fit, "sweeps": long_sweep}[collection]
+    key = collection.rstrip("s")
 
-    def intact() -> None:
-        assert w.ok("GET", f"/models/{model}", 200)["status"] in ("queued", "running")
+    def build(w: World, missing: bool) -> Call:
+        if missing:
+            return Call("POST", f"{BASE}/{collection}/{MISSING[key]}/{action}", ident=MISSING[key])
+        job = start(w)
 
-    def cleanup() -> None:
-        w.admin("POST", f"/models/{model}/cancel")
+        def intact() -> None:
+            assert w.ok("GET", f"/{collection}/{job}", 200)["status"] in ("queued", "running")
 
-    return Call("POST", f"{BASE}/models/{model}/cancel", ident=model, intact=intact, cleanup=cleanup)
+        def cleanup() -> None:
+            w.admin("POST", f"/{collection}/{job}/cancel")
 
+        return Call("POST", f"{BASE}/{collection}/{job}/{action}", ident=job, intact=intact, cleanup=cleanup)
 
-def b_pause_model(w: World, missing: bool) -> Call:
-    """POST /models/{id}/pause of a throwaway long fit."""
-    if missing:
-        return Call("POST", f"{BASE}/models/{MISSING['model']}/pause", ident=MISSING["model"])
-    model = long_fit(w)
-
-    def intact() -> None:
-        assert w.ok("GET", f"/models/{model}", 200)["status"] in ("queued", "running")
-
-    def cleanup() -> None:
-        w.admin("POST", f"/models/{model}/cancel")
-
-    return Call("POST", f"{BASE}/models/{model}/pause", ident=model, intact=intact, cleanup=cleanup)
+    build.__doc__ = f"POST /{collection}/{{id}}/{action} of a throwaway long job."
+    return build
 
 
 def b_resume_model(w: World, missing: bool) -> Call:
@@ -381,21 +374,6 @@ def long_sweep(w: World) -> str:
     params = {k: v for k, v in LONG_FIT.items() if k != "n_clusters"}
     body = {"dataset_id": w.ids["long_dataset"], "k_min": 2, "k_max": 30, "params": params}
     return w.ok("POST", "/sweeps", 202, json=body)["id"]
-
-
-def b_cancel_sweep(w: World, missing: bool) -> Call:
-    """POST /sweeps/{id}/cancel of a throwaway long sweep."""
-    if missing:
-        return Call("POST", f"{BASE}/sweeps/{MISSING['sweep']}/cancel", ident=MISSING["sweep"])
-    sweep = long_sweep(w)
-
-    def intact() -> None:
-        assert w.ok("GET", f"/sweeps/{sweep}", 200)["status"] in ("queued", "running")
-
-    def cleanup() -> None:
-        w.admin("POST", f"/sweeps/{sweep}/cancel")
-
-    return Call("POST", f"{BASE}/sweeps/{sweep}/cancel", ident=sweep, intact=intact, cleanup=cleanup)
 
 
 def b_delete_sweep(w: World, missing: bool) -> Call:
@@ -507,8 +485,8 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "list_models": ("list", b_list_models),
     "get_model": ("resource", _model_get("")),
     "delete_model": ("resource", b_delete_model),
-    "cancel_model": ("resource", b_cancel_model),
-    "pause_model": ("resource", b_pause_model),
+    "cancel_model": ("resource", _stop_long_job("models", "cancel")),
+    "pause_model": ("resource", _stop_long_job("models", "pause")),
     "resume_model": ("resource", b_resume_model),
     "copy_model": ("resource", b_copy_model),
     "get_model_events": ("resource", _model_get("/events")),
@@ -527,7 +505,7 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "get_sweep": ("resource", _sweep_get("")),
     "get_sweep_plot": ("resource", _sweep_get("/plot.png")),
     "get_sweep_events": ("resource", _sweep_get("/events")),
-    "cancel_sweep": ("resource", b_cancel_sweep),
+    "cancel_sweep": ("resource", _stop_long_job("sweeps", "cancel")),
     "delete_sweep": ("resource", b_delete_sweep),
     "list_jobs": ("list", b_list_jobs),
     "get_events": ("events", b_get_events),

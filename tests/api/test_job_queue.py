@@ -3,12 +3,12 @@ fair share between projects, the queue at /jobs and the project event stream at 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from api_helpers import sse
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -28,15 +28,6 @@ def sweep(client: TestClient, dataset_id: str, k_min: int = 2, k_max: int = 4, p
     response = client.post("/kmeans/sweeps", json={**body, **extra})
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def sse(text: str, event: str) -> list[dict]:
-    found = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
-        if fields.get("event") == event:
-            found.append({**json.loads(fields["data"]), "event_id": int(fields["id"])})
-    return found
 
 
 @pytest.fixture

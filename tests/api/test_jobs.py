@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_helpers import sse
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -218,12 +219,7 @@ def test_idempotency_key_returns_the_same_model_and_refuses_another_body(client:
 
 
 def sse_events(text: str) -> list[dict]:
-    events = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
-        if fields.get("event") == "model":
-            events.append({**json.loads(fields["data"]), "event_id": int(fields["id"])})
-    return events
+    return sse(text, "model")
 
 
 def test_events_stream_changes_until_the_fit_ends_and_honour_last_event_id(client: TestClient):

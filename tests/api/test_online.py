@@ -3,13 +3,12 @@ concurrent pushes (none lost), and pushes and restores in the project event stre
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from api_helpers import CSV, assert_problem, fit
+from api_helpers import CSV, assert_problem, fit, sse
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -136,15 +135,6 @@ def test_an_imported_minibatch_model_continues_from_the_exported_counts(api):
     assert a["centers"] == b["centers"]
     bad = {**doc, "counts": [1]}
     assert_problem(api.post("/kmeans/models/import", json=bad), 422, "counts")
-
-
-def sse(text: str, event: str) -> list[dict]:
-    found = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
-        if fields.get("event") == event:
-            found.append({**json.loads(fields["data"]), "event_id": int(fields["id"])})
-    return found
 
 
 def test_pushes_and_restores_are_in_the_project_event_stream(api, monkeypatch):
