@@ -26,7 +26,7 @@ from connexion.jsonifier import Jsonifier
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
-from kmeans.access import ROLES, Access, is_loopback, token_missing
+from kmeans.access import ROLES, Access, install_log_redaction, is_loopback, token_missing
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
 from kmeans.config import Settings, parse_duration
@@ -40,6 +40,11 @@ log = logging.getLogger("kmeans")
 # connexion warns on every request to an operation that takes several content types; ours do
 # so on purpose (multipart, raw CSV and JSON), so the warning is only noise.
 logging.getLogger("connexion.operations.openapi3").setLevel(logging.ERROR)
+# No secret in any log line, in every server mode: this module is imported by `python server.py`
+# and by every gunicorn worker (server:app), so each record of the process is redacted as it is
+# made: uvicorn's access log (the raw path with its query string), gunicorn's, connexion's (its
+# 400s echo parameter values), ours, and Python's last-resort stderr.
+install_log_redaction()
 
 
 def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import logging
+import numbers
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ from typing import Any
 
 from kmeans.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 from kmeans.store import DEFAULT_PROJECT, Store, new_id
+from kmeans.webhooks import SECRET_PREFIX as WEBHOOK_SECRET_PREFIX
 
 ROLES = ("guest", "contributor", "admin")  # each may do everything the ones before it may
 RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -115,6 +118,101 @@ def is_loopback(host: str | None) -> bool:
 def token_missing() -> Unauthorized:
     """The refusal of a request without a token by a server that requires one."""
     return Unauthorized("this server requires a bearer token (Authorization: Bearer ...)", presented=False)
+
+
+# -- no secret in any log line -------------------------------------------------------------------
+# What is taken out of every log record: bearer tokens (kms_...) and webhook signing secrets
+# (whsec_...) wherever they appear; the credential of a ``Bearer``/``Basic`` value (not a plain
+# word: "a bearer token", "basic configuration" are prose); the value of a secret-looking query or form parameter
+# (``?access_token=``, ``token=``, ``api_key=``, ``secret=``, ``password=``, ...); and the
+# password of a URL's user info. Idempotency keys and ids are not secrets and stay.
+REDACTED = "[redacted]"
+_SECRET_NAMES = r"[\w.-]*(?:token|secret|password|passwd|api[_-]?key|apikey|signature)"
+_SECRETS = re.compile(
+    rf"(?P<kms>{TOKEN_PREFIX})[A-Za-z0-9_-]+"
+    rf"|(?P<whsec>{WEBHOOK_SECRET_PREFIX})[A-Za-z0-9+/=%_-]+"
+    r"|(?P<scheme>\b(?i:bearer)\s+)(?!\.\.\.|<|[A-Za-z]{1,11}(?:[\s\"',;)\]}]|$))[^\s\"',;)\]}]+"
+    r"|(?P<basic>\b(?i:basic)\s+)(?=[A-Za-z0-9+/]*(?:[0-9+/=]|[a-z][A-Z]))[A-Za-z0-9+/]{8,}=*"
+    rf"|(?P<param>(?:^|(?<=[?&;\s]))(?i:{_SECRET_NAMES})=)[^&#\s\"']*"
+    r"|(?P<userinfo>://[^/\s:@]+:)[^/\s@]+@"
+)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    kept = next(value for value in match.groupdict().values() if value is not None)
+    return f"{kept}{REDACTED}@" if match.group("userinfo") else f"{kept}{REDACTED}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret it shows replaced by ``[redacted]``."""
+    return _SECRETS.sub(_redact_match, text)
+
+
+class _Redacted:
+    """A log argument shown (``%s``, ``%r``, ``format``) with its secrets redacted, computed only
+    when the record is formatted; numbers still format as numbers."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return redact(str(self.value))
+
+    def __repr__(self) -> str:
+        return redact(repr(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return redact(format(self.value, spec))
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __index__(self) -> int:
+        return self.value.__index__()
+
+
+def _redacted_arg(value: Any) -> Any:
+    if value is None or isinstance(value, numbers.Number):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    return _Redacted(value)
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Take the secrets out of a record's message, arguments, traceback and stack (in place)."""
+    record.msg = _redacted_arg(record.msg)
+    if isinstance(record.args, Mapping):
+        record.args = {key: _redacted_arg(value) for key, value in record.args.items()}
+    elif isinstance(record.args, tuple):
+        record.args = tuple(_redacted_arg(value) for value in record.args)
+    if record.exc_info and not record.exc_text:
+        text = logging.Formatter().formatException(record.exc_info)
+        if redact(text) != text:
+            record.exc_text = redact(text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    return record
+
+
+def install_log_redaction() -> None:
+    """Make every log record of this process (any logger, any handler: uvicorn's and gunicorn's
+    access and error logs, connexion's, ours, and Python's last-resort stderr) secret-free as it
+    is made. Idempotent; wraps whatever record factory is installed."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts_secrets", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return redact_record(previous(*args, **kwargs))
+
+    factory.redacts_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def _public_token(record: dict[str, Any]) -> dict[str, Any]:

@@ -863,9 +863,19 @@ class KMeansService:
         }
 
     def _upload(self, job_id: int) -> dict[str, Any]:
+        """The upload ``job_id`` if the caller sees its project; else exactly the 404 of a job_id never
+        given out, whatever state the upload is in (its dataset or model deleted, fitted or not).
+
+        An upload is in its dataset's project or, once that is deleted, its model's; one with neither
+        left has no known project, and only callers of every project (admins) still see it."""
         upload = self.store.get_upload(job_id)
-        dataset = self.store.get_dataset(upload["dataset_id"]) if upload is not None else None
-        if upload is None or (dataset is not None and not access.current().sees(dataset["project"])):
+        owner = None
+        if upload is not None:
+            dataset = self.store.get_dataset(upload["dataset_id"])
+            model = self.store.get_model(upload["model_id"]) if dataset is None and upload["model_id"] else None
+            owner = (dataset or model or {}).get("project")
+        caller = access.current()
+        if upload is None or not (caller.sees(owner) if owner is not None else caller.project is None):
             raise NotFound(f"no upload with job_id {job_id}; POST a file to /kmeans/upload first")
         return upload
 
