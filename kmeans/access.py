@@ -256,6 +256,13 @@ class Access:
             raise Unauthorized("the bearer token has expired")
         return Caller(record["role"], record["project"], record["id"], record["expires_at"])
 
+    def still_valid(self, caller: Caller) -> bool:
+        """Whether ``caller``'s token is still neither revoked nor expired (long streams ask now and then)."""
+        if caller.token_id is None:
+            return True
+        record = self.store.get_token(caller.token_id)
+        return record is not None and not record["revoked_at"] and not _expired(record)
+
     def anonymous(self, client_host: str | None) -> Caller:
         """The caller of a request without a token: the local user of an open server, or 401/403."""
         if self.required():

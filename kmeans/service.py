@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 EVENT_POLL = 0.25  # seconds between looks at a model whose events are streamed
+TOKEN_RECHECK_POLLS = 20  # an event stream re-checks its token every this many polls (~5 s)
 PRUNE_EVERY = 600.0  # seconds between prunings of finished webhook deliveries
 DELIVERIES_KEPT_SECONDS = 7 * 86400  # a finished delivery is kept this long (its outcome stays on the resource)
 DEFAULT_N_CLUSTERS = 8
@@ -606,7 +608,8 @@ class KMeansService:
         ends early when ``stop`` is set (the client hung up).
         """
         self._job(kind, job_id)  # 404 now, before a stream starts
-        return self._events(kind, job_id, last_event_id or 0, max_seconds, stop or threading.Event())
+        caller = access.current()
+        return self._events(kind, job_id, last_event_id or 0, max_seconds, stop or threading.Event(), caller)
 
     def model_events(
         self, model_id: str, last_event_id: int | None, max_seconds: float, stop: threading.Event | None = None
@@ -615,10 +618,12 @@ class KMeansService:
         return self.job_events("fit", model_id, last_event_id, max_seconds, stop)
 
     def _events(
-        self, kind: str, job_id: str, seen: int, max_seconds: float, stop: threading.Event
+        self, kind: str, job_id: str, seen: int, max_seconds: float, stop: threading.Event, caller: access.Caller
     ) -> Iterator[tuple[int, dict]]:
         deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline and not stop.is_set():
+        for polls in itertools.count():
+            if time.monotonic() >= deadline or stop.is_set() or not self._caller_valid(caller, polls):
+                return
             record = self.store.get_job(kind, job_id)
             if record is None:
                 return
@@ -655,15 +660,23 @@ class KMeansService:
         """(event id, event) for every change of a job in the caller's project (an admin's: all,
         or ``project``) and every push to an online model, from after ``last_event_id`` (default:
         from now on), until ``max_seconds`` pass or ``stop`` is set."""
-        scope = access.current().scope(project)
+        caller = access.current()
+        scope = caller.scope(project)
         seen = self.store.last_event() if last_event_id is None else last_event_id
-        return self._project_events(scope, seen, max_seconds, stop or threading.Event())
+        return self._project_events(scope, seen, max_seconds, stop or threading.Event(), caller)
+
+    def _caller_valid(self, caller: access.Caller, polls: int) -> bool:
+        """Every TOKEN_RECHECK_POLLS polls of a stream: whether its token is still good (a revoked
+        token's stream ends at the next check, not after its hour)."""
+        return polls % TOKEN_RECHECK_POLLS != 0 or polls == 0 or self.access.still_valid(caller)
 
     def _project_events(
-        self, scope: str | None, seen: int, max_seconds: float, stop: threading.Event
+        self, scope: str | None, seen: int, max_seconds: float, stop: threading.Event, caller: access.Caller
     ) -> Iterator[tuple[int, dict]]:
         deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline and not stop.is_set():
+        for polls in itertools.count():
+            if time.monotonic() >= deadline or stop.is_set() or not self._caller_valid(caller, polls):
+                return
             for event in self.store.events_since(seen, scope):
                 seen = event["seq"]
                 collection = COLLECTION.get(event["kind"])

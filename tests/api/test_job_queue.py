@@ -415,3 +415,22 @@ def test_a_delivery_given_up_after_a_crash_shows_failed_on_its_model(tmp_path):
     delivery = store.get_job("webhook", "wh_00000000000000bb")
     assert delivery["status"] == "failed" and delivery["error"]["title"] == "Webhook Delivery Failed"
     assert "stopped answering" in callback["error"]
+
+
+def test_an_event_stream_ends_soon_after_its_token_is_revoked(client: TestClient, monkeypatch):
+    import threading
+
+    from kmeans.api import jobs
+
+    monkeypatch.setattr(jobs, "EVENT_STREAM_SECONDS", 30.0)  # bounded if the revocation were missed
+    service = client.app.service
+    record, secret = service.access.create_token("guest", "default", "streams")
+    timer = threading.Timer(0.5, service.store.revoke_token, args=(record["id"],))
+    started = time.monotonic()
+    timer.start()
+    try:
+        response = client.get("/kmeans/events", headers={"Authorization": f"Bearer {secret}"})
+    finally:
+        timer.cancel()
+    assert response.status_code == 200 and time.monotonic() - started < 12
+    assert client.get("/kmeans/events", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
