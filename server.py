@@ -28,7 +28,14 @@ from connexion.middleware import MiddlewarePosition
 
 from kmeans.access import ROLES, Access, install_log_redaction, is_loopback, token_missing
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
-from kmeans.api.validation import AllowMiddleware, DisconnectMiddleware, RequestLimitsMiddleware, validator_map
+from kmeans.api.validation import (
+    AllowMiddleware,
+    DisconnectMiddleware,
+    RequestLimitsMiddleware,
+    SpecPaths,
+    SpecRoutesMiddleware,
+    validator_map,
+)
 from kmeans.config import Settings, parse_duration
 from kmeans.errors import ProblemError
 from kmeans.service import KMeansService
@@ -114,15 +121,40 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     app.add_middleware(
         RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
     )
+    paths = spec_paths(spec)
+    # Before connexion's router: the most specific path of the spec wins (its 405s are ours).
+    app.add_middleware(SpecRoutesMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, paths=paths)
     app.add_middleware(DisconnectMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
-    base = spec["servers"][0]["url"].rstrip("/")
-    paths = {
-        base + path: [m.upper() for m in item if m in ("get", "put", "post", "delete", "patch", "head", "options")]
-        for path, item in spec["paths"].items()
-    }
-    # Outside the exception middleware, which is where the 405 is rendered.
+    # Outside the exception middleware, which is where the router's 405s are rendered.
     app.add_middleware(AllowMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, paths=paths)
     return app
+
+
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+def spec_paths(spec: dict) -> SpecPaths:
+    """The spec's full paths (with the server's base path), their methods and integer path parameters."""
+    base = spec["servers"][0]["url"].rstrip("/")
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:  # local references only, as api.yaml has
+            target: Any = spec
+            for key in node["$ref"].removeprefix("#/").split("/"):
+                target = target[key]
+            node = target
+        return node
+
+    paths: dict[str, list[str]] = {}
+    integers: dict[str, dict[str, int | None]] = {}
+    for path, item in spec["paths"].items():
+        paths[base + path] = [m.upper() for m in item if m in METHODS]
+        declared = [*item.get("parameters", []), *(p for m in METHODS for p in item.get(m, {}).get("parameters", []))]
+        for parameter in map(resolve, declared):
+            schema = resolve(parameter.get("schema", {}))
+            if parameter.get("in") == "path" and schema.get("type") == "integer":
+                integers.setdefault(base + path, {})[parameter["name"]] = schema.get("maximum")
+    return SpecPaths(paths, integers)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import math
 import re
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
 from connexion.json_schema import Draft4RequestValidator
@@ -36,7 +39,7 @@ from jsonschema.validators import extend
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kmeans.errors import BadRequest, NotFound, PayloadTooLarge
+from kmeans.errors import BadRequest, NotFound, PayloadTooLarge, ProblemError, UnsupportedMediaType
 from kmeans.multipart import MultipartSpooler, SpooledFile, remove
 from kmeans.store import temp_name
 
@@ -63,12 +66,19 @@ class RequestLimitsMiddleware:
             raise NotFound("no resource has a line break in its URL path")
         limit = self.max_bytes
         too_large = f"the request body is larger than the limit of {limit} bytes"
-        declared = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
                 raise BadRequest("the Content-Length header is not a number")
-            if int(declared) > limit:
+            # Never int() the header as sent: thousands of digits are a ValueError (Python's limit on
+            # int-string conversion), so a long one is too large by its length alone.
+            digits = declared.lstrip("0") or "0"
+            if len(digits) > len(str(limit)) or int(digits) > limit:
                 raise PayloadTooLarge(too_large)
+            if digits != declared:  # leading zeros: everything after this (connexion too) sees the plain number
+                MutableHeaders(scope=scope)["content-length"] = digits
+        refuse_content_coding(headers)
         seen = 0
 
         async def limited_receive() -> Message:
@@ -88,18 +98,117 @@ class RequestLimitsMiddleware:
             remove(spooled)
 
 
+def refuse_content_coding(headers: Headers) -> None:
+    """415 for a body in a content coding (gzip, br, …): the service decodes none, and read as it
+    is the body would fail as a CSV or JSON parse error, or be stored compressed (RFC 9110 §15.5.16;
+    RFC 7694: the answer's Accept-Encoding says which codings a request may use)."""
+    codings = [c.strip().lower() for c in ",".join(headers.getlist("content-encoding")).split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings or (headers.get("content-length") in ("0", None) and "transfer-encoding" not in headers):
+        return  # no coding, or no body for one to apply to
+    shown = ", ".join(codings)[:100]
+    error = UnsupportedMediaType(
+        f"the request body is {shown}-encoded (Content-Encoding: {shown}); this service decodes no content"
+        " coding: send the body uncompressed, without a Content-Encoding header",
+        parameter="Content-Encoding",
+    )
+    error.headers["Accept-Encoding"] = "identity"
+    raise error
+
+
+class SpecPaths:
+    """api.yaml's paths, matched as OpenAPI says: a concrete path before a templated one that also
+    matches it (``/models/import`` before ``/models/{model_id}``), at the first segment they differ in.
+
+    ``paths`` maps each full path template to its methods; ``integers`` maps a template to its
+    integer path parameters and their maximum (None: no maximum).
+    """
+
+    def __init__(self, paths: dict[str, list[str]], integers: dict[str, dict[str, int | None]] | None = None) -> None:
+        def specificity(template: str) -> tuple[int, ...]:
+            return tuple(int("{" in segment) for segment in template.split("/"))
+
+        self.routes = [
+            (
+                re.compile(re.sub(r"\\{([^/]+?)\\}", r"(?P<\1>[^/]+)", re.escape(template))),
+                template,
+                sorted(set(methods)),
+            )
+            for template, methods in sorted(paths.items(), key=lambda item: specificity(item[0]))
+        ]
+        self.integers = integers or {}
+
+    def match(self, path: str) -> tuple[str, list[str], dict[str, str]] | None:
+        """The template ``path`` is under, its methods and its path parameters' values (None: no path of the spec)."""
+        for pattern, template, methods in self.routes:
+            found = pattern.fullmatch(path)  # not match(): '$' matches before a final line break
+            if found:
+                return template, methods, found.groupdict()
+        return None
+
+
+class MethodNotAllowed(ProblemError):
+    status, title = 405, "Method Not Allowed"
+
+    def __init__(self, detail: str, methods: list[str]) -> None:
+        super().__init__(detail)
+        self.headers["Allow"] = ", ".join(methods)
+
+
+class SpecRoutesMiddleware:
+    """Route as api.yaml says before connexion's router does (inside the exception middleware, so
+    errors are problem documents).
+
+    Starlette tries routes in the spec's order and takes the first whose template and method
+    match, so ``GET /models/import`` reached ``GET /models/{model_id}`` ("no model with id
+    import") and ``PATCH /models/import`` was a 405 allowing ``DELETE, GET``. Here the most
+    specific template wins: a method it does not declare is a 405 whose ``Allow`` lists exactly
+    its methods (HEAD goes with GET). An integer path parameter with more digits than Python turns
+    into an int (its int-string limit; Starlette's converter raised a ValueError, a 500) is a 400
+    naming the parameter.
+    """
+
+    def __init__(self, app: ASGIApp, paths: SpecPaths) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.paths.match(scope["path"]) if scope["type"] == "http" else None
+        if found is not None:
+            template, methods, values = found
+            method = scope["method"]
+            if method not in methods and not (method == "HEAD" and "GET" in methods):
+                raise MethodNotAllowed(f"{template} allows {', '.join(methods)}, not {method[:20]}", methods)
+            for name, maximum in self.paths.integers.get(template, {}).items():
+                problem = long_number("path", name, values.get(name), maximum)
+                if problem:
+                    raise BadRequest(problem, parameter=name)
+        await self.app(scope, receive, send)
+
+
+def long_number(kind: str, name: str, value: Any, maximum: int | None = None) -> str | None:
+    """The problem with an integer parameter's text that has more digits than Python converts to an int
+    (``sys.get_int_max_str_digits()``, 4300 by default), or None when it has fewer or is no number."""
+    limit = sys.get_int_max_str_digits()  # 0: no limit
+    if not isinstance(value, str) or not limit or len(value) <= limit:
+        return None
+    digits = value.strip().lstrip("+-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) <= limit:
+        return None
+    bound = f"the maximum of {maximum}" if maximum is not None else f"the {limit} digits an integer may have"
+    return f"{kind} parameter '{name}': a number of {len(digits)} digits is more than {bound}"
+
+
 class AllowMiddleware:
-    """Make a 405's ``Allow`` list every method api.yaml declares for the path.
+    """Make a 405's ``Allow`` list every method api.yaml declares for the path (the most specific
+    template's, as SpecRoutesMiddleware matches them).
 
     connexion routes each operation separately, so a 405 names only one route's methods.
     """
 
-    def __init__(self, app: ASGIApp, paths: dict[str, list[str]]) -> None:
+    def __init__(self, app: ASGIApp, paths: SpecPaths) -> None:
         self.app = app
-        self.paths = [
-            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"), sorted(methods))
-            for template, methods in paths.items()
-        ]
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,10 +217,10 @@ class AllowMiddleware:
 
         async def send_with_allow(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 405:
-                methods = next((m for pattern, m in self.paths if pattern.match(scope["path"])), None)
-                if methods:
+                found = self.paths.match(scope["path"])
+                if found:
                     headers = MutableHeaders(scope=message)
-                    headers["allow"] = ", ".join(methods)
+                    headers["allow"] = ", ".join(found[1])
             await send(message)
 
         await self.app(scope, receive, send_with_allow)
@@ -191,11 +300,21 @@ class NamingParameterValidator(ParameterValidator):
     def validate_parameter(parameter_type: str, value: Any, param: dict, param_name: str | None = None) -> str | None:
         if value is None or (is_nullable(param) and is_null(value)):
             return ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
-        validator = _cached_validator(param.get("schema", param), _draft4)
+        schema = param.get("schema", param)
+        name = param_name or param["name"]
+        if schema.get("type") in ("integer", "number"):
+            # connexion could not make an int of it (it stays text): say why, not "is not of type".
+            problem = long_number(parameter_type, name, value, schema.get("maximum"))
+            if problem:
+                return problem
+        validator = _cached_validator(schema, _draft4)
         try:
             validator.validate(value)
         except ValidationError as exc:
-            return f"{parameter_type} parameter '{param_name or param['name']}': {exc.message}"
+            message = exc.message
+            if isinstance(value, str) and len(value) > 60:  # the message starts with the value: not all of it
+                message = message.replace(repr(value), repr(value[:40]) + f" (… {len(value)} characters)", 1)
+            return f"{parameter_type} parameter '{name}': {message}"
         return None
 
 
@@ -278,8 +397,84 @@ FastRequestValidator = extend(
 )
 
 
+MAX_JSON_DEPTH = 64  # arrays and objects in one another; the spec's deepest document needs 5
+_NOT_JSON_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_JSON_STEP = np.zeros(256, np.int8)
+_JSON_STEP[list(b"[{")] = 1
+_JSON_STEP[list(b"]}")] = -1
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON document ``text``, without parsing it (so
+    without recursion): brackets in strings do not count. About 1 ms a MB for rows of numbers."""
+    data = text.encode("utf-8", "surrogatepass")
+    if b"\\" in data:  # escaped backslashes and quotes go first, so every '"' left opens or closes a string
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    codes = np.frombuffer(data.translate(None, _NOT_JSON_STRUCTURE), np.uint8)
+    steps = _JSON_STEP[codes]
+    if b'"' in data:
+        steps[(np.cumsum(codes == ord('"'), dtype=np.int32) & 1).astype(bool)] = 0
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
+
+
+class _LongInteger:
+    """What the second parse of a body with a too long integer puts in its place, to find where it is."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+
+def _path_to(document: Any, target: Any) -> list[Any] | None:
+    """The keys and indexes that lead to ``target`` in ``document`` (iteratively: no recursion)."""
+    pending: list[tuple[Any, list[Any]]] = [(document, [])]
+    while pending:
+        value, path = pending.pop()
+        if value is target:
+            return path
+        if isinstance(value, dict):
+            pending.extend((v, [*path, k]) for k, v in value.items())
+        elif isinstance(value, list):
+            pending.extend((v, [*path, i]) for i, v in enumerate(value))
+    return None
+
+
+def parse_json(text: str, what: str = "the JSON body") -> Any:
+    """``json.loads``, with a client's error for what Python's parser raises on hostile input:
+    nesting deeper than MAX_JSON_DEPTH (a RecursionError in the parser, in jsonschema or in a
+    handler otherwise) and integers longer than Python's int-string limit (a ValueError), whose
+    problem names the field. ``what`` names the document in the problem's detail."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestProblem(detail=str(exc)) from None
+    except RecursionError:  # only on a thread with little stack left; the depth check makes it rare
+        raise BadRequest(f"{what} is nested too deeply to be read") from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        pass
+    limit = sys.get_int_max_str_digits()
+    longs: list[_LongInteger] = []
+
+    def parse_int(digits: str) -> Any:
+        if len(digits) <= limit:
+            return int(digits)
+        longs.append(_LongInteger(digits))
+        return longs[-1]
+
+    document = json.loads(text, parse_int=parse_int)
+    path = _path_to(document, longs[0]) or []
+    field = ".".join(str(key) for key in path)
+    where = f"the JSON field '{field}'" if field else what
+    raise BadRequest(
+        f"{where} is an integer of {longs[0].digits} digits; integers may have at most {limit} digits",
+        parameter=field or None,
+    )
+
+
 class Utf8JSONValidator(JSONRequestBodyValidator):
     """Like connexion's, but a body that is not UTF-8 is a 400, not an unhandled UnicodeDecodeError,
+    hostile JSON (nested very deep, integers of thousands of digits) is a 400 (see ``parse_json``),
     and the schema's validator is built once."""
 
     @property
@@ -289,14 +484,33 @@ class Utf8JSONValidator(JSONRequestBodyValidator):
         )
 
     async def _parse(self, stream: Any, scope: Scope) -> Any:
+        data = b"".join([piece async for piece in stream])
         try:
-            body = await super()._parse(stream, scope)
+            text = data.decode(self._encoding)
         except UnicodeDecodeError as exc:
             detail = f"the JSON body is not valid {self._encoding}: {exc.reason} at byte {exc.start}"
             raise BadRequestProblem(detail=detail) from None
+        except LookupError:
+            raise UnsupportedMediaType(
+                f"the JSON body's charset {self._encoding[:40]!r} is not one this service knows; send UTF-8",
+                parameter="Content-Type",
+            ) from None
+        body = parse_json(text) if text else None
         # Handlers of operations that also take CSV read it from here instead of parsing it again.
         scope[JSON_BODY] = body
         return body
+
+    def _validate(self, body: Any) -> dict | None:
+        try:
+            return super()._validate(body)
+        except BadRequestProblem as exc:
+            # jsonschema's message starts with the value that is wrong: a long one is shortened
+            # (the end, which names the field, stays).
+            if exc.detail and len(exc.detail) > 500:
+                exc.detail = f"{exc.detail[:300]} … {exc.detail[-150:]}"
+            raise
+        except RecursionError:
+            raise BadRequest("the JSON body is nested too deeply to be checked") from None
 
 
 class StreamingMultipartValidator(MultiPartFormDataValidator):
