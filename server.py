@@ -147,14 +147,19 @@ def spec_paths(spec: dict) -> SpecPaths:
 
     paths: dict[str, list[str]] = {}
     integers: dict[str, dict[str, int | None]] = {}
+    media_types: dict[tuple[str, str], str] = {}
     for path, item in spec["paths"].items():
         paths[base + path] = [m.upper() for m in item if m in METHODS]
+        for method in (m for m in item if m in METHODS):
+            content = list(item[method].get("requestBody", {}).get("content", {}))
+            if content:
+                media_types[(base + path, method.upper())] = content[0]
         declared = [*item.get("parameters", []), *(p for m in METHODS for p in item.get(m, {}).get("parameters", []))]
         for parameter in map(resolve, declared):
             schema = resolve(parameter.get("schema", {}))
             if parameter.get("in") == "path" and schema.get("type") == "integer":
                 integers.setdefault(base + path, {})[parameter["name"]] = schema.get("maximum")
-    return SpecPaths(paths, integers)
+    return SpecPaths(paths, integers, media_types)
 
 
 def __getattr__(name: str) -> Any:

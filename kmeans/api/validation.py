@@ -104,7 +104,7 @@ def refuse_content_coding(headers: Headers) -> None:
     RFC 7694: the answer's Accept-Encoding says which codings a request may use)."""
     codings = [c.strip().lower() for c in ",".join(headers.getlist("content-encoding")).split(",")]
     codings = [c for c in codings if c and c != "identity"]
-    if not codings or (headers.get("content-length") in ("0", None) and "transfer-encoding" not in headers):
+    if not codings or not has_body(headers):
         return  # no coding, or no body for one to apply to
     shown = ", ".join(codings)[:100]
     error = UnsupportedMediaType(
@@ -124,7 +124,12 @@ class SpecPaths:
     integer path parameters and their maximum (None: no maximum).
     """
 
-    def __init__(self, paths: dict[str, list[str]], integers: dict[str, dict[str, int | None]] | None = None) -> None:
+    def __init__(
+        self,
+        paths: dict[str, list[str]],
+        integers: dict[str, dict[str, int | None]] | None = None,
+        media_types: dict[tuple[str, str], str] | None = None,
+    ) -> None:
         def specificity(template: str) -> tuple[int, ...]:
             return tuple(int("{" in segment) for segment in template.split("/"))
 
@@ -137,6 +142,8 @@ class SpecPaths:
             for template, methods in sorted(paths.items(), key=lambda item: specificity(item[0]))
         ]
         self.integers = integers or {}
+        # (template, METHOD) -> the first media type its request body may have
+        self.media_types = media_types or {}
 
     def match(self, path: str) -> tuple[str, list[str], dict[str, str]] | None:
         """The template ``path`` is under, its methods and its path parameters' values (None: no path of the spec)."""
@@ -183,7 +190,24 @@ class SpecRoutesMiddleware:
                 problem = long_number("path", name, values.get(name), maximum)
                 if problem:
                     raise BadRequest(problem, parameter=name)
+            guess = self.paths.media_types.get((template, method))
+            if guess:
+                assume_content_type(scope, guess)
         await self.app(scope, receive, send)
+
+
+def assume_content_type(scope: Scope, media_type: str) -> None:
+    """Give a body sent without a Content-Type the media type connexion's validator assumes for it
+    (the operation's first), so the handler sees what was checked: it got the raw bytes instead
+    (``POST /models/{id}/copy`` with ``null`` and no Content-Type was a 500)."""
+    headers = Headers(scope=scope)
+    if "content-type" not in headers and has_body(headers):
+        scope["headers"] = [*scope["headers"], (b"content-type", media_type.encode("latin-1"))]
+
+
+def has_body(headers: Headers) -> bool:
+    """Whether the request says it has a body (a Content-Length above 0, or a chunked one)."""
+    return headers.get("content-length") not in ("0", None) or "transfer-encoding" in headers
 
 
 def long_number(kind: str, name: str, value: Any, maximum: int | None = None) -> str | None:
