@@ -461,16 +461,22 @@ class KMeansService:
                 f"model {model_id} is fitted with method {model['params'].get('method', 'kmeans')}, which cannot be"
                 " paused; only method kmeans fits can (cancel this one instead)"
             )
-        record = self.store.get_model(model_id) or {}
-        was = record.get("phase") or record.get("status")
-        if record.get("status") == "running":
-            # The checkpoint to resume from is this run's (its own file): kept by the token.
-            paused = self.store.update_job(
-                "fit", model_id, ("running",), record["run_token"], status="paused", run_token=None,
-                phase=f"paused ({was})", checkpoint={"run": record["run_token"], "paused_at": now()},
-            )
-        else:  # queued: it keeps the checkpoint it had (if it was paused before)
-            paused = self.store.update_job("fit", model_id, ("queued",), status="paused", phase=f"paused ({was})")
+        paused = False
+        for _ in range(3):  # a queued fit may start between the read and the update: look again
+            record = self.store.get_model(model_id) or {}
+            was = record.get("phase") or record.get("status")
+            if record.get("status") == "running":
+                # The checkpoint to resume from is this run's (its own file): kept by the token.
+                paused = self.store.update_job(
+                    "fit", model_id, ("running",), record["run_token"], status="paused", run_token=None,
+                    phase=f"paused ({was})", checkpoint={"run": record["run_token"], "paused_at": now()},
+                )
+            elif record.get("status") == "queued":  # it keeps the checkpoint it had (if paused before)
+                paused = self.store.update_job(
+                    "fit", model_id, ("queued",), status="paused", phase=f"paused ({was})"
+                )
+            if paused or record.get("status") not in ACTIVE:
+                break
         if not paused:
             status = self.get_model(model_id)["status"]
             raise Conflict(f"model {model_id} is {status}; only queued or running fits can be paused")
