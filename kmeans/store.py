@@ -838,11 +838,6 @@ class Store:
         if seq % 1000 == 0:  # now and then, forget the oldest events
             db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEPT,))
 
-    def log_event(self, kind: str, job_id: str, data: dict | None = None) -> None:
-        """Record an event of a resource that is not a status change (e.g. an online push)."""
-        with self.transaction() as db:
-            self._log_event(db, kind, job_id, data)
-
     def events_since(self, seq: int, project: str | None, limit: int = 100) -> list[dict[str, Any]]:
         """Events after ``seq`` (of one project, or all), oldest first."""
         where, args = ("AND project = ?", (project,)) if project else ("", ())
@@ -1021,10 +1016,6 @@ class Store:
             ).fetchall()
             found.update({(kind, r["id"]): {**_decode(r), "kind": kind} for r in rows})
         return found
-
-    def models_by_id(self, model_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The current records of the fits ``model_ids`` that still exist."""
-        return {job_id: job for (_, job_id), job in self.jobs_by_key([("fit", m) for m in model_ids]).items()}
 
     def has_queued(self, kinds: tuple[str, ...] = COMPUTE) -> bool:
         """Whether a job of ``kinds`` waits and may start now (a read: idle dispatchers take no write lock)."""
