@@ -220,7 +220,9 @@ def prepare(
     if kept is not None and weights is not None:
         weights = weights[kept]
     pre = prep.fit_scaler(design, pre, bool(params.get("standardize")))
-    return prep.transform(design, pre), pre, weights, kept
+    fitted = prep.transform(design, pre)
+    prep.check_fit_space(fitted, pre, weights)
+    return fitted, pre, weights, kept
 
 
 def fit_values(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import Conflict, NotFound
+from kmeans.errors import Conflict, NotFound, Unprocessable
 from kmeans.store import FirstVersion, NewVersion, Store, now
 
 
@@ -75,20 +75,25 @@ def _summary(row: dict[str, Any], with_centers: bool = False, pre: dict | None =
     return out
 
 
-def push(store: Store, model: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
-    """Apply rows (the model's encoded features, see prep.encode) to the current centers."""
+def push(store: Store, model: dict[str, Any], values: np.ndarray, first_row: int = 1) -> dict[str, Any]:
+    """Apply rows (the model's encoded features, see prep.encode; the first is row ``first_row``
+    of what was sent) to the current centers."""
     _check_updatable(model)
     space = prep.transform(values, model.get("preprocessing"))
 
     def update(current: dict[str, Any]) -> NewVersion:
         centers, counts = _arrays(current)
+        prep.check_points(space, centers, model["preprocessing"], first_row)
         labels = engine.predict(centers, space)
         added = np.bincount(labels, minlength=len(centers)).astype(np.float64)
         sums = np.zeros_like(centers)
         np.add.at(sums, labels, space)
         moved = added > 0
         total = counts + added
-        centers[moved] = (centers[moved] * counts[moved, None] + sums[moved]) / total[moved, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            centers[moved] = (centers[moved] * counts[moved, None] + sums[moved]) / total[moved, None]
+        if not np.isfinite(centers).all():  # counts past float64's range: never store such a center
+            raise Unprocessable(f"model {model['id']} has seen too many rows for its centers to move in float64")
         return centers, total, len(values), "data"
 
     row = store.append_version(model["id"], _fit_version(store, model), update, event="push")

@@ -24,6 +24,9 @@ import numpy as np
 from kmeans.errors import Unprocessable
 
 DEFAULT_N_CLUSTERS = 8
+# Squared distances, and the inertia (their weighted sum over rows), must stay below float64's
+# largest value (1.8e308): the margin leaves room for scikit-learn's own sums and products.
+SQUARED_LIMIT = 1e300
 
 
 def n_clusters(params: dict[str, Any]) -> int:
@@ -454,8 +457,15 @@ def weights(values: np.ndarray, pre: dict[str, Any]) -> np.ndarray | None:
             f" in row {int(negative[0]) + 1}; weights must be >= 0",
             parameter="weight_column",
         )
-    if not column.sum() > 0:
+    with np.errstate(over="ignore"):
+        total = column.sum()
+    if not total > 0:
         raise Unprocessable(f"weight_column {pre['weight_column']!r} has no positive weight", parameter="weight_column")
+    if not np.isfinite(total):
+        raise Unprocessable(
+            f"weight_column {pre['weight_column']!r} sums past float64's range; rescale the weights",
+            parameter="weight_column",
+        )
     return column
 
 
@@ -473,8 +483,12 @@ def fit_scaler(features: np.ndarray, pre: dict[str, Any], standardize: bool) -> 
     mean = np.zeros(features.shape[1])
     scale = np.ones(features.shape[1])
     if n_numeric:
-        mean[:n_numeric] = numbers.mean(axis=0)
-        scale[:n_numeric] = numbers.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean[:n_numeric] = numbers.mean(axis=0)
+            scale[:n_numeric] = numbers.std(axis=0)
+        for j in np.flatnonzero(~np.isfinite(mean[:n_numeric]) | ~np.isfinite(scale[:n_numeric])):
+            # Sums past float64's range (values near 1e308): the column's own overflow-safe figures.
+            mean[j], scale[j] = finite_mean(numbers[:, j]), finite_std(numbers[:, j])
     scale[scale == 0] = 1.0
     return {**pre, "mean": mean.tolist(), "scale": scale.tolist()}
 
@@ -487,9 +501,13 @@ def transform(features: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
         return _transform_in_place(features, pre)
     out = np.asarray(features, dtype=np.float64)
     if pre.get("mean") is not None:
-        out = (out - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
+        source, mean, scale = out, np.asarray(pre["mean"]), np.asarray(pre["scale"])
+        with np.errstate(over="ignore"):
+            out = (source - mean) / scale
+        for j in _huge(mean):
+            out[:, j] = source[:, j] / scale[j] - mean[j] / scale[j]
     if pre.get("distance") == "cosine":
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms = row_norms(out)
         out = out / np.where(norms == 0, 1.0, norms)  # an all-zero row stays zero
     return np.ascontiguousarray(out)
 
@@ -503,6 +521,11 @@ def _transform_in_place(out: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
         moved = np.flatnonzero((mean != 0) | (scale != 1))
         last = int(moved[-1]) + 1 if len(moved) else 0
         mean, scale = mean[:last], scale[:last]  # the columns up to the last one that changes
+    huge = _huge(mean) if mean is not None else []
+    shifts = {int(j): (scale[j], mean[j] / scale[j]) for j in huge}
+    if len(huge):
+        mean, scale = mean.copy(), scale.copy()
+        mean[huge], scale[huge] = 0.0, 1.0  # those columns are scaled on their own, below
     cosine = pre.get("distance") == "cosine"
     for start in range(0, len(out), DESIGN_CHUNK_ROWS):
         chunk = out[start : start + DESIGN_CHUNK_ROWS]
@@ -510,10 +533,99 @@ def _transform_in_place(out: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
             part = chunk[:, : len(mean)]
             part -= mean
             part /= scale
+            for j, (divisor, shift) in shifts.items():
+                column = part[:, j]
+                column /= divisor
+                column -= shift
         if cosine:
-            norms = np.linalg.norm(chunk, axis=1, keepdims=True)
+            norms = row_norms(chunk)
             chunk /= np.where(norms == 0, 1.0, norms)
     return out
+
+
+# A mean this large (values near float64's largest) is subtracted after scaling, (x / s) - (m / s):
+# x - m itself could overflow. Below it, (x - m) / s, the usual figures.
+HUGE_MEAN = 1e300
+
+
+def _huge(mean: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(mean) >= HUGE_MEAN)
+
+
+def row_norms(rows: np.ndarray) -> np.ndarray:
+    """The L2 norm of each row (a column vector), finite for rows of values up to float64's
+    largest: a row whose squares overflow is measured scaled by its largest value."""
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    wide = np.flatnonzero(~np.isfinite(norms[:, 0]))
+    if len(wide):
+        top = np.max(np.abs(rows[wide]), axis=1, keepdims=True)
+        norms[wide] = top * np.linalg.norm(rows[wide] / top, axis=1, keepdims=True)
+    return norms
+
+
+def magnitudes(matrix: np.ndarray) -> np.ndarray:
+    """Per column the largest absolute value (missing values ignored, 0 for a column of none),
+    without a temporary copy of the matrix."""
+    if not len(matrix):
+        return np.zeros(matrix.shape[1])
+    top = np.fmax(np.fmax.reduce(matrix, axis=0), -np.fmin.reduce(matrix, axis=0))
+    return np.nan_to_num(np.asarray(top, dtype=np.float64), nan=0.0, posinf=np.inf)
+
+
+def overflowing(tops: np.ndarray, mass: float) -> int | None:
+    """The column whose values (``tops``: per column the largest absolute value) make the squared
+    distances between rows and centers in their range, summed over ``mass`` (the rows, or their
+    total weight), overflow float64; None when none does."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum((2.0 * tops) ** 2)) * mass
+    if np.isfinite(tops).all() and np.isfinite(total) and total <= SQUARED_LIMIT:
+        return None
+    return int(np.argmax(tops))
+
+
+def too_large(name: str, top: float, rows: float, fitted: bool) -> Unprocessable:
+    """The 422 for a feature whose values are too large for squared distances in float64."""
+    value = f"values as large as {top:.3g}" if np.isfinite(top) else "values too large for float64 arithmetic"
+    where, advice = (" (in the fitted space)", "") if fitted else ("", " or fit with standardize: true")
+    return Unprocessable(
+        f"column {name!r} has {value}{where}: the squared distances of {rows:g} rows to their centers would"
+        f" overflow float64; rescale the column (divide it by a power of ten){advice}",
+        parameter=name,
+    )
+
+
+def check_fit_space(space: np.ndarray, pre: dict[str, Any], weights: np.ndarray | None) -> None:
+    """Refuse (422 naming the column) a fitted space whose squared distances would overflow float64."""
+    tops = magnitudes(space)
+    mass = float(weights.sum()) if weights is not None else float(len(space))
+    column = overflowing(tops, mass)
+    if column is not None:
+        raise too_large(encoded_columns(pre)[column], float(tops[column]), mass, pre.get("mean") is not None)
+
+
+def check_points(space: np.ndarray, centers: np.ndarray, pre: dict[str, Any], first_row: int) -> None:
+    """Refuse (422 naming the row and column) points in the fitted space whose squared distance
+    to a center would overflow float64 (so their label or distance would be meaningless)."""
+    if not space.size:
+        return
+    reach = magnitudes(centers)
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = np.maximum(np.max(space), -np.min(space))
+        bound = space.shape[1] * (top + reach.max(initial=0.0)) ** 2
+        if np.isfinite(bound) and bound <= SQUARED_LIMIT:
+            return  # every row at once: the usual case, two passes over the rows
+        per_row = ((np.abs(space) + reach) ** 2).sum(axis=1)
+    row = int(np.flatnonzero(~(per_row <= SQUARED_LIMIT))[0])
+    column = int(np.argmax(np.abs(space[row])))
+    name = encoded_columns(pre)[column]
+    where = " (in the fitted space)" if pre.get("mean") is not None else ""
+    raise Unprocessable(
+        f"row {row + first_row}, column {name!r}: {space[row, column]:.3g}{where} is too large: its squared"
+        " distance to the model's centers would overflow float64",
+        row=row + first_row,
+        parameter=name,
+    )
 
 
 def to_original(centers: np.ndarray, pre: dict[str, Any] | None) -> np.ndarray:

@@ -400,8 +400,19 @@ class KMeansService:
     def plan_fit(self, dataset: dict[str, Any], params: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
         """Check fit options against the dataset (422 naming the option); the preprocessing plan."""
         pre = prep.plan(params, schema.of_dataset(dataset), sweep=sweep)
-        if pre["weight_index"] is not None:
-            prep.weights(self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True), pre)
+        try:
+            values = self.store.load_array(self.store.dataset_path(dataset["id"]), mmap=True)
+        except FileNotFoundError:  # deleted meanwhile: the fit fails saying so, as a fit of it would
+            return pre
+        weights = prep.weights(values, pre) if pre["weight_index"] is not None else None
+        if not params.get("standardize") and pre["distance"] == "euclidean":
+            # Unscaled, the values themselves are squared: refuse now what the fit would overflow on.
+            numeric = [f for f in prep.features_of(pre) if f["type"] == "numeric"]
+            tops = prep.magnitudes(values)[[f["index"] for f in numeric]] if numeric else np.zeros(0)
+            mass = float(weights.sum()) if weights is not None else float(dataset["rows"])
+            column = prep.overflowing(tops, mass)
+            if column is not None:
+                raise prep.too_large(numeric[column]["name"], float(tops[column]), mass, False)
         return pre
 
     def _queued(self) -> None:
@@ -834,6 +845,7 @@ class KMeansService:
         encoded, unknown = prep.encode(table, pre, model["id"])
         centers = self.fitted_centers(model, version)
         space = encoded if prep.is_identity(pre) else prep.transform(encoded, pre)
+        prep.check_points(space, centers, pre or {"feature_columns": model["columns"]}, table.first_row)
         return engine.predict(centers, space), space, unknown
 
     def score(

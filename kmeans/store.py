@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import math
 import os
 import secrets
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans.errors import Conflict, NotFound, Unavailable
+from kmeans.errors import Conflict, NotFound, Unavailable, Unprocessable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -259,8 +260,26 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     return record
 
 
-def _encode(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (dict, list)) else value
+def _encode(value: Any, field: str = "a value") -> Any:
+    """A value as SQLite keeps it (dicts and lists as JSON); never a non-finite number."""
+    if isinstance(value, (dict, list)):
+        return _json(value, field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _not_finite(field)
+    return value
+
+
+def _json(value: Any, field: str = "a value") -> str:
+    """Strict JSON (no NaN or Infinity: what the service stores, it must be able to send)."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise _not_finite(field) from None
+
+
+def _not_finite(field: str) -> Unprocessable:
+    # The last guard: every computation refuses its own overflow first, naming the column.
+    return Unprocessable(f"{field} came out as a non-finite number, so nothing was stored (the values are too large)")
 
 
 # A model's version 1 when it has none yet: (centers, counts, created_at); and what a new version
@@ -503,7 +522,7 @@ class Store:
             with self.transaction() as db:
                 db.execute(
                     f"INSERT INTO datasets ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                    tuple(_encode(record[k]) for k in keys),
+                    tuple(_encode(record[k], k) for k in keys),
                 )
         except BaseException:
             for path in paths:
@@ -513,7 +532,7 @@ class Store:
     def set_dataset_stats(self, dataset_id: str, stats: list[dict[str, Any]]) -> None:
         """Keep a dataset's column statistics (it never changes, so they are computed once)."""
         with self.transaction() as db:
-            db.execute("UPDATE datasets SET stats = ? WHERE id = ?", (json.dumps(stats), dataset_id))
+            db.execute("UPDATE datasets SET stats = ? WHERE id = ?", (_json(stats, "stats"), dataset_id))
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
@@ -561,7 +580,7 @@ class Store:
                 )
             db.execute(
                 f"INSERT INTO models ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                tuple(_encode(record[k]) for k in keys),
+                tuple(_encode(record[k], k) for k in keys),
             )
             self._log_event(db, "fit", record["id"])
         return record
@@ -595,6 +614,8 @@ class Store:
         The arrays are renamed into place inside the transaction that checks ownership, so a
         run that lost its model (cancelled, paused, re-queued) never touches the files of the
         run that owns it, and nobody sees the model succeeded before its files exist."""
+        if not np.isfinite(centers).all():
+            raise _not_finite("a center")
         staged = [self.stage_array(centers), self.stage_array(labels)]
         try:
             with self.transaction() as db:
@@ -792,8 +813,8 @@ class Store:
         db.execute(
             "INSERT INTO model_versions (model_id, version, centers, counts, rows_added, source, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (model_id, version, json.dumps(np.asarray(centers).tolist()), json.dumps(np.asarray(counts).tolist()),
-             rows_added, source, created_at),
+            (model_id, version, _json(np.asarray(centers).tolist(), "centers"),
+             _json(np.asarray(counts).tolist(), "counts"), rows_added, source, created_at),
         )
 
     def _ensure_first_version(self, db: sqlite3.Connection, model_id: str, first: FirstVersion) -> None:
@@ -870,7 +891,7 @@ class Store:
     ) -> bool:
         sets = ", ".join(f"{k} = ?" for k in fields)
         sql = f"UPDATE {KINDS[kind]} SET {sets}, version = version + 1 WHERE id = ?"
-        args: tuple = (*(_encode(v) for v in fields.values()), job_id)
+        args: tuple = (*(_encode(v, k) for k, v in fields.items()), job_id)
         if only_if_status:
             sql += f" AND status IN ({', '.join('?' * len(only_if_status))})"
             args += only_if_status
@@ -1035,7 +1056,7 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 f"INSERT INTO sweeps ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                tuple(_encode(record[k]) for k in keys),
+                tuple(_encode(record[k], k) for k in keys),
             )
             self._log_event(db, "sweep", record["id"])
 
@@ -1092,7 +1113,7 @@ class Store:
                     keys = list(delivery)
                     db.execute(
                         f"INSERT INTO deliveries ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
-                        tuple(_encode(delivery[k]) for k in keys),
+                        tuple(_encode(delivery[k], k) for k in keys),
                     )
                     callback = {"state": "queued", "delivery_id": delivery["id"], "attempts": 0, "at": now()}
                     db.execute(f"UPDATE {table} SET callback = ? WHERE id = ?", (json.dumps(callback), row["id"]))
@@ -1108,7 +1129,7 @@ class Store:
             changed = db.execute(
                 f"UPDATE deliveries SET {sets}, version = version + 1 WHERE id = ? AND run_token = ?"
                 " AND status = 'running'",
-                (*(_encode(v) for v in fields.values()), delivery["id"], run_token),
+                (*(_encode(v, k) for k, v in fields.items()), delivery["id"], run_token),
             ).rowcount > 0
             if changed:
                 db.execute(

@@ -26,7 +26,7 @@ def push_model_data(model_id: str, file: Any = None) -> Any:
     else:
         table = svc.points(model, source=media.raw_body())
     encoded, _ = prep.encode(table, model["preprocessing"], model_id)
-    return media.json(online.push(svc.store, model, encoded))
+    return media.json(online.push(svc.store, model, encoded, table.first_row))
 
 
 def list_model_versions(model_id: str) -> Any:

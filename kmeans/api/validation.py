@@ -331,6 +331,8 @@ class NamingParameterValidator(ParameterValidator):
             problem = long_number(parameter_type, name, value, schema.get("maximum"))
             if problem:
                 return problem
+            if isinstance(value, float) and not math.isfinite(value):  # NaN, inf, 1e999: float() takes them
+                return f"{parameter_type} parameter '{name}': {value} is not a finite number"
         validator = _cached_validator(schema, _draft4)
         try:
             validator.validate(value)
@@ -366,8 +368,8 @@ _ARRAY_KEYS = {"type", "minItems", "maxItems", "items", "description"}
 def all_valid(schema: dict, instance: Any) -> bool:
     """True if ``instance`` certainly matches ``schema`` (a number, or an array of such with length
     bounds); False if it does not or the schema is of another shape, for jsonschema to decide."""
-    if schema == {"type": "number"}:
-        return type(instance) is float or type(instance) is int  # bool is not a number in JSON Schema
+    if schema == {"type": "number"}:  # bool is not a number in JSON Schema; NaN and Infinity are not here
+        return _finite([instance]) if type(instance) in (float, int) else False
     if schema.get("x-kmeans-row"):  # a row of cells (api.yaml's Row): an array or an object
         cells = instance if type(instance) is list else instance.values() if type(instance) is dict else None
         return bool(cells) and _cells_valid(cells)
@@ -377,8 +379,17 @@ def all_valid(schema: dict, instance: Any) -> bool:
         return False
     items = schema.get("items", {})
     if items == {"type": "number"}:
-        return {type(value) for value in instance} <= {float, int}
+        return {type(value) for value in instance} <= {float, int} and _finite(instance)
     return all(all_valid(items, value) for value in instance)
+
+
+def _finite(numbers: list) -> bool:
+    """Whether every number (a float or int) is a finite float64: their sum is finite in one C
+    loop, or one by one when the sum overflowed; an int past float64's range fails."""
+    try:
+        return math.isfinite(sum(numbers)) or all(math.isfinite(v) for v in numbers)
+    except OverflowError:
+        return False
 
 
 _CELL_TYPES = {float, int, bool, type(None)}
@@ -416,8 +427,22 @@ def _bounded(keyword: str) -> Callable[..., Any]:
     return bounded
 
 
+def _type(validator: Any, types: Any, instance: Any, schema: dict) -> Any:
+    """jsonschema's ``type``, but a number is finite: NaN and Infinity (JSON bodies may carry them
+    as an extension) or a literal past float64's range (1e999, read as inf) are not numbers here."""
+    if type(instance) is float and not math.isfinite(instance):
+        yield ValidationError(f"{instance} is not a finite number")
+        return
+    numeric = "number" in (types if isinstance(types, list) else [types])
+    if type(instance) is int and numeric and not _finite([instance]):
+        yield ValidationError(f"an integer of {len(str(abs(instance)))} digits does not fit in a 64-bit float")
+        return
+    yield from Draft4RequestValidator.VALIDATORS["type"](validator, types, instance, schema)  # with nullable
+
+
 FastRequestValidator = extend(
-    Draft4RequestValidator, {"items": _items, "minimum": _bounded("minimum"), "maximum": _bounded("maximum")}
+    Draft4RequestValidator,
+    {"items": _items, "type": _type, "minimum": _bounded("minimum"), "maximum": _bounded("maximum")},
 )
 
 
@@ -526,7 +551,16 @@ class Utf8JSONValidator(JSONRequestBodyValidator):
 
     def _validate(self, body: Any) -> dict | None:
         try:
-            return super()._validate(body)
+            if not self._nullable and body is None:
+                raise BadRequestProblem("Request body must not be empty")
+            try:
+                return self._validator.validate(body)
+            except ValidationError as error:
+                # In a oneOf/anyOf (explicit init centers or a method name), jsonschema names the
+                # alternatives; a number that is not finite is what the client must hear of.
+                error = _not_finite_within(error) or error
+                path = ".".join(str(item) for item in error.absolute_path)
+                raise BadRequestProblem(detail=error.message + (f" - '{path}'" if path else "")) from None
         except BadRequestProblem as exc:
             # jsonschema's message starts with the value that is wrong: a long one is shortened
             # (the end, which names the field, stays).
@@ -535,6 +569,16 @@ class Utf8JSONValidator(JSONRequestBodyValidator):
             raise
         except RecursionError:
             raise BadRequest("the JSON body is nested too deeply to be checked") from None
+
+
+def _not_finite_within(error: ValidationError) -> ValidationError | None:
+    """The first error under ``error`` (itself included) that a number is not finite, if any."""
+    if error.message.endswith(_NOT_FINITE):
+        return error
+    return next(filter(None, map(_not_finite_within, error.context or [])), None)
+
+
+_NOT_FINITE = ("is not a finite number", "does not fit in a 64-bit float")
 
 
 class StreamingMultipartValidator(MultiPartFormDataValidator):

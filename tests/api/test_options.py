@@ -162,11 +162,11 @@ def test_bad_options_are_422_naming_the_option(api, params, fragments):
     assert_problem(post_model(api, ds, **params), 422, *fragments)
 
 
-def test_init_centers_with_nan_are_422(api):
+def test_init_centers_with_nan_are_400_naming_the_value(api):
     ds = dataset(api, [[1, 1], [2, -1], [3, 1], [4, 1]])
-    body = b'{"dataset_id": "%s", "params": {"init": [[NaN, 1], [1, 1]]}}' % ds.encode()
+    body = b'{"dataset_id": "%s", "params": {"init": [[1, 1], [1, NaN]]}}' % ds.encode()
     response = api.post("/kmeans/models", content=body, headers={"Content-Type": JSON})
-    assert_problem(response, 422, "init", "finite")
+    assert_problem(response, 400, "nan is not a finite number", "'params.init.1.1'")
 
 
 @pytest.mark.parametrize(

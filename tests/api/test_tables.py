@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from api_helpers import CSV, app_client, assert_problem, create_csv_dataset, fit
+from api_helpers import CSV, app_client, assert_problem, create_csv_dataset, fit, wait_for_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import datasets as sk_datasets
@@ -668,9 +668,15 @@ def test_huge_parquet_integers_round_as_in_a_csv_and_huge_values_keep_json_finit
     assert stats["x"]["median"] == 1.7e308 and stats["x"]["mean"] == pytest.approx(1.7e308 / 3 * 2)
     content = b"x,y\n1.7e308,1\n1.7e308,2\n1,3\n"
     dataset = create_csv_dataset(api, content)
-    model = api.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": {"n_clusters": 1}}).json()
-    shown = api.get(f"/kmeans/models/{model['id']}")
-    assert "Infinity" not in shown.text and "NaN" not in shown.text
+    refused = api.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": {"n_clusters": 1}})
+    assert_problem(refused, 422, "column 'x'", "overflow", "standardize")
+    params = {"n_clusters": 1, "standardize": True}
+    model = api.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": params}).json()
+    shown = wait_for_model(api, model["id"])
+    assert shown["status"] == "succeeded", shown
+    for path in (f"/kmeans/models/{model['id']}", f"/kmeans/models/{model['id']}/centers", "/kmeans/models"):
+        text = api.get(path).text
+        assert "Infinity" not in text and "NaN" not in text, (path, text)
 
 
 def test_a_small_parquet_file_of_very_many_rows_is_413(api):

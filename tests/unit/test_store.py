@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmeans.errors import Conflict, NotFound
+from kmeans.errors import Conflict, NotFound, Unprocessable
 from kmeans.store import Store, new_id, now
 
 
@@ -394,3 +394,17 @@ def test_temp_files_of_dead_processes_are_removed_and_live_ones_kept(store):
     os.utime(ancient, (time.time() - LEFTOVER_SECONDS - 60,) * 2)
     assert store.remove_leftovers() == 2
     assert sorted(p.name for p in tmp.iterdir()) == sorted([mine.name, elsewhere.name])
+
+
+def test_the_store_never_writes_a_non_finite_value(store):
+    model_id = add_model(store, add_dataset(store), "running")
+    store.update_model(model_id, run_token="run")
+    before = store.get_model(model_id)
+    for fields in ({"inertia": float("inf")}, {"metrics": {"silhouette": float("nan")}}, {"params": {"tol": -np.inf}}):
+        with pytest.raises(Unprocessable, match="non-finite"):
+            store.update_model(model_id, **fields)
+        assert store.get_model(model_id) == before
+    with pytest.raises(Unprocessable, match="non-finite"):
+        store.finish_model(model_id, "run", np.array([[np.inf, 0.0]]), np.zeros(2, dtype=np.int32), finished_at=now())
+    assert store.get_model(model_id) == before and not store.centers_path(model_id).exists()
+    assert temp_files(store) == []
