@@ -37,7 +37,7 @@ from kmeans.api.validation import (
     validator_map,
 )
 from kmeans.config import Settings, parse_duration
-from kmeans.errors import ProblemError
+from kmeans.errors import OUT_OF_SPACE, InsufficientStorage, ProblemError, out_of_space
 from kmeans.service import KMeansService
 from kmeans.store import Store
 
@@ -58,7 +58,10 @@ def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionRes
     """Render a ProblemError (or any unexpected error, without its traceback) as problem+json."""
     if isinstance(exc, ConnexionUnauthorized):  # connexion found no usable bearer token
         exc = malformed_header() if _request.headers.get("authorization") else token_missing()
-    if not isinstance(exc, ProblemError):
+    if out_of_space(exc):  # a full disk is the operator's to fix, not a bug: 507, no traceback
+        log.error("the data dir is out of space: %s", exc)
+        exc = InsufficientStorage(OUT_OF_SPACE)
+    elif not isinstance(exc, ProblemError):
         log.error("unhandled error", exc_info=exc)
         exc = ProblemError("the server hit an unexpected error; it has been logged")
     return ConnexionResponse(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any
 
 
@@ -84,3 +86,28 @@ class Unauthorized(ProblemError):
 
 class Forbidden(ProblemError):
     status, title = 403, "Forbidden"
+
+
+class InsufficientStorage(ProblemError):
+    status, title = 507, "Insufficient Storage"
+
+
+OUT_OF_SPACE = (
+    "the data dir is out of space, so nothing was stored; free some space (or raise its quota)"
+    " and try again: what was stored before is intact"
+)
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the disk or quota is full: an OSError ENOSPC or
+    EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    seen = 0
+    while exc is not None and seen < 10:  # a bounded walk of the chain of causes
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import DeliveryFailed, FitFailed, ProblemError, SweepFailed
+from kmeans.errors import OUT_OF_SPACE, DeliveryFailed, FitFailed, ProblemError, SweepFailed, out_of_space
 from kmeans.store import Store, now, process_alive
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ def execute(
         return "timed out"
     except Exception as exc:  # the job's failure belongs to its resource, not to the process
         log.exception("%s %s failed", kind, job_id)
-        if isinstance(exc, FileNotFoundError):
+        if out_of_space(exc):
+            detail = f"the {WHAT[kind]} could not store its result: {OUT_OF_SPACE}"
+        elif isinstance(exc, FileNotFoundError):
             detail = f"the dataset's data file is missing; it was deleted before the {WHAT[kind]} started"
         elif isinstance(exc, ProblemError):
             detail = exc.detail

@@ -260,7 +260,7 @@ class MultipartSpooler:
         """Parse the next piece of the body."""
         try:
             self._parser.write(chunk)
-        except BadRequest:
+        except (BadRequest, OSError):  # an OSError is ours (writing the spool file: a full disk), not the body's
             raise
         except Exception as exc:
             raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
