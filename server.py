@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import sys
@@ -28,6 +29,7 @@ from connexion.middleware import MiddlewarePosition
 
 from kmeans.access import ROLES, Access, install_log_redaction, is_loopback, token_missing
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
+from kmeans.api.specdoc import SpecDocumentMiddleware, base_path
 from kmeans.api.validation import (
     AllowMiddleware,
     DisconnectMiddleware,
@@ -103,6 +105,7 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
             settings.data_dir,
             " (and, with --insecure, to every client)" if settings.insecure else "",
         )
+    authored = copy.deepcopy(spec)  # served as written (connexion's own copy is dereferenced)
     app.add_api(
         spec,
         strict_validation=True,
@@ -128,6 +131,7 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     # Before connexion's router: the most specific path of the spec wins (its 405s are ours).
     app.add_middleware(SpecRoutesMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, paths=paths)
     app.add_middleware(DisconnectMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
+    app.add_middleware(SpecDocumentMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, spec=authored)
     # Outside the exception middleware, which is where the router's 405s are rendered.
     app.add_middleware(AllowMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, paths=paths)
     return app
@@ -138,7 +142,7 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 def spec_paths(spec: dict) -> SpecPaths:
     """The spec's full paths (with the server's base path), their methods and integer path parameters."""
-    base = spec["servers"][0]["url"].rstrip("/")
+    base = base_path(spec)
 
     def resolve(node: dict) -> dict:
         while "$ref" in node:  # local references only, as api.yaml has

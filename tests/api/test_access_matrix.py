@@ -31,6 +31,7 @@ import yaml
 from starlette.testclient import TestClient
 
 from kmeans.access import Access
+from kmeans.api.specdoc import base_path
 from kmeans.config import Settings
 from kmeans.store import Store
 from server import build_app
@@ -38,7 +39,7 @@ from tests.conftest import EXAMPLES, ROOT, local_client, wait_for_model
 
 PROBLEM = "application/problem+json"
 SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
-BASE = SPEC["servers"][0]["url"].rstrip("/")
+BASE = base_path(SPEC)
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 RANK = {"guest": 0, "contributor": 1, "admin": 2}
 CALLERS = ("admin", "contributor", "guest", "other", "none", "revoked", "expired")

@@ -24,13 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from kmeans.api.specdoc import base_path
 from kmeans.api.validation import FastRequestValidator
 from kmeans.config import Settings
 from server import build_app
 from tests.conftest import ROOT, local_client
 
 SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
-BASE = SPEC["servers"][0]["url"].rstrip("/")
+BASE = base_path(SPEC)
 METHODS = ("get", "put", "post", "delete", "patch")
 NON_FINITE = [float("nan"), float("inf"), float("-inf")]
 PROPERTY = settings(

@@ -19,13 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from kmeans.api.specdoc import base_path
 from kmeans.api.validation import MAX_JSON_DEPTH, json_depth
 from kmeans.config import Settings
 from server import build_app
 from tests.conftest import ROOT, local_client
 
 SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
-BASE = SPEC["servers"][0]["url"].rstrip("/")
+BASE = base_path(SPEC)
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 LIMIT = sys.get_int_max_str_digits()
 UNKNOWN = {"model_id": "m_0000000000000000", "dataset_id": "ds_0000000000000000", "version": "1"}
