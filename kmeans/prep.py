@@ -41,6 +41,23 @@ def n_clusters(params: dict[str, Any]) -> int:
 MISSING_LABEL = "(missing)"
 
 
+def as_meant(params: dict[str, Any], sweep: bool = False) -> dict[str, Any]:
+    """``params`` without the documented defaults that do not apply to them: clients generated
+    from the spec send every default, and a default must never turn a valid fit into a 422 --
+    ``algorithm: lloyd`` with method minibatch, ``n_clusters: 8`` beside explicit ``init`` centers
+    of another count (an ``n_clusters`` other than the default still must match them) or in a
+    sweep's shared params (k comes from its range)."""
+    meant = dict(params)
+    if sweep and meant.get("n_clusters") == DEFAULT_N_CLUSTERS:
+        del meant["n_clusters"]
+    if meant.get("method") == "minibatch" and meant.get("algorithm") == "lloyd":
+        del meant["algorithm"]
+    init = meant.get("init")
+    if isinstance(init, list) and meant.get("n_clusters") == DEFAULT_N_CLUSTERS and len(init) != DEFAULT_N_CLUSTERS:
+        del meant["n_clusters"]
+    return meant
+
+
 def plan(params: dict[str, Any], schema: list[dict[str, Any]], sweep: bool = False) -> dict[str, Any]:
     """Check the fit options against each other and the dataset's column ``schema`` (see
     kmeans.schema); returns the preprocessing record without the statistics (fill values,

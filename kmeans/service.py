@@ -349,7 +349,7 @@ class KMeansService:
         With an ``idempotency_key`` seen before, the earlier model comes back (created False),
         or Unprocessable if that request's body was different.
         """
-        params = dict(params or {})
+        params = prep.as_meant(params or {})
         request = {"dataset_id": dataset_id, "params": params, "time_limit": time_limit, "callback_url": callback_url}
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         dataset = self.dataset_record(dataset_id)
@@ -713,7 +713,7 @@ class KMeansService:
         time_limit: float | None = None, callback_url: str | None = None,
     ) -> dict[str, Any]:
         """Check and queue a sweep over ``k_min..k_max``."""
-        params = dict(params or {})
+        params = prep.as_meant(params or {}, sweep=True)
         dataset = self.dataset_record(dataset_id)
         sweeps.check_range(dataset, k_min, k_max)
         pre = self.plan_fit(dataset, params, sweep=True)

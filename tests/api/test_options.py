@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import yaml
 from api_helpers import CSV, JSON, assert_problem, fit
 from api_helpers import json_dataset as dataset
 from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
@@ -15,7 +16,7 @@ from starlette.testclient import TestClient
 
 from kmeans.config import Settings
 from server import build_app
-from tests.conftest import local_client
+from tests.conftest import ROOT, local_client
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +264,43 @@ def test_anomalies_without_a_threshold_is_422(api, square):
 def test_prediction_option_of_the_wrong_type_is_400(api, square):
     url = f"/kmeans/models/{square['id']}/predictions?threshold=abc"
     assert_problem(api.post(url, json={"data": [[0, 0]]}, headers={"Accept": JSON}), 400, "threshold")
+
+
+# -- defaults as generated clients send them (issue 15, item 2) ---------------------------------
+
+SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
+DEFAULTS = {name: prop["default"] for name, prop in SPEC["components"]["schemas"]["ModelParams"]["properties"].items()
+            if "default" in prop}
+METHODS = SPEC["components"]["schemas"]["ModelParams"]["properties"]["method"]["enum"]
+
+
+def test_model_params_document_defaults_that_a_client_would_send():
+    assert {"algorithm", "n_clusters", "method", "init"} <= DEFAULTS.keys()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_fits_with_every_documented_default_sent(api, method):
+    ds = dataset(api, [[1, 1], [1, 2], [9, 9], [9, 8], [5, 1], [5, 2], [0, 9], [1, 8], [9, 1]])
+    params = {**DEFAULTS, "method": method, "n_clusters": 3, "random_state": 0}
+    model = fit(api, ds, **params)
+    assert model["status"] == "succeeded", model
+    if method == "minibatch":  # lloyd, the documented default, does not apply to it: left out
+        assert "algorithm" not in model["params"]
+    elsewhere = post_model(api, ds, **{**params, "algorithm": "elkan"})
+    assert (elsewhere.status_code == 422) == (method == "minibatch"), elsewhere.text
+
+
+def test_the_default_n_clusters_beside_explicit_centers_is_theirs(api):
+    ds = dataset(api, [[1, 1], [1, 2], [9, 9], [9, 8], [5, 1], [5, 2]])
+    init = [[1, 1], [9, 9], [5, 1]]
+    model = fit(api, ds, **{**DEFAULTS, "init": init, "n_init": 1})
+    assert model["status"] == "succeeded" and len(model["cluster_sizes"]) == 3, model
+    assert_problem(post_model(api, ds, init=init, n_init=1, n_clusters=2), 422, "init")
+
+
+def test_a_sweep_takes_the_documented_defaults_of_its_params(api):
+    ds = dataset(api, [[1, 1], [1, 2], [9, 9], [9, 8], [5, 1], [5, 2]])
+    shared = {k: v for k, v in DEFAULTS.items() if k != "init"}
+    response = api.post("/kmeans/sweeps", json={"dataset_id": ds, "k_min": 2, "k_max": 3, "params": shared})
+    assert response.status_code == 202, response.text
+    assert "n_clusters" not in response.json()["params"]
