@@ -658,6 +658,74 @@ def tokens_revoke(state: State, token_id: str) -> None:
     emit(state, state.client.revoke_token(token_id), lambda t: out.print(f"token {t['id']} is {t['status']}"))
 
 
+@cli.group()
+def sweeps() -> None:
+    """Choose k: fit a range of k and compare them."""
+
+
+SWEEP_RULES = ("consensus", "max_silhouette", "max_calinski_harabasz", "min_davies_bouldin", "elbow", "max_stability")
+
+
+@sweeps.command("run")
+@click.argument("dataset_id")
+@click.option("--k-min", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--k-max", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A KMeans parameter shared by every k, e.g. --param standardize=true (repeatable).")
+@click.option("--stability-runs", type=click.IntRange(0, 20), default=0, show_default=True,
+              help="Bootstrap refits per k, to measure how stable each k is.")
+@click.option("--rule", type=click.Choice(SWEEP_RULES), default="consensus", show_default=True,
+              help="How the recommended k is chosen.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the sweep and show its table.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True)
+@json_option
+def sweeps_run(
+    state: State, dataset_id: str, k_min: int, k_max: int, params: tuple[str, ...], stability_runs: int, rule: str,
+    wait: bool, wait_timeout: float,
+) -> None:
+    """Sweep k_min..k_max on DATASET_ID; with --wait (the default), the per-k table and the choice."""
+    shared = dict(parse_param(p) for p in params)
+    sweep = state.client.create_sweep(dataset_id, k_min, k_max, shared or None,
+                                      stability_runs=stability_runs, rule=rule)
+    if wait:
+        sweep = state.client.wait_for_sweep(sweep["id"], timeout=wait_timeout, poll=0.25)
+    emit(state, sweep, _show_sweep)
+
+
+@sweeps.command("show")
+@click.argument("sweep_id")
+@click.option("--rule", type=click.Choice(SWEEP_RULES), help="Rank the results by this rule instead.")
+@json_option
+def sweeps_show(state: State, sweep_id: str, rule: str | None) -> None:
+    """A sweep's per-k table, its recommended k, the runner-up and each measure's pick."""
+    emit(state, state.client.get_sweep(sweep_id, rule), _show_sweep)
+
+
+def _show_sweep(sweep: dict[str, Any]) -> None:
+    def mark(k: int) -> str:
+        return "recommended" if k == sweep.get("recommended_k") else "runner-up" if k == sweep.get("runner_up") else ""
+
+    def number(value: Any) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    rows = [
+        [r["k"], number(r.get("inertia")), number(r.get("silhouette")), number(r.get("calinski_harabasz")),
+         number(r.get("davies_bouldin")), number((r.get("stability") or {}).get("mean")), mark(r["k"])]
+        for r in sweep.get("results") or []
+    ]
+    title = f"sweep {sweep['id']}: {sweep['status']}"
+    if sweep.get("recommended_k") is not None:
+        title += f", k={sweep['recommended_k']} by {sweep['rule']}"
+    table(rows, "k", "inertia", "silhouette", "Calinski-Harabasz", "Davies-Bouldin", "stability", "", title=title)
+    if sweep.get("votes"):
+        out.print("votes: " + ", ".join(f"{measure} k={k}" for measure, k in sweep["votes"].items()))
+    for warning in sweep.get("warnings") or []:
+        err.print(f"warning: {warning}", markup=False)
+    if sweep["status"] == "failed":
+        err.print(f"error: {(sweep.get('error') or {}).get('detail', 'the sweep failed')}", markup=False)
+        sys.exit(EXIT_API_ERROR)
+
+
 def _page_title(what: str, page: dict[str, Any]) -> str:
     shown = len(page["items"])
     if not shown:

@@ -575,9 +575,9 @@ class KMeansClient:
         params = self._params(offset=offset, limit=limit, dataset_id=dataset_id, project=project)
         return self._json("GET", "/sweeps", params=params)
 
-    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
-        """A sweep: its state, per-k metrics and recommended k."""
-        return self._json("GET", f"/sweeps/{_quote(sweep_id)}")
+    def get_sweep(self, sweep_id: str, rule: str | None = None) -> dict[str, Any]:
+        """A sweep: its state, per-k metrics and recommended k (ranked by ``rule``, if given)."""
+        return self._json("GET", f"/sweeps/{_quote(sweep_id)}", params=self._params(rule=rule))
 
     def wait_for_sweep(self, sweep_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
         """Poll the sweep until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s."""

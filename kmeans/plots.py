@@ -77,7 +77,7 @@ def model_png(
 
 
 def sweep_png(sweep: dict[str, Any]) -> bytes:
-    """Inertia, silhouette, Davies-Bouldin and Calinski-Harabasz over k; the recommended k marked."""
+    """Inertia, silhouette, Davies-Bouldin and Calinski-Harabasz over k; the rule's choice and the runner-up marked."""
     results = sweep.get("results") or []
     if not results:
         raise Conflict(f"sweep {sweep['id']} is {sweep['status']} and has no results to plot yet")
@@ -97,6 +97,8 @@ def sweep_png(sweep: dict[str, Any]) -> bytes:
         axes.set_title(title)
         if best is not None:
             axes.axvline(best, color="red", linestyle="--", label=f"recommended k={best}")
+            if sweep.get("runner_up") is not None:
+                axes.axvline(sweep["runner_up"], color="grey", linestyle=":", label=f"runner-up k={sweep['runner_up']}")
             axes.legend(loc="best")
         axes.set_xlabel("k")
     figure.suptitle(

@@ -710,9 +710,13 @@ class KMeansService:
 
     def create_sweep(
         self, dataset_id: str, k_min: int, k_max: int, params: dict[str, Any] | None,
-        time_limit: float | None = None, callback_url: str | None = None,
+        time_limit: float | None = None, callback_url: str | None = None, stability_runs: int = 0,
+        rule: str = "consensus",
     ) -> dict[str, Any]:
-        """Check and queue a sweep over ``k_min..k_max``."""
+        """Check and queue a sweep over ``k_min..k_max`` (see kmeans.sweeps for ``rule`` and
+        ``stability_runs``)."""
+        if rule == "max_stability" and not stability_runs:
+            raise Unprocessable("rule max_stability needs stability_runs (at least 1)", parameter="rule")
         params = prep.as_meant(params or {}, sweep=True)
         dataset = self.dataset_record(dataset_id)
         sweeps.check_range(dataset, k_min, k_max)
@@ -720,15 +724,20 @@ class KMeansService:
         secret = self._callback_secret(callback_url)
         record = sweeps.new_record(
             dataset, k_min, k_max, params, pre, time_limit=time_limit or self.settings.fit_time_limit,
-            callback_url=callback_url, callback_secret=secret,
+            callback_url=callback_url, callback_secret=secret, stability_runs=stability_runs, rule_requested=rule,
         )
         self.store.add_sweep(record)
         self._queued()
         return self._with_secret(self.get_sweep(record["id"]), secret)
 
-    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
-        """One sweep the caller may see."""
-        return self._public_sweep(self._job("sweep", sweep_id))
+    def get_sweep(self, sweep_id: str, rule: str | None = None) -> dict[str, Any]:
+        """One sweep the caller may see; with ``rule``, its recommendation under that rule."""
+        sweep = self._public_sweep(self._job("sweep", sweep_id))
+        if rule is not None and sweep["status"] == "succeeded" and sweep["results"]:
+            if rule == "max_stability" and not sweep.get("stability_runs"):
+                raise Unprocessable(f"sweep {sweep_id} has no stability runs to rank k by", parameter="rule")
+            sweep.update(sweeps.recommend(sweep["results"], rule))
+        return sweep
 
     @staticmethod
     def _public_sweep(record: dict[str, Any]) -> dict[str, Any]:

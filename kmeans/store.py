@@ -187,6 +187,10 @@ MIGRATIONS = {
         "heartbeat": "REAL", "attempts": "INTEGER NOT NULL DEFAULT 0", "time_limit": "REAL",
         "version": "INTEGER NOT NULL DEFAULT 1", "callback_url": "TEXT", "callback": "TEXT",
         "callback_secret": "TEXT", "preprocessing": "TEXT",
+        # Choosing k: refits per k for stability, the rule asked for, the runner-up, each
+        # measure's vote, and warnings (a feature whose scale decides alone).
+        "stability_runs": "INTEGER NOT NULL DEFAULT 0", "rule_requested": "TEXT", "runner_up": "INTEGER",
+        "votes": "TEXT", "warnings": "TEXT",
     },
 }
 # Every kind of background work and the table that holds it: one queue over all of them
@@ -213,7 +217,7 @@ SAME_UPLOAD = (
 )
 JSON_FIELDS = (
     "schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results",
-    "payload", "last", "data", "checkpoint",
+    "payload", "last", "data", "checkpoint", "votes", "warnings",
 )
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")

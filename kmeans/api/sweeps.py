@@ -17,6 +17,7 @@ def create_sweep(body: dict) -> Any:
     sweep = service().create_sweep(
         body["dataset_id"], body["k_min"], body["k_max"], body.get("params"),
         time_limit=body.get("time_limit"), callback_url=body.get("callback_url"),
+        stability_runs=body.get("stability_runs", 0), rule=body.get("rule", "consensus"),
     )
     return media.json(sweep, 202, Location=media.location(sweep["id"]))
 
@@ -26,9 +27,9 @@ def list_sweeps(offset: int = 0, limit: int = 100, dataset_id: str | None = None
     return media.json(service().list_sweeps(offset, limit, dataset_id, project))
 
 
-def get_sweep(sweep_id: str) -> Any:
-    """One sweep: status, per-k metrics, recommended k."""
-    return media.json(service().get_sweep(sweep_id))
+def get_sweep(sweep_id: str, rule: str | None = None) -> Any:
+    """One sweep: status, per-k metrics, recommended k (under ``rule``, if given)."""
+    return media.json(service().get_sweep(sweep_id, rule))
 
 
 def cancel_sweep(sweep_id: str) -> Any:

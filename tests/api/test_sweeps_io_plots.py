@@ -76,7 +76,9 @@ def sweep(api, five) -> dict:
 
 
 def test_sweep_finds_five_blobs(sweep):
-    assert sweep["recommended_k"] == 5 and sweep["rule"] == "max_silhouette"
+    assert sweep["recommended_k"] == 5 and sweep["rule"] == "consensus"
+    measures = ["max_silhouette", "max_calinski_harabasz", "min_davies_bouldin", "elbow"]
+    assert sweep["votes"] == dict.fromkeys(measures, 5)
     assert [r["k"] for r in sweep["results"]] == list(range(2, 10))
     by_k = {r["k"]: r for r in sweep["results"]}
     assert by_k[5]["silhouette"] == max(r["silhouette"] for r in sweep["results"])

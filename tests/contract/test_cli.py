@@ -340,3 +340,19 @@ def test_jobs_copy_pause_and_resume_commands(run, points: Path):
     assert paused.exit_code != 0 and "succeeded" in paused.stderr
     resumed = run("models", "resume", model["id"])
     assert resumed.exit_code != 0 and "paused" in resumed.stderr
+
+
+def test_sweeps_run_shows_the_per_k_table_and_the_choice(run, tmp_path: Path):
+    from sklearn.datasets import make_blobs
+
+    data, _ = make_blobs(600, centers=[(0, 0), (8, 0), (30, 0), (38, 0)], cluster_std=1.0, random_state=0)
+    path = tmp_path / "pairs.csv"
+    path.write_text("x,y\n" + "".join(f"{a},{b}\n" for a, b in data))
+    dataset_id = upload(run, path)
+    shown = ok(run("sweeps", "run", dataset_id, "--k-min", "2", "--k-max", "8", "--param", "random_state=0"))
+    assert "k=4 by consensus" in shown and "recommended" in shown and "runner-up" in shown and "votes:" in shown
+    sweep = json.loads(ok(run("sweeps", "run", dataset_id, "--k-max", "5", "--stability-runs", "2", "--json")))
+    assert sweep["status"] == "succeeded" and all(r["stability"]["runs"] == 2 for r in sweep["results"])
+    again = json.loads(ok(run("sweeps", "show", sweep["id"], "--rule", "max_silhouette", "--json")))
+    assert (again["recommended_k"], again["rule"]) == (2, "max_silhouette")
+    assert "max_silhouette" in ok(run("sweeps", "show", sweep["id"], "--rule", "max_silhouette"))

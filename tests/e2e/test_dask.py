@@ -128,7 +128,7 @@ def test_sweep_runs_on_the_cluster_and_recommends_like_a_local_one(dask_client, 
         assert type(local.app.service.dispatcher.launcher).__name__ == "LocalLauncher"
     assert local_sweep["status"] == "succeeded", local_sweep
     assert sweep["recommended_k"] == local_sweep["recommended_k"] == 4
-    assert sweep["rule"] == local_sweep["rule"] == "max_silhouette"
+    assert sweep["rule"] == local_sweep["rule"] == "consensus"
     for ours, theirs in zip(sweep["results"], local_sweep["results"], strict=True):
         assert ours["k"] == theirs["k"]
         assert np.isclose(ours["inertia"], theirs["inertia"]) and np.isclose(ours["silhouette"], theirs["silhouette"])
