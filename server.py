@@ -119,7 +119,11 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     }
     app.add_middleware(RoleMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, roles=roles)
     app.add_middleware(
-        RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
+        RequestLimitsMiddleware,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        max_bytes=settings.max_upload_bytes,
+        idle_timeout=settings.body_idle_timeout,
+        spool_dir=service.store.root / "tmp",
     )
     paths = spec_paths(spec)
     # Before connexion's router: the most specific path of the spec wins (its 405s are ours).

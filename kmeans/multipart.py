@@ -212,6 +212,65 @@ class SpoolingReader(io.RawIOBase):
         super().close()
 
 
+class BodySpool:
+    """A request body collected as it arrives (on the event loop, so that no thread waits for a
+    slow client): in memory up to ``memory_bytes``, past that in a file at ``new_path()``, written
+    once and hashed on the way, as a multipart file part is.
+
+    ``result()`` is the body's bytes (a small one) or its SpooledFile; ``files`` lists the file
+    for its owner to remove (see :func:`remove`), also when the body failed half-way.
+    """
+
+    def __init__(self, new_path: Callable[[], Path], memory_bytes: int = 1024 * 1024) -> None:
+        self._new_path = new_path
+        self._memory_bytes = memory_bytes
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._out: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self.files: list[SpooledFile] = []
+
+    def write(self, chunk: bytes) -> None:
+        """Add the next piece of the body."""
+        if not chunk:
+            return
+        self._size += len(chunk)
+        if self._out is None and self._size < self._memory_bytes:
+            self._pieces.append(chunk)
+            return
+        if self._out is None:
+            spooled = SpooledFile(path=self._new_path(), field="", state="writing")
+            self.files.append(spooled)  # listed first, so that a failure still cleans it up
+            self._out = open(spooled.path, "wb")  # noqa: SIM115 -- closed in result()/close()
+            self._pieces.append(chunk)
+            for piece in self._pieces:
+                self._add(piece)
+            self._pieces = []
+            return
+        self._add(chunk)
+
+    def _add(self, chunk: bytes) -> None:
+        self._out.write(chunk)
+        self._digest.update(chunk)
+
+    def result(self) -> bytes | SpooledFile:
+        """The whole body: its bytes when it stayed in memory, else its complete file."""
+        if self._out is None:
+            return b"".join(self._pieces)
+        self._out.close()
+        self._out = None
+        spooled = self.files[-1]
+        spooled.sha256, spooled.size, spooled.state = self._digest.hexdigest(), self._size, "complete"
+        return spooled
+
+    def close(self) -> None:
+        """Close the file of a body that failed half-way (its path stays in ``files``)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            self.files[-1].grew(state="abandoned")
+
+
 @dataclass
 class _Part:
     headers: dict[bytes, bytes] = field(default_factory=dict)
@@ -350,4 +409,6 @@ def remove(files: list[SpooledFile]) -> None:
     """Delete spooled files (after the request that brought them)."""
     for spooled in files:
         spooled.grew(state="abandoned")  # a parse still reading it stops
+        if spooled.parsed is not None:
+            spooled.parsed.cancel()  # a parse still waiting for a thread never starts
         spooled.path.unlink(missing_ok=True)
