@@ -53,22 +53,13 @@ REPLAY_BYTES = 1024 * 1024  # a spooled body is given again in pieces of this si
 
 class RequestLimitsMiddleware:
     """Refuse bodies over ``max_bytes`` (413) as they stream in, drop a body that sends nothing for
-    ``idle_timeout`` seconds (408), and read every body on the event loop before a handler runs;
-    remove spooled files afterwards.
+    ``idle_timeout`` seconds (408: a stalled client must not keep its request, and what it holds,
+    for ever); remove spooled files afterwards."""
 
-    connexion runs the handlers in a thread pool shared by every request: a handler that read its
-    body from the network held a thread for as long as its client took, so a few dozen stalled
-    uploads took them all and every request, ``/ping`` too, hung. Here a body that is not
-    multipart (StreamingMultipartValidator spools those, on the event loop too) is collected in
-    memory, past 1 MiB in a file in ``spool_dir``, and only then handed on: the handler reads it
-    from ``request_body(scope)`` (and whatever reads the ASGI channel gets it replayed).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout: float = 30, spool_dir: Path | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout: float = 30) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.idle_timeout = idle_timeout
-        self.spool_dir = spool_dir
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,13 +114,36 @@ class RequestLimitsMiddleware:
         spooled: list[SpooledFile] = []
         scope[SPOOLED] = spooled
         try:
-            downstream = limited_receive
-            if has_body(headers) and media_type(headers) != "multipart/form-data" and self.spool_dir is not None:
-                scope[BODY] = await self._read(limited_receive, spooled)
-                downstream = _replay_body(scope[BODY], limited_receive)
-            await self.app(scope, downstream, send)
+            await self.app(scope, limited_receive, send)
         finally:
             remove(spooled)
+
+
+class BodyMiddleware:
+    """Read every request body on the event loop before a handler takes a thread.
+
+    connexion runs the handlers in a thread pool shared by every request: a handler that read its
+    body from the network held a thread for as long as its client took, so a few dozen stalled
+    uploads took them all and every request, ``/ping`` too, hung. Here a body that is not
+    multipart (StreamingMultipartValidator spools those, on the event loop too) is collected in
+    memory, past 1 MiB in a file in ``spool_dir``, and only then handed on: the handler reads it
+    from ``request_body(scope)``, and whatever reads the ASGI channel gets it replayed. After the
+    security check, so that a request without a valid token never has its body read; inside
+    RequestLimitsMiddleware, whose limits and idle timeout apply as it reads and which removes
+    the file.
+    """
+
+    def __init__(self, app: ASGIApp, spool_dir: Path) -> None:
+        self.app = app
+        self.spool_dir = spool_dir
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or not has_body(headers) or media_type(headers) == "multipart/form-data":
+            await self.app(scope, receive, send)
+            return
+        scope[BODY] = await self._read(receive, scope.setdefault(SPOOLED, []))
+        await self.app(scope, _replay_body(scope[BODY], receive), send)
 
     async def _read(self, receive: Receive, spooled: list[SpooledFile]) -> bytes | SpooledFile:
         """The whole body, taken on the event loop (see the class docstring)."""
@@ -171,7 +185,7 @@ def _replay_body(body: bytes | SpooledFile, receive: Receive) -> Receive:
 
 
 def request_body(scope: Scope) -> bytes | SpooledFile:
-    """The request's body as RequestLimitsMiddleware collected it: bytes, or a SpooledFile past 1 MiB."""
+    """The request's body as BodyMiddleware collected it: bytes, or a SpooledFile past 1 MiB."""
     return scope.get(BODY, b"")
 
 

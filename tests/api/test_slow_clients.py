@@ -6,6 +6,7 @@ against real servers.)"""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ async def ping(app: Any) -> float:
     return time.perf_counter() - started
 
 
+async def quick_ping(app: Any) -> float:
+    """The fastest of 3 pings (one slow answer on a busy machine is no stalled pool: that never answers)."""
+    return min([await ping(app) for _ in range(3)])
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
     return build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, max_concurrent_fits=1))
@@ -104,7 +110,7 @@ def test_stalled_bodies_hold_no_thread_and_get_408_after_the_idle_timeout(app: A
             await anyio.sleep(IDLE / 5)
             # Every body is waiting for its client: none of them holds a thread of the pool.
             assert limiter.borrowed_tokens == 0
-            assert await ping(app) < 0.1
+            assert await quick_ping(app) < 0.1
             ok = Call("POST", "/kmeans/datasets", {"content-type": "text/csv", "content-length": "8"}, [b"1,2\n3,4\n"],
                       True)
             await ok.run(app)
@@ -138,9 +144,10 @@ def test_open_event_streams_hold_no_thread_and_end_when_their_clients_go(app: An
             for _ in range(20):  # 1 s: four polls of each stream
                 await anyio.sleep(0.05)
                 borrowed.append(limiter.borrowed_tokens)
-            # Only the short database reads of the polls take a thread, never a wait for the client.
-            assert max(borrowed) <= 10, borrowed
-            assert await ping(app) < 0.1
+            # Only the short database reads of the polls take a thread, never a wait for the client
+            # (before, each stream held one nearly all the time: all 40 were borrowed at every look).
+            assert statistics.median(borrowed) <= 5, str(borrowed)
+            assert await quick_ping(app) < 0.1
             assert all(s.status == 200 and s.body.startswith(b"retry: 1000") for s in streams)
             for stream in streams:
                 stream.gone.set()
@@ -174,3 +181,18 @@ def test_a_body_stays_in_memory_up_to_a_mib_then_goes_to_one_file_hashed(tmp_pat
     assert failed.files[0].state == "abandoned"
     remove(failed.files)
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_body_is_read_only_after_the_token_check(tmp_path: Path) -> None:
+    app = build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, auth_required=True))
+
+    async def main() -> None:
+        stalled = stalled_calls()[0]  # a raw CSV body that stops after 8 bytes, without a token
+        started = time.monotonic()
+        with anyio.fail_after(IDLE * 4):
+            await stalled.run(app)
+        assert stalled.status == 401, stalled.body  # at once: not a 408 after waiting for the body
+        assert time.monotonic() - started < IDLE
+
+    anyio.run(main)
+    assert sorted((tmp_path / "data" / "tmp").iterdir()) == []
