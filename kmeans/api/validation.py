@@ -154,11 +154,11 @@ class BodyMiddleware:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise BadRequest("the client disconnected before the body was complete")
-                spool.write(message.get("body", b""))
+                await spool.write(message.get("body", b""))
                 more = message.get("more_body", False)
-            return spool.result()
+            return await spool.result()
         finally:
-            spool.close()
+            await spool.close()
             spooled.extend(spool.files)
 
 

@@ -162,24 +162,29 @@ def test_a_body_stays_in_memory_up_to_a_mib_then_goes_to_one_file_hashed(tmp_pat
     import hashlib
 
     names = iter(range(10))
-    small = BodySpool(lambda: tmp_path / f"{next(names)}.body")
-    small.write(b"1,2\n" * 1000)
-    assert small.result() == b"1,2\n" * 1000 and small.files == []
+    body = b"1,2\n" * 1_000_000  # 4 MB: several batches for the writer threads
 
-    large = BodySpool(lambda: tmp_path / f"{next(names)}.body")
-    body = b"1,2\n" * 400_000  # 1.6 MB
-    for i in range(0, len(body), 65536):
-        large.write(body[i : i + 65536])
-    spooled = large.result()
-    assert spooled.path.read_bytes() == body and spooled.size == len(body)
-    assert spooled.sha256 == hashlib.sha256(body).hexdigest() and spooled.state == "complete"
-    remove(large.files)
+    async def main() -> None:
+        small = BodySpool(lambda: tmp_path / f"{next(names)}.body")
+        await small.write(b"1,2\n" * 1000)
+        assert await small.result() == b"1,2\n" * 1000 and small.files == []
 
-    failed = BodySpool(lambda: tmp_path / f"{next(names)}.body")
-    failed.write(body)
-    failed.close()  # the request failed half-way
-    assert failed.files[0].state == "abandoned"
-    remove(failed.files)
+        large = BodySpool(lambda: tmp_path / f"{next(names)}.body")
+        for i in range(0, len(body), 65536):
+            await large.write(body[i : i + 65536])
+        spooled = await large.result()
+        assert spooled.path.read_bytes() == body and spooled.size == len(body)
+        assert spooled.sha256 == hashlib.sha256(body).hexdigest() and spooled.state == "complete"
+        remove(large.files)
+
+        failed = BodySpool(lambda: tmp_path / f"{next(names)}.body")
+        for i in range(0, len(body), 65536):
+            await failed.write(body[i : i + 65536])
+        await failed.close()  # the request failed half-way
+        assert failed.files[0].state == "abandoned"
+        remove(failed.files)
+
+    anyio.run(main)
     assert sorted(tmp_path.iterdir()) == []
 
 
