@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 CLIENTS = 100  # of each kind
 IDLE_TIMEOUT = 15  # KMEANS_BODY_IDLE_TIMEOUT of these servers: longer than the measurements take
 PINGS = 20
-PING_LIMIT = 0.1  # seconds
+PING_LIMIT = 0.1  # seconds, or 3 times the p95 without stalled clients on a machine busier than that
 UPLOAD_LIMIT = 1.0  # seconds, and at most a few times the upload's time without stalled clients
 CSV = b"1,2\n3,4\n5,6\n7,8\n"
 
@@ -137,13 +137,15 @@ def test_stalled_clients_of_every_kind_hold_no_thread_and_stalled_bodies_get_408
         try:
             upload_times(url)  # the first uploads start the parse threads
             usual = upload_times(url)
+            # Stalled clients hold sockets, never threads: /ping answers as fast as it does without them.
+            ping_limit = max(PING_LIMIT, 3 * ping_latencies(url)[int(0.95 * PINGS) - 1])
             for kind, open_one in kinds.items():
                 stalled_at[kind] = time.monotonic()
                 opened[kind] = [open_one(port) for _ in range(CLIENTS)]
                 time.sleep(0.5)  # the server has taken them all in
                 latencies = ping_latencies(url)
                 p50, p95 = statistics.median(latencies), latencies[int(0.95 * PINGS) - 1]
-                assert p95 < PING_LIMIT, f"with {CLIENTS} x {kind}: /ping p50 {p50:.3f} s, p95 {p95:.3f} s"
+                assert p95 < ping_limit, f"with {CLIENTS} x {kind}: /ping p50 {p50:.3f} s, p95 {p95:.3f} s"
                 times = upload_times(url)
                 for name, took in times.items():
                     limit = max(UPLOAD_LIMIT, 5 * usual[name])
@@ -161,7 +163,7 @@ def test_stalled_clients_of_every_kind_hold_no_thread_and_stalled_bodies_get_408
                     assert problem["status"] == 408 and "KMEANS_BODY_IDLE_TIMEOUT" in problem["detail"]
                     assert f"{IDLE_TIMEOUT} seconds" in problem["detail"]
             # After them the service is as before, the event streams still open.
-            assert ping_latencies(url)[int(0.95 * PINGS) - 1] < PING_LIMIT
+            assert ping_latencies(url)[int(0.95 * PINGS) - 1] < ping_limit
             upload_times(url)
         finally:
             for socks in opened.values():
