@@ -32,6 +32,7 @@ from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_head
 from kmeans.api.specdoc import SpecDocumentMiddleware, base_path
 from kmeans.api.validation import (
     AllowMiddleware,
+    BodyMiddleware,
     DisconnectMiddleware,
     RequestLimitsMiddleware,
     SpecPaths,
@@ -124,8 +125,15 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
         if isinstance(operation, dict) and "x-kmeans-role" in operation
     }
     app.add_middleware(RoleMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, roles=roles)
+    # Bodies are read on the event loop, after the token and role checks, before any handler thread.
     app.add_middleware(
-        RequestLimitsMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, max_bytes=settings.max_upload_bytes
+        BodyMiddleware, position=MiddlewarePosition.BEFORE_VALIDATION, spool_dir=service.store.root / "tmp"
+    )
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        max_bytes=settings.max_upload_bytes,
+        idle_timeout=settings.body_idle_timeout,
     )
     paths = spec_paths(spec)
     # Before connexion's router: the most specific path of the spec wins (its 405s are ours).

@@ -50,6 +50,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
     # Bodies larger than this are refused with 413 while they stream in.
     max_upload_bytes: int = 512 * 1024 * 1024
+    # A request body that sends nothing for this many seconds is dropped (408): a stalled client
+    # holds a socket, never a thread, and not for ever.
+    body_idle_timeout: int = 30
     max_concurrent_fits: int = field(default_factory=lambda: os.cpu_count() or 1)
     # The classic /fit answers synchronously; it gives up waiting after this long.
     fit_wait_seconds: int = 3600
@@ -76,6 +79,7 @@ class Settings:
         base = cls(
             data_dir=Path(env.get("KMEANS_DATA_DIR") or DEFAULT_DATA_DIR),
             max_upload_bytes=_int(env, "KMEANS_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            body_idle_timeout=_int(env, "KMEANS_BODY_IDLE_TIMEOUT", cls.body_idle_timeout),
             max_concurrent_fits=_int(env, "KMEANS_MAX_CONCURRENT_FITS", os.cpu_count() or 1),
             fit_wait_seconds=_int(env, "KMEANS_FIT_WAIT_SECONDS", cls.fit_wait_seconds),
             fit_time_limit=_int(env, "KMEANS_FIT_TIME_LIMIT", cls.fit_time_limit),

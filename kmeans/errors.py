@@ -42,6 +42,10 @@ class Conflict(ProblemError):
     status, title = 409, "Conflict"
 
 
+class RequestTimeout(ProblemError):
+    status, title = 408, "Request Timeout"
+
+
 class PayloadTooLarge(ProblemError):
     status, title = 413, "Content Too Large"
 

@@ -6,17 +6,20 @@ upload of any size costs a bounded amount of memory and is written to disk exact
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from kmeans.errors import BadRequest
@@ -212,6 +215,89 @@ class SpoolingReader(io.RawIOBase):
         super().close()
 
 
+# Large request bodies are written and hashed by these threads while the event loop goes on
+# receiving them (as a parse thread overlapped receipt before); they wait on the disk only, never
+# on a client.
+_WRITERS = ThreadPoolExecutor(2, thread_name_prefix="kmeans-spool")
+WRITE_BATCH = 1024 * 1024  # bytes handed to a writer thread at once
+
+
+class BodySpool:
+    """A request body collected as it arrives (on the event loop, so that no thread waits for a
+    slow client): in memory up to ``memory_bytes``, past that in a file at ``new_path()``, written
+    once and hashed on the way, as a multipart file part is.
+
+    ``result()`` is the body's bytes (a small one) or its SpooledFile; ``files`` lists the file
+    for its owner to remove (see :func:`remove`), also when the body failed half-way.
+    """
+
+    def __init__(self, new_path: Callable[[], Path], memory_bytes: int = 1024 * 1024) -> None:
+        self._new_path = new_path
+        self._memory_bytes = memory_bytes
+        self._pieces: list[bytes] = []  # received, not yet handed to a writer
+        self._held = 0  # their bytes
+        self._size = 0
+        self._out: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._pending: Future | None = None  # the batch a writer thread has
+        self.files: list[SpooledFile] = []
+
+    async def write(self, chunk: bytes) -> None:
+        """Add the next piece of the body."""
+        if not chunk:
+            return
+        self._size += len(chunk)
+        self._pieces.append(chunk)
+        self._held += len(chunk)
+        if self._out is None and self._size < self._memory_bytes:
+            return
+        if self._out is None:
+            spooled = SpooledFile(path=self._new_path(), field="", state="writing")
+            self.files.append(spooled)  # listed first, so that a failure still cleans it up
+            self._out = open(spooled.path, "wb")  # noqa: SIM115 -- closed in result()/close()
+        if self._held >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Hand what was received to a writer thread, once it is done with the batch before (so at
+        most two batches are held in memory)."""
+        await self._written()
+        pieces, self._pieces, self._held = self._pieces, [], 0
+        self._pending = _WRITERS.submit(self._add, pieces)
+
+    async def _written(self) -> None:
+        """Wait until the writer thread has the file to itself no more."""
+        if self._pending is not None and not self._pending.cancelled():
+            await asyncio.wrap_future(self._pending)
+        self._pending = None
+
+    def _add(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._out.write(piece)
+            self._digest.update(piece)
+
+    async def result(self) -> bytes | SpooledFile:
+        """The whole body: its bytes when it stayed in memory, else its complete file."""
+        if self._out is None:
+            return b"".join(self._pieces)
+        await self._flush()
+        await self._written()
+        self._out.close()
+        self._out = None
+        spooled = self.files[-1]
+        spooled.sha256, spooled.size, spooled.state = self._digest.hexdigest(), self._size, "complete"
+        return spooled
+
+    async def close(self) -> None:
+        """Close the file of a body that failed half-way (its path stays in ``files``)."""
+        if self._out is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._written()  # a writer still at it must finish before the file is closed
+            self._out.close()
+            self._out = None
+            self.files[-1].grew(state="abandoned")
+
+
 @dataclass
 class _Part:
     headers: dict[bytes, bytes] = field(default_factory=dict)
@@ -350,4 +436,6 @@ def remove(files: list[SpooledFile]) -> None:
     """Delete spooled files (after the request that brought them)."""
     for spooled in files:
         spooled.grew(state="abandoned")  # a parse still reading it stops
+        if spooled.parsed is not None:
+            spooled.parsed.cancel()  # a parse still waiting for a thread never starts
         spooled.path.unlink(missing_ok=True)

@@ -8,15 +8,15 @@ import itertools
 import json
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
 import numpy as np
 
 from kmeans import access, csvio, engine, prep, schema, sweeps, webhooks
@@ -78,6 +78,12 @@ def _parse(
         raise Unprocessable("the CSV file is empty: it has no rows")
     with open_csv() as handle:
         return csvio.read_csv(handle, options, expect)
+
+
+async def _wait(event: anyio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set, or ``seconds`` at most."""
+    with anyio.move_on_after(seconds):
+        await event.wait()
 
 
 def _parse_arriving(spooled: SpooledFile) -> csvio.Table:
@@ -184,7 +190,9 @@ class KMeansService:
             return self._read_columnar(source, options.format, expect)
         plain = options in (None, csvio.Options(), csvio.CLASSIC) and expect is None
         if isinstance(source, SpooledFile):
-            if source.parsed is not None and source.size and plain:  # parsed while it arrived
+            # Parsed while it arrived; a parse still waiting for one of the few threads (busy with
+            # uploads whose clients are slow, or stalled) is not waited for: the file is here now.
+            if source.parsed is not None and not source.parsed.cancel() and source.size and plain:
                 table = source.parsed.result()
                 if options is not csvio.CLASSIC or (table.delimiter == "," and csvio.all_numbers(table)):
                     return table, source
@@ -615,33 +623,35 @@ class KMeansService:
 
     def job_events(
         self, kind: str, job_id: str, last_event_id: int | None, max_seconds: float,
-        stop: threading.Event | None = None,
-    ) -> Iterator[tuple[int, dict]]:
+        stop: anyio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, dict]]:
         """(event id, job) each time the job changes, until it ends or ``max_seconds`` pass.
 
         Read from the database, so it follows a job wherever it runs. With ``last_event_id``
         (a reconnecting client), states up to that one are not sent again. Between changes
         it yields (0, {}) about every EVENT_POLL seconds, a chance to send a keep-alive. It
-        ends early when ``stop`` is set (the client hung up).
+        ends early when ``stop`` is set (the client hung up). An async iterator: it waits on the
+        event loop, and takes a thread only for each short database read.
         """
         self._job(kind, job_id)  # 404 now, before a stream starts
         caller = access.current()
-        return self._events(kind, job_id, last_event_id or 0, max_seconds, stop or threading.Event(), caller)
+        return self._events(kind, job_id, last_event_id or 0, max_seconds, stop, caller)
 
     def model_events(
-        self, model_id: str, last_event_id: int | None, max_seconds: float, stop: threading.Event | None = None
-    ) -> Iterator[tuple[int, dict]]:
+        self, model_id: str, last_event_id: int | None, max_seconds: float, stop: anyio.Event | None = None
+    ) -> AsyncIterator[tuple[int, dict]]:
         """:meth:`job_events` of a fit."""
         return self.job_events("fit", model_id, last_event_id, max_seconds, stop)
 
-    def _events(
-        self, kind: str, job_id: str, seen: int, max_seconds: float, stop: threading.Event, caller: access.Caller
-    ) -> Iterator[tuple[int, dict]]:
+    async def _events(
+        self, kind: str, job_id: str, seen: int, max_seconds: float, stop: anyio.Event | None, caller: access.Caller
+    ) -> AsyncIterator[tuple[int, dict]]:
+        stop = stop or anyio.Event()
         deadline = time.monotonic() + max_seconds
         for polls in itertools.count():
-            if time.monotonic() >= deadline or stop.is_set() or not self._caller_valid(caller, polls):
+            if time.monotonic() >= deadline or stop.is_set() or not await self._caller_still_valid(caller, polls):
                 return
-            record = self.store.get_job(kind, job_id)
+            record = await anyio.to_thread.run_sync(self.store.get_job, kind, job_id)
             if record is None:
                 return
             if record["version"] > seen:
@@ -650,7 +660,7 @@ class KMeansService:
             if record["status"] in TERMINAL:
                 return
             yield 0, {}
-            stop.wait(EVENT_POLL)
+            await _wait(stop, EVENT_POLL)
 
     def list_jobs(
         self, offset: int, limit: int, status: str | None = None, kind: str | None = None, project: str | None = None
@@ -672,29 +682,32 @@ class KMeansService:
 
     def project_events(
         self, last_event_id: int | None, max_seconds: float, project: str | None = None,
-        stop: threading.Event | None = None,
-    ) -> Iterator[tuple[int, dict]]:
+        stop: anyio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, dict]]:
         """(event id, event) for every change of a job in the caller's project (an admin's: all,
         or ``project``) and every push to an online model, from after ``last_event_id`` (default:
         from now on), until ``max_seconds`` pass or ``stop`` is set."""
         caller = access.current()
         scope = caller.scope(project)
         seen = self.store.last_event() if last_event_id is None else last_event_id
-        return self._project_events(scope, seen, max_seconds, stop or threading.Event(), caller)
+        return self._project_events(scope, seen, max_seconds, stop, caller)
 
-    def _caller_valid(self, caller: access.Caller, polls: int) -> bool:
+    async def _caller_still_valid(self, caller: access.Caller, polls: int) -> bool:
         """Every TOKEN_RECHECK_POLLS polls of a stream: whether its token is still good (a revoked
-        token's stream ends at the next check, not after its hour)."""
-        return polls % TOKEN_RECHECK_POLLS != 0 or polls == 0 or self.access.still_valid(caller)
+        token's stream ends at the next check, not after its hour); the database read in a thread."""
+        if polls % TOKEN_RECHECK_POLLS != 0 or polls == 0:
+            return True
+        return await anyio.to_thread.run_sync(self.access.still_valid, caller)
 
-    def _project_events(
-        self, scope: str | None, seen: int, max_seconds: float, stop: threading.Event, caller: access.Caller
-    ) -> Iterator[tuple[int, dict]]:
+    async def _project_events(
+        self, scope: str | None, seen: int, max_seconds: float, stop: anyio.Event | None, caller: access.Caller
+    ) -> AsyncIterator[tuple[int, dict]]:
+        stop = stop or anyio.Event()
         deadline = time.monotonic() + max_seconds
         for polls in itertools.count():
-            if time.monotonic() >= deadline or stop.is_set() or not self._caller_valid(caller, polls):
+            if time.monotonic() >= deadline or stop.is_set() or not await self._caller_still_valid(caller, polls):
                 return
-            for event in self.store.events_since(seen, scope):
+            for event in await anyio.to_thread.run_sync(self.store.events_since, seen, scope):
                 seen = event["seq"]
                 collection = COLLECTION.get(event["kind"])
                 yield seen, {
@@ -704,7 +717,7 @@ class KMeansService:
                     **({"data": event["data"]} if event["data"] is not None else {}),
                 }
             yield 0, {}
-            stop.wait(EVENT_POLL)
+            await _wait(stop, EVENT_POLL)
 
     # -- sweeps -----------------------------------------------------------------------------
 

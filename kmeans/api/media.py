@@ -10,11 +10,9 @@ from __future__ import annotations
 import functools
 import io
 import json as jsonlib
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, BinaryIO
 
-import anyio.from_thread
 import numpy as np
 from connexion import context
 from starlette.concurrency import run_in_threadpool
@@ -23,16 +21,14 @@ from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
 from kmeans import csvio, scoring
-from kmeans.api.validation import JSON_BODY, spooled_file
-from kmeans.errors import BadRequest
+from kmeans.api.validation import JSON_BODY, request_body, spooled_file
+from kmeans.multipart import SpooledFile
 from kmeans.service import Upload
 
 CSV = "text/csv"
 JSON = "application/json"
 # Label responses longer than this are streamed in pieces of this many labels.
 STREAM_LABELS = 262144
-# A raw body is handed to the parser in reads of about this size (one event-loop round trip each).
-PULL_BYTES = 1024 * 1024
 # JSON bodies up to this size are handled on the event loop (see inline_small_json).
 INLINE_JSON_BYTES = 65536
 
@@ -167,7 +163,7 @@ def _json_items(values: Any) -> bytes:
     return csvio.format_labels(values)[:-1].replace(b"\n", b",")
 
 
-def event_stream(changes: Iterator[tuple[int, dict]], event: str) -> StreamingResponse:
+def event_stream(changes: AsyncIterator[tuple[int, dict]], event: str) -> StreamingResponse:
     """A Server-Sent Events response of ``changes`` (see :func:`server_sent_events`)."""
     return StreamingResponse(
         server_sent_events(changes, event),
@@ -176,12 +172,16 @@ def event_stream(changes: Iterator[tuple[int, dict]], event: str) -> StreamingRe
     )
 
 
-def server_sent_events(changes: Iterator[tuple[int, dict]], event: str, keep_alive_every: int = 8) -> Iterator[bytes]:
+async def server_sent_events(
+    changes: AsyncIterator[tuple[int, dict]], event: str, keep_alive_every: int = 8
+) -> AsyncIterator[bytes]:
     """Format ``(id, data)`` pairs as SSE; ``(0, {})`` pairs become an occasional keep-alive comment,
-    which keeps proxies from closing an idle stream. (A hang-up is noticed by DisconnectMiddleware.)"""
+    which keeps proxies from closing an idle stream. An async generator, run on the event loop: a
+    stream holds no thread of the handler pool while it waits (a hang-up is noticed by
+    DisconnectMiddleware, and Starlette cancels the stream)."""
     yield b"retry: 1000\n\n"
     idle = 0
-    for event_id, data in changes:
+    async for event_id, data in changes:
         if event_id:
             idle = 0
             yield f"id: {event_id}\nevent: {event}\ndata: {jsonlib.dumps(data, separators=(',', ':'))}\n\n".encode()
@@ -218,59 +218,8 @@ def upload(file: Any) -> tuple[Upload, str | None]:
     return file.file, file.filename
 
 
-def raw_body() -> ReceiveStream:
-    """The request body as a stream, read in chunks by the caller (never buffered whole)."""
-    return ReceiveStream(context.receive)
-
-
-class ReceiveStream(io.RawIOBase):
-    """A blocking, file-like view of an ASGI request body for a handler in connexion's thread pool.
-
-    Each read asks the event loop for the next messages of the body (one round trip for up to
-    ``PULL_BYTES``), so a large upload is parsed while it arrives and never held whole. The
-    messages are kept as they came and joined once per read: a 68 MB upload went through
-    this thread's CPU five times with a bytearray buffer.
-    """
-
-    def __init__(self, receive: Any) -> None:
-        super().__init__()
-        self._receive = receive
-        self._pieces: deque[bytes] = deque()
-        self._buffered = 0
-        self._ended = False
-
-    async def _pull(self, wanted: int) -> None:
-        while self._buffered < wanted and not self._ended:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("the client disconnected before the body was complete")
-            body = message.get("body", b"")
-            if body:
-                self._pieces.append(body)
-                self._buffered += len(body)
-            self._ended = not message.get("more_body", False)
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left when negative); fewer only at the end of the body."""
-        wanted = size if size is not None and size >= 0 else 1 << 62
-        if self._buffered < wanted and not self._ended:
-            anyio.from_thread.run(self._pull, max(wanted, PULL_BYTES))
-        taken: list[bytes] = []
-        got = 0
-        while self._pieces and got < wanted:
-            piece = self._pieces.popleft()
-            if got + len(piece) > wanted:  # only the last piece taken is split
-                self._pieces.appendleft(piece[wanted - got :])
-                piece = piece[: wanted - got]
-            taken.append(piece)
-            got += len(piece)
-        self._buffered -= got
-        return b"".join(taken)
-
-    def readinto(self, target: Any) -> int:
-        data = self.read(len(target))
-        target[: len(data)] = data
-        return len(data)
+def raw_body() -> BinaryIO | SpooledFile:
+    """The request body, already received in full on the event loop (RequestLimitsMiddleware): a
+    small one as a stream over its bytes, a large one as its file on disk."""
+    body = request_body(context.scope)
+    return io.BytesIO(body) if isinstance(body, bytes) else body

@@ -18,11 +18,11 @@ import math
 import re
 import secrets
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import anyio
 import numpy as np
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
@@ -39,22 +39,27 @@ from jsonschema.validators import extend
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kmeans.errors import BadRequest, NotFound, PayloadTooLarge, ProblemError, UnsupportedMediaType
-from kmeans.multipart import MultipartSpooler, SpooledFile, remove
+from kmeans.errors import BadRequest, NotFound, PayloadTooLarge, ProblemError, RequestTimeout, UnsupportedMediaType
+from kmeans.multipart import BodySpool, MultipartSpooler, SpooledFile, remove
 from kmeans.store import temp_name
 
-DISCONNECTED = "kmeans.disconnected"  # scope key: threading.Event set when the client hangs up
+DISCONNECTED = "kmeans.disconnected"  # scope key: anyio.Event set when the client hangs up
 SPOOLED = "kmeans.spooled"  # scope key: every file spooled for this request (for clean-up)
 FILES = "kmeans.files"  # scope key: field name -> SpooledFile, for the handler
 JSON_BODY = "kmeans.json"  # scope key: the JSON body as the validator parsed it, for the handler
+BODY = "kmeans.body"  # scope key: the request body read before the handler (bytes or a SpooledFile)
+REPLAY_BYTES = 1024 * 1024  # a spooled body is given again in pieces of this size
 
 
 class RequestLimitsMiddleware:
-    """Refuse bodies over ``max_bytes`` (413) as they stream in; remove spooled files afterwards."""
+    """Refuse bodies over ``max_bytes`` (413) as they stream in, drop a body that sends nothing for
+    ``idle_timeout`` seconds (408: a stalled client must not keep its request, and what it holds,
+    for ever); remove spooled files afterwards."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout: float = 30) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,14 +85,30 @@ class RequestLimitsMiddleware:
                 MutableHeaders(scope=scope)["content-length"] = digits
         refuse_content_coding(headers)
         seen = 0
+        ended = False
+        idle = self.idle_timeout
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, ended
+            if ended:  # after the body only http.disconnect comes, whenever the client goes: no timeout
+                return await receive()
+            try:
+                with anyio.fail_after(idle):
+                    message = await receive()
+            except TimeoutError:
+                error = RequestTimeout(
+                    f"the request body stopped arriving: nothing came for {idle:g} seconds (the server's"
+                    f" KMEANS_BODY_IDLE_TIMEOUT) after {seen} bytes; send the body without pausing"
+                )
+                error.headers["Connection"] = "close"  # the rest of the body must not be read as a request
+                raise error from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise PayloadTooLarge(too_large)
+                ended = not message.get("more_body", False)
+            else:
+                ended = True
             return message
 
         spooled: list[SpooledFile] = []
@@ -96,6 +117,81 @@ class RequestLimitsMiddleware:
             await self.app(scope, limited_receive, send)
         finally:
             remove(spooled)
+
+
+class BodyMiddleware:
+    """Read every request body on the event loop before a handler takes a thread.
+
+    connexion runs the handlers in a thread pool shared by every request: a handler that read its
+    body from the network held a thread for as long as its client took, so a few dozen stalled
+    uploads took them all and every request, ``/ping`` too, hung. Here a body that is not
+    multipart (StreamingMultipartValidator spools those, on the event loop too) is collected in
+    memory, past 1 MiB in a file in ``spool_dir``, and only then handed on: the handler reads it
+    from ``request_body(scope)``, and whatever reads the ASGI channel gets it replayed. After the
+    security check, so that a request without a valid token never has its body read; inside
+    RequestLimitsMiddleware, whose limits and idle timeout apply as it reads and which removes
+    the file.
+    """
+
+    def __init__(self, app: ASGIApp, spool_dir: Path) -> None:
+        self.app = app
+        self.spool_dir = spool_dir
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or not has_body(headers) or media_type(headers) == "multipart/form-data":
+            await self.app(scope, receive, send)
+            return
+        scope[BODY] = await self._read(receive, scope.setdefault(SPOOLED, []))
+        await self.app(scope, _replay_body(scope[BODY], receive), send)
+
+    async def _read(self, receive: Receive, spooled: list[SpooledFile]) -> bytes | SpooledFile:
+        """The whole body, taken on the event loop (see the class docstring)."""
+        spool = BodySpool(lambda: self.spool_dir / temp_name(".body"))
+        try:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise BadRequest("the client disconnected before the body was complete")
+                await spool.write(message.get("body", b""))
+                more = message.get("more_body", False)
+            return await spool.result()
+        finally:
+            await spool.close()
+            spooled.extend(spool.files)
+
+
+def _replay_body(body: bytes | SpooledFile, receive: Receive) -> Receive:
+    """A receive channel that gives ``body`` again (from memory or its file), then ``receive``'s messages."""
+    handle: BinaryIO | None = None
+    done = False
+
+    async def replay() -> Message:
+        nonlocal handle, done
+        if done:
+            return await receive()
+        if isinstance(body, bytes):
+            done = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        handle = handle or open(body.path, "rb")  # noqa: SIM115 -- closed at its end
+        chunk = handle.read(REPLAY_BYTES)
+        done = handle.tell() >= body.size
+        if done:
+            handle.close()
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return replay
+
+
+def request_body(scope: Scope) -> bytes | SpooledFile:
+    """The request's body as BodyMiddleware collected it: bytes, or a SpooledFile past 1 MiB."""
+    return scope.get(BODY, b"")
+
+
+def media_type(headers: Headers) -> str:
+    """The request's media type, lower case, without parameters."""
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 def refuse_content_coding(headers: Headers) -> None:
@@ -251,12 +347,12 @@ class AllowMiddleware:
 
 
 class DisconnectMiddleware:
-    """Tell streaming handlers when their client hangs up.
+    """Tell event streams when their client hangs up.
 
-    The server says so only through ``receive()``, which a handler's event generator (running
-    in a worker thread) never sees, so it would go on polling for a client that is gone. For
-    GET requests to ``.../events`` this listens for ``http.disconnect`` alongside the
-    handler (relaying every message on) and sets ``scope[DISCONNECTED]``.
+    The server says so only through ``receive()``, which a stream's event generator never sees
+    (and an ASGI 2.4 server's Starlette does not listen to), so it would go on polling for a
+    client that is gone. For GET requests to ``.../events`` this listens for ``http.disconnect``
+    alongside the handler (relaying every message on) and sets ``scope[DISCONNECTED]``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -266,7 +362,7 @@ class DisconnectMiddleware:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith("/events"):
             await self.app(scope, receive, send)
             return
-        gone = threading.Event()
+        gone = anyio.Event()
         scope[DISCONNECTED] = gone
         messages: asyncio.Queue[Message] = asyncio.Queue()
 
@@ -285,9 +381,9 @@ class DisconnectMiddleware:
             watcher.cancel()
 
 
-def disconnected(scope: Scope) -> threading.Event:
-    """The event DisconnectMiddleware sets when this request's client hangs up."""
-    return scope.get(DISCONNECTED) or threading.Event()
+def disconnected(scope: Scope) -> anyio.Event | None:
+    """The event DisconnectMiddleware sets when this request's client hangs up (None: not watched)."""
+    return scope.get(DISCONNECTED)
 
 
 def validator_map(spool_dir: Path, on_file: Callable[[SpooledFile], None] | None = None) -> dict[str, Any]:
