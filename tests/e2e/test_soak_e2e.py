@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.conftest import dockerfile_command, free_port, running
+from tests.e2e.test_jobs_crash_e2e import parent
+from tests.e2e.test_jobs_e2e import process_tree
 
 SECONDS = float(os.environ.get("KMEANS_SOAK_SECONDS", "30"))
 MAX_REQUESTS_PER_CLIENT = 2000
@@ -47,6 +49,15 @@ class Tally:
             if response.status_code >= 500:
                 where = f"{response.request.method} {response.request.url.path}"
                 self.server_errors.append(f"{where}: {response.text[:300]}")
+
+    def pick(self, rng: random.Random, kind: str) -> str | None:
+        """A random one of what was made so far (``uploads``, ``models``), or None (after a pause) if none yet."""
+        with self.lock:
+            made = list(getattr(self, kind))
+        if not made:
+            time.sleep(0.1)
+            return None
+        return rng.choice(made)
 
     def failed(self, exc: Exception) -> None:
         with self.lock:
@@ -88,12 +99,9 @@ def upload(http: httpx.Client, rng: random.Random, tally: Tally) -> None:
 
 
 def fit_or_sweep(http: httpx.Client, rng: random.Random, tally: Tally) -> None:
-    with tally.lock:
-        datasets = list(tally.uploads)
-    if not datasets:
-        time.sleep(0.1)
+    dataset = tally.pick(rng, "uploads")
+    if dataset is None:
         return
-    dataset = rng.choice(datasets)
     if rng.random() < 0.75:
         body = {"dataset_id": dataset, "params": {"n_clusters": rng.randint(2, 4), "random_state": 0}}
         response = http.post("/kmeans/models", json=body)
@@ -111,12 +119,9 @@ def fit_or_sweep(http: httpx.Client, rng: random.Random, tally: Tally) -> None:
 
 
 def predict(http: httpx.Client, rng: random.Random, tally: Tally) -> None:
-    with tally.lock:
-        models = list(tally.models)
-    if not models:
-        time.sleep(0.1)
+    model = tally.pick(rng, "models")
+    if model is None:
         return
-    model = rng.choice(models)
     points = {"data": [{"x": rng.uniform(0, 8), "y": rng.uniform(0, 8), "segment": "a"} for _ in range(20)]}
     response = http.post(f"/kmeans/models/{model}/predictions", json=points)
     tally.seen(response)  # 409 while the model is not fitted yet: fine
@@ -156,16 +161,7 @@ def stalled_clients(port: int) -> list[socket.socket]:
 
 def workers(master: int) -> list[int]:
     """The pids of gunicorn's worker processes (the master's children)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                found.append(int(entry.name))
-    return found
+    return sorted(pid for pid in process_tree(master) if parent(pid) == master)
 
 
 def test_soak_two_workers_one_killed(tmp_path: Path):
