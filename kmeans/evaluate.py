@@ -256,7 +256,7 @@ def new_record(model: dict[str, Any], dataset: dict[str, Any], label_column: str
 def _training_distances(store: Store, model: dict[str, Any], centers: np.ndarray) -> np.ndarray | None:
     """The training rows' distances to their nearest center (None: the training dataset is gone)."""
     training = store.get_dataset(model["dataset_id"]) if model.get("dataset_id") else None
-    if training is None:
+    if training is None or training.get("project") != model.get("project"):  # (an import may name any id)
         return None
     try:
         space, _, _ = model_space(store, model, training, centers)

@@ -276,3 +276,49 @@ def test_comparison_defaults_to_the_training_data_and_refuses_bad_input(wine: di
     assert_problem(api.post(url, json={"other_model_id": model["id"], "dataset_id": narrow}), 422, "'hue'")
     assert_problem(api.post(url, json={"other_model_id": model["id"], "rows": 3}), 400, "rows")
     assert_problem(api.post(url, json={}), 400, "other_model_id")
+
+
+def test_categorical_features_are_matched_as_predictions_are(wine: dict[str, Any]) -> None:
+    api = wine["api"]
+    rng = np.random.default_rng(0)
+    train = [{"a": float(a), "b": float(b), "colour": str(c)}
+             for a, b, c in zip(rng.normal(size=60), rng.normal(size=60), rng.choice(["red", "blue"], 60),
+                                strict=True)]
+    dataset = add_dataset(api, train)
+    response = api.post("/kmeans/models", json={"dataset_id": dataset, "params": {"n_clusters": 2, "random_state": 0}})
+    model = wait_for_model(api, response.json()["id"])
+    # New rows in another column order, one colour never seen, and a column the model does not use.
+    new = [{"colour": c, "extra": 1.0, "b": b, "a": a} for a, b, c in
+           zip(rng.normal(size=20).tolist(), rng.normal(size=20).tolist(), ["red", "green"] * 10, strict=True)]
+    result = evaluated(api, model["id"], add_dataset(api, new))["result"]
+    predicted = api.post(f"/kmeans/models/{model['id']}/predictions?distances=true", json={"data": new}).json()
+    assert result["unknown_categories"] == {"colour": 10} == predicted["unknown_categories"]
+    counts = np.bincount(predicted["labels"], minlength=2)
+    assert [c["rows"] for c in result["clusters"]] == counts.tolist()
+    distances = np.asarray(predicted["distances"])
+    assert result["mean_squared_distance"] == pytest.approx(np.mean(distances**2), rel=1e-9)
+
+
+def test_an_imported_model_is_evaluated_without_a_training_baseline(wine: dict[str, Any]) -> None:
+    api, model = wine["api"], wine["model"]
+    document = api.get(f"/kmeans/models/{model['id']}/export").json()
+    same = evaluated(api, model["id"], wine["held_out"])["result"]
+    # Imported where its training dataset is: that dataset is the baseline, as for the original.
+    imported = api.post("/kmeans/models/import", json=document).json()
+    assert evaluated(api, imported["id"], wine["held_out"])["result"]["drift"] == same["drift"]
+    # Imported without it: cluster shares still come from the document's cluster_sizes.
+    imported = api.post("/kmeans/models/import", json={**document, "dataset_id": None}).json()
+    result = evaluated(api, imported["id"], wine["held_out"])["result"]
+    assert [c["rows"] for c in result["clusters"]] == [c["rows"] for c in same["clusters"]]
+    assert result["mean_squared_distance"] == pytest.approx(same["mean_squared_distance"], rel=1e-12)
+    assert result["drift"]["psi"] == same["drift"]["psi"]
+    assert result["drift"]["ks_statistic"] is None and result["drift"]["distances_drifted"] is None
+
+
+def test_deleting_a_model_deletes_its_evaluations(wine: dict[str, Any]) -> None:
+    api = wine["api"]
+    model = fitted(api, wine["train"], n_clusters=2, random_state=0)
+    evaluation = evaluated(api, model["id"], wine["held_out"])
+    assert api.delete(f"/kmeans/models/{model['id']}").status_code == 204
+    jobs = api.get("/kmeans/jobs?status=succeeded&kind=evaluation").json()["items"]
+    assert evaluation["id"] not in [j["id"] for j in jobs]
