@@ -322,3 +322,31 @@ def test_deleting_a_model_deletes_its_evaluations(wine: dict[str, Any]) -> None:
     assert api.delete(f"/kmeans/models/{model['id']}").status_code == 204
     jobs = api.get("/kmeans/jobs?status=succeeded&kind=evaluation").json()["items"]
     assert evaluation["id"] not in [j["id"] for j in jobs]
+
+
+def test_an_evaluation_waits_in_the_one_queue_and_can_be_cancelled_there(wine: dict[str, Any]) -> None:
+    api, model = wine["api"], wine["model"]
+    # Two long fits take both slots (max_concurrent_fits 2): the evaluation queues behind them.
+    noise = np.random.default_rng(0).normal(size=(8000, 8)).round(4).tolist()
+    long_dataset = api.post("/kmeans/datasets", json={"data": noise}).json()["id"]
+    slow = {"n_clusters": 20, "init": "random", "n_init": 1000, "random_state": 0}
+    fits = [api.post("/kmeans/models", json={"dataset_id": long_dataset, "params": slow}).json()["id"]
+            for _ in range(2)]
+    try:
+        held_out = add_dataset(api, rows_of(X[~TRAIN], Y[~TRAIN]))
+        response = api.post(f"/kmeans/models/{model['id']}/evaluations", json={"dataset_id": held_out})
+        evaluation = response.json()
+        path = f"/kmeans/models/{model['id']}/evaluations/{evaluation['id']}"
+        queue = api.get("/kmeans/jobs").json()["items"]
+        mine = next(j for j in queue if j["id"] == evaluation["id"])
+        assert mine["kind"] == "evaluation" and mine["status"] == "queued" and mine["resource"] == path
+        assert mine["position"] >= 1
+        # Its dataset is in use meanwhile, and the refusal names the evaluation.
+        assert_problem(api.delete(f"/kmeans/datasets/{held_out}"), 409, evaluation["id"])
+        cancelled = api.post(f"{path}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert api.get(path).json()["status"] == "cancelled" and api.get(path).json()["result"] is None
+        assert api.delete(f"/kmeans/datasets/{held_out}").status_code == 204
+    finally:
+        for fit_id in fits:
+            api.post(f"/kmeans/models/{fit_id}/cancel")
