@@ -656,7 +656,7 @@ class KMeansService:
                 return
             if record["version"] > seen:
                 seen = record["version"]
-                yield seen, _public(record)
+                yield seen, self._public_evaluation(record) if kind == "evaluation" else _public(record)
             if record["status"] in TERMINAL:
                 return
             yield 0, {}

@@ -189,6 +189,7 @@ def test_evaluation_is_a_job_listed_cancellable_streamed_and_deletable(wine: dic
     assert {"id": evaluation["id"], "resource": path} in [{"id": j["id"], "resource": j["resource"]} for j in jobs]
     events = sse(api.get(f"{path}/events").text, "evaluation")
     assert events[-1]["status"] == "succeeded" and events[-1]["result"] == evaluation["result"]
+    assert "callback_url" not in events[-1] and "callback_url" not in evaluation  # evaluations take no webhook
     assert_problem(api.post(f"{path}/cancel"), 409, "already succeeded")
     # Another model's path to it does not find it.
     assert_problem(api.get(f"/kmeans/models/{wine['other']['id']}/evaluations/{evaluation['id']}"), 404)
