@@ -351,3 +351,28 @@ def test_an_evaluation_waits_in_the_one_queue_and_can_be_cancelled_there(wine: d
     finally:
         for fit_id in fits:
             api.post(f"/kmeans/models/{fit_id}/cancel")
+
+
+def test_labels_of_any_type_with_gaps(wine: dict[str, Any]) -> None:
+    api, model = wine["api"], wine["model"]
+    rows = rows_of(X[~TRAIN], Y[~TRAIN])
+    for i, row in enumerate(rows):
+        row["code"] = f"W{i:03d}"  # an id column: text, unique, with digits
+        row["score"] = None if i % 10 == 0 else float(Y[~TRAIN][i]) + 0.5  # numbers with gaps
+    response = api.post("/kmeans/datasets?id_column=code", json={"data": rows})
+    assert response.status_code == 201, response.text
+    dataset = response.json()["id"]
+    space, centers = reference(X[TRAIN], X[~TRAIN], api, model["id"])
+    labels = nearest(space, centers)[0]
+    scores = evaluated(api, model["id"], dataset, "score")["result"]["labels"]
+    has = np.arange(len(rows)) % 10 != 0
+    truth = Y[~TRAIN][has]
+    assert scores["rows"] == int(has.sum()) and scores["rows_without_label"] == int((~has).sum())
+    assert scores["contingency"]["labels"] == ["0.5", "1.5", "2.5"]
+    assert scores["adjusted_rand"] == pytest.approx(metrics.adjusted_rand_score(truth, labels[has]), rel=1e-9)
+    assert scores["nmi"] == pytest.approx(metrics.normalized_mutual_info_score(truth, labels[has]), rel=1e-9)
+    ids = evaluated(api, model["id"], dataset, "code")["result"]["labels"]
+    # Every row its own label: each cluster's majority is one row, and purity is k / n.
+    assert len(ids["contingency"]["labels"]) == len(rows) and ids["completeness"] == pytest.approx(1.0)
+    assert ids["purity"] == pytest.approx(3 / len(rows))
+    assert ids["homogeneity"] == pytest.approx(metrics.homogeneity_score(np.arange(len(rows)), labels), rel=1e-9)
