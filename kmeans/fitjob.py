@@ -1,4 +1,4 @@
-"""One job (a fit or a sweep), start to finish, in whatever process runs it: a local child
+"""One job (a fit, a sweep or an evaluation), start to finish, in whatever process runs it: a local child
 process or a Dask worker.
 
 It talks to the rest of the service only through the data dir: it reads the job and the
