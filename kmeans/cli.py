@@ -591,7 +591,7 @@ def models_delete(state: State, model_id: str) -> None:
 
 @cli.command()
 @click.option("--status", type=click.Choice(JOB_STATUSES), help="Jobs in this state (default: the live ones).")
-@click.option("--kind", type=click.Choice(["fit", "sweep", "webhook"]), help="Only jobs of this kind.")
+@click.option("--kind", type=click.Choice(["fit", "sweep", "webhook", "evaluation"]), help="Only jobs of this kind.")
 @click.option("--project", help="Only jobs of this project (admins).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @json_option
@@ -915,6 +915,150 @@ def _show_sweep(sweep: dict[str, Any]) -> None:
     if sweep["status"] == "failed":
         err.print(f"error: {(sweep.get('error') or {}).get('detail', 'the sweep failed')}", markup=False)
         sys.exit(EXIT_API_ERROR)
+
+
+@cli.group()
+def evaluations() -> None:
+    """How a fitted model holds on a dataset: quality, drift against training, known labels."""
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _flag(drifted: bool | None) -> str:
+    return "" if drifted is None else "DRIFT" if drifted else "ok"
+
+
+def _show_evaluation(evaluation: dict[str, Any]) -> None:
+    title = f"evaluation {evaluation['id']} of {evaluation['model_id']} on {evaluation['dataset_id']}:" \
+        f" {evaluation['status']}"
+    result = evaluation.get("result")
+    if not result:
+        fields(evaluation, title=title)
+        if evaluation["status"] == "failed":
+            err.print(f"error: {(evaluation.get('error') or {}).get('detail', 'the evaluation failed')}",
+                      markup=False)
+            sys.exit(EXIT_API_ERROR)
+        return
+    measures = [("rows", result["rows"]), ("rows left out", result["rows_left_out"]),
+                ("mean squared distance", _number(result["mean_squared_distance"])),
+                ("silhouette", _number(result["silhouette"])), ("Davies-Bouldin", _number(result["davies_bouldin"])),
+                ("Calinski-Harabasz", _number(result["calinski_harabasz"]))]
+    table(measures, "measure", "value", title=title)
+    table(([c["cluster"], c["rows"], f"{c['share']:.1%}",
+            "" if c["training_share"] is None else f"{c['training_share']:.1%}"] for c in result["clusters"]),
+          "cluster", "rows", "share", "training share", title="cluster shares")
+    drift = result["drift"]
+    table([["PSI of cluster shares", _number(drift["psi"]), f"> {drift['psi_threshold']:g}",
+            _flag(drift["shares_drifted"])],
+           ["KS statistic of distances", _number(drift["ks_statistic"]),
+            f"p < {drift['ks_pvalue_threshold']:g} and >= {drift['ks_statistic_threshold']:g}"
+            + ("" if drift["ks_pvalue"] is None else f" (p = {drift['ks_pvalue']:.3g})"),
+            _flag(drift["distances_drifted"])]],
+          "drift", "value", "flagged when", "", title="drift against training")
+    labels = result.get("labels")
+    if labels:
+        scores = [("adjusted Rand", labels["adjusted_rand"]), ("NMI", labels["nmi"]),
+                  ("homogeneity", labels["homogeneity"]), ("completeness", labels["completeness"]),
+                  ("V-measure", labels["v_measure"]), ("purity", labels["purity"])]
+        table(((name, _number(v)) for name, v in scores), "score", "value",
+              title=f"against {labels['column']!r} ({labels['rows']} rows with a label)")
+        grid = labels["contingency"]
+        table(([c, *counts, majority["label"] or "", "" if majority["share"] is None else f"{majority['share']:.1%}"]
+               for c, counts, majority in zip(grid["clusters"], grid["counts"], labels["majority"], strict=True)),
+              "cluster", *grid["labels"], "majority", "share", title="clusters x labels")
+
+
+@evaluations.command("run")
+@click.argument("model_id")
+@click.argument("dataset_id")
+@click.option("--label-column", help="A column of DATASET_ID with known labels (not one of the model's features).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the result and show it.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True)
+@json_option
+def evaluations_run(
+    state: State, model_id: str, dataset_id: str, label_column: str | None, wait: bool, wait_timeout: float
+) -> None:
+    """Evaluate MODEL_ID on DATASET_ID; with --wait (the default), the measures, drift and label scores."""
+    evaluation = state.client.create_evaluation(model_id, dataset_id, label_column)
+    if wait:
+        evaluation = state.client.wait_for_evaluation(model_id, evaluation["id"], timeout=wait_timeout, poll=0.25)
+    emit(state, evaluation, _show_evaluation)
+
+
+@evaluations.command("show")
+@click.argument("model_id")
+@click.argument("evaluation_id")
+@json_option
+def evaluations_show(state: State, model_id: str, evaluation_id: str) -> None:
+    """An evaluation's state, measures, drift and label scores."""
+    emit(state, state.client.get_evaluation(model_id, evaluation_id), _show_evaluation)
+
+
+@evaluations.command("list")
+@click.argument("model_id")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def evaluations_list(state: State, model_id: str, offset: int, limit: int) -> None:
+    """List MODEL_ID's evaluations, newest first."""
+    page = state.client.list_evaluations(model_id, offset, limit)
+
+    def row(e: dict[str, Any]) -> list[Any]:
+        result = e.get("result") or {}
+        drift = result.get("drift") or {}
+        scores = result.get("labels") or {}
+        return [e["id"], e["dataset_id"], e["status"], e.get("label_column"), result.get("rows"),
+                _number(result.get("silhouette")), _flag(drift.get("shares_drifted")),
+                _flag(drift.get("distances_drifted")), _number(scores.get("adjusted_rand")), e.get("created_at")]
+
+    emit(state, page, lambda p: table(
+        (row(e) for e in p["items"]), "id", "dataset_id", "status", "label_column", "rows", "silhouette",
+        "shares", "distances", "ARI", "created_at", title=_page_title("evaluations", p),
+    ))
+
+
+@evaluations.command("cancel")
+@click.argument("model_id")
+@click.argument("evaluation_id")
+@json_option
+def evaluations_cancel(state: State, model_id: str, evaluation_id: str) -> None:
+    """Cancel a queued or running evaluation."""
+    emit(state, state.client.cancel_evaluation(model_id, evaluation_id),
+         lambda e: out.print(f"evaluation {e['id']} is {e['status']}"))
+
+
+@evaluations.command("delete")
+@click.argument("model_id")
+@click.argument("evaluation_id")
+@json_option
+def evaluations_delete(state: State, model_id: str, evaluation_id: str) -> None:
+    """Delete an evaluation."""
+    state.client.delete_evaluation(model_id, evaluation_id)
+    emit(state, {"deleted": evaluation_id}, lambda r: out.print(f"deleted evaluation {evaluation_id}"))
+
+
+@models.command("compare")
+@click.argument("model_id")
+@click.argument("other_model_id")
+@click.option("--dataset", "dataset_id", help="Label this dataset's rows (default: MODEL_ID's training data).")
+@json_option
+def models_compare(state: State, model_id: str, other_model_id: str, dataset_id: str | None) -> None:
+    """How MODEL_ID and OTHER_MODEL_ID agree on a dataset: ARI, NMI, matched clusters, rows that changed."""
+    result = state.client.compare_models(model_id, other_model_id, dataset_id)
+
+    def show(r: dict[str, Any]) -> None:
+        table([("rows", r["rows"]), ("adjusted Rand", _number(r["adjusted_rand"])), ("NMI", _number(r["nmi"])),
+               ("rows that changed cluster", f"{r['changed_rows']} ({r['changed_share']:.1%})")],
+              "measure", "value", title=f"{model_id} against {other_model_id} on {r['dataset_id']}")
+        table(([m["cluster"], m["other_cluster"], m["rows"], "" if m["share"] is None else f"{m['share']:.1%}"]
+               for m in r["matching"]), "cluster", "other cluster", "rows in both", "share", title="matched clusters")
+        for name, left in (("clusters", r["unmatched_clusters"]), ("other clusters", r["unmatched_other_clusters"])):
+            if left:
+                out.print(f"unmatched {name}: {', '.join(map(str, left))}")
+
+    emit(state, result, show)
 
 
 def _page_title(what: str, page: dict[str, Any]) -> str:

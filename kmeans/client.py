@@ -661,6 +661,52 @@ class KMeansClient:
         """A PNG of each metric over k."""
         return self.request("GET", f"/sweeps/{_quote(sweep_id)}/plot.png", headers={"Accept": "image/png"}).content
 
+    # -- evaluations and comparisons ----------------------------------------------------------
+
+    def create_evaluation(
+        self, model_id: str, dataset_id: str, label_column: str | None = None, *, time_limit: float | None = None
+    ) -> dict[str, Any]:
+        """Evaluate a fitted model on a dataset (in the background): quality, drift against
+        training and, with ``label_column``, agreement with known labels."""
+        body: dict[str, Any] = {"dataset_id": dataset_id}
+        if label_column is not None:
+            body["label_column"] = label_column
+        if time_limit is not None:
+            body["time_limit"] = time_limit
+        return self._json("POST", f"/models/{_quote(model_id)}/evaluations", json=body)
+
+    def list_evaluations(self, model_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a model's evaluations, newest first."""
+        params = self._params(offset=offset, limit=limit)
+        return self._json("GET", f"/models/{_quote(model_id)}/evaluations", params=params)
+
+    def get_evaluation(self, model_id: str, evaluation_id: str) -> dict[str, Any]:
+        """An evaluation: its state and, once it has succeeded, its ``result``."""
+        return self._json("GET", f"/models/{_quote(model_id)}/evaluations/{_quote(evaluation_id)}")
+
+    def wait_for_evaluation(
+        self, model_id: str, evaluation_id: str, timeout: float = 600, poll: float = 0.2
+    ) -> dict[str, Any]:
+        """Poll the evaluation until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s."""
+        return self._wait(lambda: self.get_evaluation(model_id, evaluation_id), f"evaluation {evaluation_id}",
+                          timeout, poll, None)
+
+    def cancel_evaluation(self, model_id: str, evaluation_id: str) -> dict[str, Any]:
+        """Cancel a queued or running evaluation."""
+        return self._json("POST", f"/models/{_quote(model_id)}/evaluations/{_quote(evaluation_id)}/cancel")
+
+    def delete_evaluation(self, model_id: str, evaluation_id: str) -> None:
+        """Delete an evaluation (cancelled first if it still runs)."""
+        self.request("DELETE", f"/models/{_quote(model_id)}/evaluations/{_quote(evaluation_id)}")
+
+    def compare_models(self, model_id: str, other_model_id: str, dataset_id: str | None = None) -> dict[str, Any]:
+        """How two fitted models agree on a dataset (default: the first one's training data): ARI,
+        NMI, the best one-to-one matching of their clusters and the rows that changed cluster."""
+        body: dict[str, Any] = {"other_model_id": other_model_id}
+        if dataset_id is not None:
+            body["dataset_id"] = dataset_id
+        return self._json("POST", f"/models/{_quote(model_id)}/comparisons", json=body)
+
     # -- access -----------------------------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:

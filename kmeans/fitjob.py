@@ -1,4 +1,4 @@
-"""One job (a fit or a sweep), start to finish, in whatever process runs it: a local child
+"""One job (a fit, a sweep or an evaluation), start to finish, in whatever process runs it: a local child
 process or a Dask worker.
 
 It talks to the rest of the service only through the data dir: it reads the job and the
@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import OUT_OF_SPACE, DeliveryFailed, FitFailed, ProblemError, SweepFailed, out_of_space
+from kmeans.errors import (
+    OUT_OF_SPACE,
+    DeliveryFailed,
+    EvaluationFailed,
+    FitFailed,
+    ProblemError,
+    SweepFailed,
+    out_of_space,
+)
 from kmeans.store import Store, now, process_alive
 
 log = logging.getLogger(__name__)
@@ -45,13 +53,15 @@ class TimeLimitExceeded(Exception):
 
 
 # The problem a failed job of each kind records.
-FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed}
-WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery"}
+FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed, "evaluation": EvaluationFailed}
+WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation"}
 
 
 def time_limit_problem(limit: float, kind: str = "fit") -> dict:
     """The error a job gets when it runs out of time."""
     advice = "fewer n_init/max_iter" + (" or a narrower k range" if kind == "sweep" else "")
+    if kind == "evaluation":
+        advice = "a smaller dataset"
     return FAILED[kind](
         f"the {WHAT[kind]} exceeded its time limit of {limit:g} s and was stopped; give it a larger time_limit or"
         f" {advice}"
@@ -137,6 +147,10 @@ def _runner(kind: str) -> Callable[[Store, dict, JobRun], str]:
         from kmeans import sweeps  # sweeps use this module's preprocessing
 
         return sweeps.run
+    if kind == "evaluation":
+        from kmeans import evaluate
+
+        return evaluate.run
     return run_fit
 
 

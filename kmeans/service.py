@@ -41,7 +41,7 @@ PRUNE_EVERY = 600.0  # seconds between prunings of finished webhook deliveries
 DELIVERIES_KEPT_SECONDS = 7 * 86400  # a finished delivery is kept this long (its outcome stays on the resource)
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
-WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery"}  # what a job of each kind is called
+WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation"}  # what a job is called
 COLLECTION = {"fit": "models", "sweep": "sweeps", "push": "models", "restore": "models"}  # where an event's resource is
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
@@ -656,7 +656,7 @@ class KMeansService:
                 return
             if record["version"] > seen:
                 seen = record["version"]
-                yield seen, _public(record)
+                yield seen, self._public_evaluation(record) if kind == "evaluation" else _public(record)
             if record["status"] in TERMINAL:
                 return
             yield 0, {}
@@ -671,14 +671,20 @@ class KMeansService:
         rows, total = self.store.list_jobs(access.current().scope(project), statuses, kind, offset, limit)
         return {"items": [self._job_summary(r) for r in rows], "offset": offset, "limit": limit, "total": total}
 
-    @staticmethod
-    def _job_summary(row: dict[str, Any]) -> dict[str, Any]:
+    def _job_summary(self, row: dict[str, Any]) -> dict[str, Any]:
         keep = ("id", "kind", "project", "status", "phase", "progress", "attempts", "time_limit", "position",
                 "created_at", "queued_at", "started_at", "finished_at", "error")
         summary = {k: row.get(k) for k in keep}
-        collection = COLLECTION.get(row["kind"])
-        summary["resource"] = f"/kmeans/{collection}/{row['id']}" if collection else None
+        summary["resource"] = self._resource_path(row["kind"], row["id"])
         return summary
+
+    def _resource_path(self, kind: str, resource_id: str) -> str | None:
+        """Where a job's resource is (an evaluation's is under its model); None for a delivery."""
+        if kind == "evaluation":
+            record = self.store.get_job("evaluation", resource_id)
+            return f"/kmeans/models/{record['model_id']}/evaluations/{resource_id}" if record else None
+        collection = COLLECTION.get(kind)
+        return f"/kmeans/{collection}/{resource_id}" if collection else None
 
     def project_events(
         self, last_event_id: int | None, max_seconds: float, project: str | None = None,
@@ -709,11 +715,14 @@ class KMeansService:
                 return
             for event in await anyio.to_thread.run_sync(self.store.events_since, seen, scope):
                 seen = event["seq"]
-                collection = COLLECTION.get(event["kind"])
+                if event["kind"] == "evaluation":
+                    resource = await anyio.to_thread.run_sync(self._resource_path, "evaluation", event["resource_id"])
+                else:
+                    resource = self._resource_path(event["kind"], event["resource_id"])
                 yield seen, {
                     "kind": event["kind"], "id": event["resource_id"], "project": event["project"],
                     "status": event["status"], "phase": event["phase"], "at": event["at"],
-                    "resource": f"/kmeans/{collection}/{event['resource_id']}" if collection else None,
+                    "resource": resource,
                     **({"data": event["data"]} if event["data"] is not None else {}),
                 }
             yield 0, {}
@@ -770,6 +779,110 @@ class KMeansService:
         if not self.store.delete_sweep(sweep_id):
             raise NotFound(f"no sweep with id {sweep_id}")
 
+    # -- evaluations and comparisons (see kmeans.evaluate) ---------------------------------------
+
+    def create_evaluation(
+        self, model_id: str, dataset_id: str, label_column: str | None = None, time_limit: float | None = None
+    ) -> dict[str, Any]:
+        """Check and queue an evaluation of a fitted model on a dataset (422 naming a missing column)."""
+        from kmeans import evaluate
+
+        model = self._fitted(model_id)
+        dataset = self.dataset_record(dataset_id)
+        evaluate.check_columns(model, dataset, label_column)
+        record = evaluate.new_record(model, dataset, label_column, time_limit or self.settings.fit_time_limit)
+        self.store.add_evaluation(record)
+        self._queued()
+        return self.get_evaluation(model_id, record["id"])
+
+    def _evaluation(self, model_id: str, evaluation_id: str) -> dict[str, Any]:
+        """An evaluation of ``model_id`` the caller may see (404 otherwise)."""
+        self.get_model(model_id)
+        record = self._job("evaluation", evaluation_id)
+        if record["model_id"] != model_id:
+            raise NotFound(f"model {model_id} has no evaluation with id {evaluation_id}")
+        return record
+
+    def get_evaluation(self, model_id: str, evaluation_id: str) -> dict[str, Any]:
+        """One evaluation: its state and, once it has succeeded, its result."""
+        return self._public_evaluation(self._evaluation(model_id, evaluation_id))
+
+    @staticmethod
+    def _public_evaluation(record: dict[str, Any]) -> dict[str, Any]:
+        # Evaluations take no callback: the queue's callback columns are not theirs to show.
+        return {k: v for k, v in _public(record).items() if k not in ("callback_url", "callback")}
+
+    def list_evaluations(self, model_id: str, offset: int, limit: int) -> dict[str, Any]:
+        """A page of a model's evaluations, newest first."""
+        self.get_model(model_id)
+        items, total = self.store.list_evaluations(model_id, offset, limit)
+        return {"items": [self._public_evaluation(i) for i in items], "offset": offset, "limit": limit,
+                "total": total}
+
+    def cancel_evaluation(self, model_id: str, evaluation_id: str) -> dict[str, Any]:
+        """Stop a queued or running evaluation."""
+        self._evaluation(model_id, evaluation_id)
+        return self._public_evaluation(self.cancel("evaluation", evaluation_id))
+
+    def delete_evaluation(self, model_id: str, evaluation_id: str) -> None:
+        """Delete an evaluation; a queued or running one is cancelled first."""
+        self._evaluation(model_id, evaluation_id)
+        self._cancel("evaluation", evaluation_id)
+        if not self.store.delete_evaluation(evaluation_id):
+            raise NotFound(f"model {model_id} has no evaluation with id {evaluation_id}")
+
+    def evaluation_events(
+        self, model_id: str, evaluation_id: str, last_event_id: int | None, max_seconds: float,
+        stop: anyio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, dict]]:
+        """:meth:`job_events` of an evaluation."""
+        self._evaluation(model_id, evaluation_id)
+        return self.job_events("evaluation", evaluation_id, last_event_id, max_seconds, stop)
+
+    def compare_models(self, model_id: str, other_model_id: str, dataset_id: str | None = None) -> dict[str, Any]:
+        """How two fitted models' labellings of one dataset (default: the first one's training
+        dataset) agree; synchronous, for at most evaluate.MAX_COMPARE_ROWS rows."""
+        from kmeans import evaluate
+
+        model = self._fitted(model_id)
+        try:
+            other = self._fitted(other_model_id)
+        except NotFound:
+            raise NotFound(f"no model with id {other_model_id} (other_model_id)") from None
+        dataset_id = dataset_id or model.get("dataset_id")
+        if not dataset_id:
+            raise Unprocessable(
+                f"model {model_id} was imported and has no training dataset; name one with dataset_id",
+                parameter="dataset_id",
+            )
+        dataset = self.dataset_record(dataset_id)
+        if dataset["rows"] > evaluate.MAX_COMPARE_ROWS:
+            raise Unprocessable(
+                f"dataset {dataset_id} has {dataset['rows']} rows; a comparison labels at most"
+                f" {evaluate.MAX_COMPARE_ROWS} (evaluate each model on it instead)",
+                parameter="dataset_id",
+            )
+        evaluate.check_columns(model, dataset)
+        evaluate.check_columns(other, dataset, parameter="other_model_id")
+        labellings = []
+        kept = np.ones(dataset["rows"], dtype=bool)
+        for each in (model, other):
+            centers = evaluate.centers_of(self.store, each)
+            space, rows, _ = evaluate.model_space(self.store, each, dataset, centers)
+            labels = np.full(dataset["rows"], -1, dtype=np.int64)
+            labels[rows] = engine.predict(centers, space)
+            labellings.append((labels, len(centers)))
+            kept &= rows
+        if not kept.any():
+            raise Unprocessable(f"no row of dataset {dataset_id} has every feature both models need",
+                                parameter="dataset_id")
+        (first, k_first), (second, k_second) = labellings
+        result = evaluate.compare(first[kept], second[kept], k_first, k_second)
+        return {
+            "model_id": model_id, "other_model_id": other_model_id, "dataset_id": dataset_id,
+            "n_clusters": k_first, "other_n_clusters": k_second, "rows_left_out": int((~kept).sum()), **result,
+        }
+
     # -- models (continued) -------------------------------------------------------------------
 
     def wait_for_model(self, model_id: str, timeout: float) -> dict[str, Any]:
@@ -803,6 +916,9 @@ class KMeansService:
         """Delete a model; a queued or running fit is cancelled first."""
         self.get_model(model_id)  # 404 if unknown or another project's
         self._cancel("fit", model_id)
+        for evaluation_id in self.store.evaluation_ids(model_id):  # nothing left to evaluate
+            self._cancel("evaluation", evaluation_id)
+            self.store.delete_evaluation(evaluation_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 

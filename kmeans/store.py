@@ -170,6 +170,36 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at TEXT
 );
 """
+# Evaluations of a model on a dataset (kmeans.evaluate): a job kind of the one queue, with the
+# lifecycle columns every job has and the result as JSON.
+EVALUATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    label_column TEXT,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    queued_at TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    phase TEXT,
+    run_token TEXT,
+    worker TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    time_limit REAL,
+    callback_url TEXT,
+    callback TEXT,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS evaluations_model ON evaluations (model_id, created_at);
+CREATE INDEX IF NOT EXISTS evaluations_status ON evaluations (status);
+"""
 # Columns added after data dirs already existed: added on open, to new and old tables alike.
 MIGRATIONS = {
     # Column types (NULL: a dataset from before them, all numeric), the id column, statistics.
@@ -196,8 +226,8 @@ MIGRATIONS = {
 # Every kind of background work and the table that holds it: one queue over all of them
 # (the ``jobs`` view), one lifecycle (queued -> running -> succeeded / failed / cancelled,
 # ``paused`` for fits), one claim, one heartbeat.
-KINDS = {"fit": "models", "sweep": "sweeps", "webhook": "deliveries"}
-COMPUTE = ("fit", "sweep")  # the kinds that run in job processes (or on Dask)
+KINDS = {"fit": "models", "sweep": "sweeps", "webhook": "deliveries", "evaluation": "evaluations"}
+COMPUTE = ("fit", "sweep", "evaluation")  # the kinds that run in job processes (or on Dask)
 _JOB_COLUMNS = (
     "id, project, status, created_at, queued_at, started_at, finished_at, progress, phase, run_token, worker,"
     " heartbeat, attempts, time_limit, error, version"
@@ -217,7 +247,7 @@ SAME_UPLOAD = (
 )
 JSON_FIELDS = (
     "schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results",
-    "payload", "last", "data", "checkpoint", "votes", "warnings",
+    "payload", "last", "data", "checkpoint", "votes", "warnings", "result",
 )
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -309,6 +339,7 @@ class Store:
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
             conn.executescript(SCHEMA)  # executescript manages its own commit
+            conn.executescript(EVALUATIONS_SCHEMA)
             for table, columns in MIGRATIONS.items():
                 have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
                 for column, decl in columns.items():
@@ -547,7 +578,7 @@ class Store:
     def delete_dataset(self, dataset_id: str) -> bool:
         """Remove a dataset unless a fit on it is still queued or running."""
         with self.transaction() as db:
-            for table, what in (("models", "model"), ("sweeps", "sweep")):
+            for table, what in (("models", "model"), ("sweeps", "sweep"), ("evaluations", "evaluation")):
                 busy = db.execute(
                     f"SELECT id FROM {table} WHERE dataset_id = ? AND status IN (?, ?, ?) LIMIT 1",
                     (dataset_id, *ACTIVE, "paused"),
@@ -1093,6 +1124,31 @@ class Store:
             return db.execute(
                 "DELETE FROM deliveries WHERE status IN (?, ?, ?) AND finished_at < ?", (*TERMINAL, finished_before)
             ).rowcount
+
+    # -- evaluations ------------------------------------------------------------------------
+
+    def add_evaluation(self, record: dict[str, Any]) -> None:
+        """Queue an evaluation."""
+        keys = list(record)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO evaluations ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                tuple(_encode(record[k], k) for k in keys),
+            )
+            self._log_event(db, "evaluation", record["id"])
+
+    def list_evaluations(self, model_id: str, offset: int, limit: int) -> tuple[list[dict], int]:
+        """A page of a model's evaluations, newest first."""
+        return self._page("evaluations", {"model_id": model_id}, offset, limit)
+
+    def evaluation_ids(self, model_id: str) -> list[str]:
+        """The ids of a model's evaluations."""
+        rows = self._conn().execute("SELECT id FROM evaluations WHERE model_id = ?", (model_id,)).fetchall()
+        return [r["id"] for r in rows]
+
+    def delete_evaluation(self, evaluation_id: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,)).rowcount > 0
 
     # -- webhook deliveries -----------------------------------------------------------------
 

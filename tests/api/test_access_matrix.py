@@ -35,7 +35,7 @@ from kmeans.api.specdoc import base_path
 from kmeans.config import Settings
 from kmeans.store import Store
 from server import build_app
-from tests.conftest import EXAMPLES, ROOT, local_client, wait_for_model
+from tests.conftest import EXAMPLES, ROOT, local_client, wait_for_model, wait_until_done
 
 PROBLEM = "application/problem+json"
 SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
@@ -389,6 +389,77 @@ def b_delete_sweep(w: World, missing: bool) -> Call:
     return Call("DELETE", f"{BASE}/sweeps/{sweep}", ident=sweep, intact=_exists(w, f"/sweeps/{sweep}"), cleanup=cleanup)
 
 
+def _evaluations_unchanged(w: World, model_id: str) -> Callable[[], None]:
+    """An ``intact`` check: the model still has the evaluations it has now."""
+    before = w.ok("GET", f"/models/{model_id}/evaluations", 200)["total"]
+
+    def check() -> None:
+        assert w.ok("GET", f"/models/{model_id}/evaluations", 200)["total"] == before
+
+    return check
+
+
+def b_create_evaluation(w: World, missing: bool) -> Call:
+    """POST /models/{id}/evaluations of team-a's model on team-a's dataset."""
+    model = MISSING["model"] if missing else w.ids["model"]
+    body = {"json": {"dataset_id": w.ids["dataset"]}}
+    intact = None if missing else _evaluations_unchanged(w, model)
+    return Call("POST", f"{BASE}/models/{model}/evaluations", body, ident=model, intact=intact)
+
+
+def _evaluation_call(method: str, suffix: str) -> Callable[[World, bool], Call]:
+    """A builder for ``method`` /models/{id}/evaluations/{eid}<suffix> of team-a's evaluation."""
+
+    def build(w: World, missing: bool) -> Call:
+        model = MISSING["model"] if missing else w.ids["model"]
+        return Call(method, f"{BASE}/models/{model}/evaluations/{w.ids['evaluation']}{suffix}", ident=model)
+
+    build.__doc__ = f"{method} /models/{{id}}/evaluations/{{eid}}{suffix}."
+    return build
+
+
+def b_cancel_evaluation(w: World, missing: bool) -> Call:
+    """POST …/evaluations/{eid}/cancel of a throwaway evaluation held back from the queue (paused in the
+    store, so that no process takes it up before the request)."""
+    from kmeans import evaluate
+
+    if missing:
+        url = f"{BASE}/models/{MISSING['model']}/evaluations/{w.ids['evaluation']}/cancel"
+        return Call("POST", url, ident=MISSING["model"])
+    model = w.ids["model"]
+    record = evaluate.new_record(w.service.store.get_model(w.ids["model"]), w.service.store.get_dataset(
+        w.ids["dataset"]), None, 60.0)
+    w.service.store.add_evaluation({**record, "status": "paused", "phase": "held back by the test"})
+    url = f"/models/{w.ids['model']}/evaluations/{record['id']}"
+
+    def intact() -> None:
+        assert w.ok("GET", url, 200)["status"] == "paused"
+
+    def cleanup() -> None:
+        w.admin("DELETE", url)
+
+    return Call("POST", f"{BASE}/models/{model}/evaluations/{record['id']}/cancel", ident=model, intact=intact,
+                cleanup=cleanup)
+
+
+def b_delete_evaluation(w: World, missing: bool) -> Call:
+    """DELETE …/evaluations/{eid} of a throwaway evaluation."""
+    if missing:
+        return Call("DELETE", f"{BASE}/models/{MISSING['model']}/evaluations/{w.ids['evaluation']}",
+                    ident=MISSING["model"])
+    made = w.ok("POST", f"/models/{w.ids['model']}/evaluations", 202, json={"dataset_id": w.ids["dataset"]})
+    url = f"/models/{w.ids['model']}/evaluations/{made['id']}"
+    return Call("DELETE", f"{BASE}{url}", ident=w.ids["model"], intact=_exists(w, url),
+                cleanup=lambda: w.admin("DELETE", url))
+
+
+def b_create_comparison(w: World, missing: bool) -> Call:
+    """POST /models/{id}/comparisons of team-a's model with its minibatch one."""
+    model = MISSING["model"] if missing else w.ids["model"]
+    body = {"json": {"other_model_id": w.ids["minibatch"]}}
+    return Call("POST", f"{BASE}/models/{model}/comparisons", body, ident=model)
+
+
 def b_list_jobs(w: World, missing: bool) -> Call:
     """GET /jobs of every state (the finished ones too, so that there is something to see)."""
     return Call("GET", f"{BASE}/jobs?status=succeeded&limit=1000")
@@ -508,6 +579,13 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "get_sweep_events": ("resource", _sweep_get("/events")),
     "cancel_sweep": ("resource", _stop_long_job("sweeps", "cancel")),
     "delete_sweep": ("resource", b_delete_sweep),
+    "create_evaluation": ("resource", b_create_evaluation),
+    "list_evaluations": ("resource", _model_get("/evaluations")),
+    "get_evaluation": ("resource", _evaluation_call("GET", "")),
+    "get_evaluation_events": ("resource", _evaluation_call("GET", "/events")),
+    "cancel_evaluation": ("resource", b_cancel_evaluation),
+    "delete_evaluation": ("resource", b_delete_evaluation),
+    "create_comparison": ("resource", b_create_comparison),
     "list_jobs": ("list", b_list_jobs),
     "get_events": ("events", b_get_events),
     "whoami": ("self", b_whoami),
@@ -607,6 +685,10 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             ids[key] = model_id
             assert wait_for_model(_Admin(w), model_id)["status"] == "succeeded"
         ids["sweep_status"] = wait_for_sweep(w, ids["sweep"])["status"]  # see test_a_projects_sweep_succeeds
+        evaluation = w.ok("POST", f"/models/{ids['model']}/evaluations", 202, json={"dataset_id": ids["dataset"]})
+        ids["evaluation"] = evaluation["id"]
+        assert wait_until_done(_Admin(w), f"{BASE}/models/{ids['model']}/evaluations/{evaluation['id']}")[
+            "status"] == "succeeded"
         ids["export"] = w.ok("GET", f"/models/{ids['model']}/export", 200)
         w.ok("POST", f"/models/{ids['minibatch']}/data", 200, json={"data": [[1, 1], [10, 1]]})  # a version 2
         b_dataset = client.post(f"{BASE}/datasets", json={"data": POINTS}, headers=w.headers("other"))

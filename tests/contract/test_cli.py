@@ -356,3 +356,27 @@ def test_sweeps_run_shows_the_per_k_table_and_the_choice(run, tmp_path: Path):
     again = json.loads(ok(run("sweeps", "show", sweep["id"], "--rule", "max_silhouette", "--json")))
     assert (again["recommended_k"], again["rule"]) == (2, "max_silhouette")
     assert "max_silhouette" in ok(run("sweeps", "show", sweep["id"], "--rule", "max_silhouette"))
+
+
+def test_evaluations_and_compare_show_tables(run, tmp_path: Path):
+    path = tmp_path / "grouped.csv"
+    path.write_text("x,y,group\n1,2,left\n1,4,left\n1,0,left\n10,2,right\n10,4,right\n10,0,right\n2,2,left\n")
+    dataset_id = upload(run, path)
+    model = fit(run, dataset_id, "--param", 'features=["x", "y"]')
+    shown = ok(run("evaluations", "run", model["id"], dataset_id, "--label-column", "group"))
+    for text in ("mean squared distance", "cluster shares", "PSI of cluster shares", "KS statistic", "adjusted Rand",
+                 "purity", "clusters x labels", "left", "right", "100.0%"):
+        assert text in shown, text
+    evaluation = json.loads(ok(run("evaluations", "run", model["id"], dataset_id, "--json")))
+    assert evaluation["status"] == "succeeded" and evaluation["result"]["drift"]["psi"] == 0.0
+    listed = ok(run("evaluations", "list", model["id"]))
+    assert evaluation["id"] in listed and "evaluations 1–2 of 2" in listed
+    assert "ok" in ok(run("evaluations", "show", model["id"], evaluation["id"]))
+    missing = run("evaluations", "run", model["id"], dataset_id, "--label-column", "colour")
+    assert missing.exit_code == 1 and "'colour'" in missing.stderr
+    other = fit(run, dataset_id, "--param", 'features=["x", "y"]', "--param", "random_state=3")
+    compared = ok(run("models", "compare", model["id"], other["id"]))
+    assert "adjusted Rand" in compared and "matched clusters" in compared and "rows that changed cluster" in compared
+    assert json.loads(ok(run("models", "compare", model["id"], other["id"], "--json")))["rows"] == 7
+    ok(run("evaluations", "delete", model["id"], evaluation["id"]))
+    assert run("evaluations", "show", model["id"], evaluation["id"]).exit_code == 1

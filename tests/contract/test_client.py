@@ -66,9 +66,16 @@ METHODS = {
     "list_tokens": "list_tokens",
     "get_token": "get_token",
     "revoke_token": "revoke_token",
+    "create_evaluation": "create_evaluation",
+    "list_evaluations": "list_evaluations",
+    "get_evaluation": "get_evaluation",
+    "cancel_evaluation": "cancel_evaluation",
+    "delete_evaluation": "delete_evaluation",
+    "create_comparison": "compare_models",
 }
 # Server-Sent Events are a stream, not a request/response: poll get_model (wait_for_model) instead.
-NOT_IN_THE_CLIENT = {"get_model_events", "get_sweep_events", "get_events"}  # event streams: EventSource or curl -N
+# Event streams: EventSource or curl -N.
+NOT_IN_THE_CLIENT = {"get_model_events", "get_sweep_events", "get_evaluation_events", "get_events"}
 
 
 @pytest.fixture(autouse=True)
@@ -293,6 +300,37 @@ def test_sweeps(km):
     assert [s["id"] for s in km.list_sweeps(dataset_id=dataset["id"])["items"]] == [sweep["id"]]
     assert km.get_sweep(sweep["id"])["id"] == sweep["id"]
     assert km.sweep_plot(sweep["id"]).startswith(b"\x89PNG")
+
+
+def test_evaluations_and_comparisons(km):
+    from sklearn.metrics import adjusted_rand_score
+
+    rows = [{"x": x, "y": y, "group": "left" if x < 5 else "right"} for x, y in POINTS + [[2, 2], [9, 1]]]
+    dataset = km.create_dataset(rows)
+    model = km.wait_for_model(km.create_model(dataset["id"], {"n_clusters": 2, "random_state": 0,
+                                                              "features": ["x", "y"]})["id"], timeout=30, poll=0.02)
+    evaluation = km.create_evaluation(model["id"], dataset["id"], "group")
+    evaluation = km.wait_for_evaluation(model["id"], evaluation["id"], timeout=60, poll=0.05)
+    assert evaluation["status"] == "succeeded"
+    labels = km.labels(model["id"])
+    truth = [r["group"] for r in rows]
+    assert evaluation["result"]["labels"]["adjusted_rand"] == pytest.approx(adjusted_rand_score(truth, labels))
+    assert evaluation["result"]["labels"]["purity"] == 1.0
+    assert [e["id"] for e in km.list_evaluations(model["id"])["items"]] == [evaluation["id"]]
+    assert km.get_evaluation(model["id"], evaluation["id"])["result"] == evaluation["result"]
+    with pytest.raises(sdk.Conflict):
+        km.cancel_evaluation(model["id"], evaluation["id"])
+    with pytest.raises(sdk.Unprocessable) as caught:
+        km.create_evaluation(model["id"], dataset["id"], "colour")
+    assert "'colour'" in caught.value.detail
+    other = km.wait_for_model(km.create_model(dataset["id"], {"n_clusters": 3, "random_state": 0,
+                                                              "features": ["x", "y"]})["id"], timeout=30, poll=0.02)
+    comparison = km.compare_models(model["id"], other["id"])
+    assert comparison["adjusted_rand"] == pytest.approx(adjusted_rand_score(labels, km.labels(other["id"])))
+    assert len(comparison["matching"]) == 2 and len(comparison["unmatched_other_clusters"]) == 1
+    km.delete_evaluation(model["id"], evaluation["id"])
+    with pytest.raises(sdk.NotFound):
+        km.get_evaluation(model["id"], evaluation["id"])
 
 
 # -- bearer tokens -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from kmeans.access import Access
 from kmeans.config import Settings
 from kmeans.store import Store
 from server import build_app
-from tests.conftest import local_client, wait_for_model
+from tests.conftest import local_client, wait_for_model, wait_until_done
 
 DATA_DIR = Path(tempfile.mkdtemp(prefix="kmeans-schemathesis-"))
 # The contract as deployed: tokens required. schemathesis also sends requests without the token
@@ -76,6 +76,10 @@ def running_app() -> Iterator[None]:
         SEEDED["model_id"] = queued.json()["id"]
         assert wait_for_model(client, SEEDED["model_id"])["status"] == "succeeded"
         assert client.post("/kmeans/fit", json={"job_id": 0}).status_code == 200
+        evaluations = f"/kmeans/models/{SEEDED['model_id']}/evaluations"
+        evaluation = client.post(evaluations, json={"dataset_id": SEEDED["dataset_id"]}).json()
+        SEEDED["evaluation_id"] = evaluation["id"]
+        assert wait_until_done(client, f"{evaluations}/{evaluation['id']}")["status"] == "succeeded"
         yield
     shutil.rmtree(DATA_DIR, ignore_errors=True)
 
@@ -95,7 +99,7 @@ def map_path_parameters(context, path_parameters: dict | None) -> dict | None:
     """Aim generated ids at the seeded dataset or model, so real resources get tested too."""
     if path_parameters is None or context.operation.method.upper() == "DELETE":
         return path_parameters  # the seeded resources stay for the operations tested after DELETE
-    for name in ("dataset_id", "model_id"):
+    for name in ("dataset_id", "model_id", "evaluation_id"):
         if name in path_parameters and aim(path_parameters[name]):
             path_parameters[name] = SEEDED[name]
     return path_parameters
@@ -109,6 +113,8 @@ def map_body(context, body: object) -> object:
             body["dataset_id"] = SEEDED["dataset_id"]
         if aim(body.get("job_id")):
             body["job_id"] = 0
+        if aim(body.get("other_model_id")):
+            body["other_model_id"] = SEEDED["model_id"]
     return body
 
 
