@@ -605,6 +605,10 @@ class KMeansClient:
         """The sweep's changes (status, progress, per-k results), live, until it ends."""
         return self.events(f"/sweeps/{_quote(sweep_id)}/events", **options)
 
+    def evaluation_events(self, model_id: str, evaluation_id: str, **options: Any) -> Iterator[Event]:
+        """The evaluation's changes, live, until it ends."""
+        return self.events(f"/models/{_quote(model_id)}/evaluations/{_quote(evaluation_id)}/events", **options)
+
     def project_events(self, *, project: str | None = None, **options: Any) -> Iterator[Event]:
         """Every job change (and online push or restore) of the project, live; the server closes after an hour."""
         return self.events("/events", params=self._params(project=project), **options)

@@ -169,3 +169,13 @@ def test_sdk_events_name_missing_things(client):
     assert missing.value.status == 404
 
 
+
+
+def test_sdk_follows_an_evaluation_to_its_end(client):
+    sdk = KMeansClient("http://testserver", http=client)
+    dataset = sdk.create_dataset(POINTS.encode())
+    model = sdk.wait_for_model(sdk.create_model(dataset["id"], {"n_clusters": 2, "random_state": 0})["id"])
+    evaluation = sdk.create_evaluation(model["id"], dataset["id"])
+    last = list(sdk.evaluation_events(model["id"], evaluation["id"], timeout=30))[-1]
+    assert last.data["id"] == evaluation["id"] and last.data["status"] == "succeeded"
+    assert last.data["result"]["rows"] == 6

@@ -72,10 +72,12 @@ METHODS = {
     "cancel_evaluation": "cancel_evaluation",
     "delete_evaluation": "delete_evaluation",
     "create_comparison": "compare_models",
+    "get_model_events": "model_events",
+    "get_sweep_events": "sweep_events",
+    "get_evaluation_events": "evaluation_events",
+    "get_events": "project_events",
 }
-# Server-Sent Events are a stream, not a request/response: poll get_model (wait_for_model) instead.
-# Event streams: EventSource or curl -N.
-NOT_IN_THE_CLIENT = {"get_model_events", "get_sweep_events", "get_evaluation_events", "get_events"}
+NOT_IN_THE_CLIENT: set[str] = set()
 
 
 @pytest.fixture(autouse=True)
