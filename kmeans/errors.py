@@ -66,6 +66,10 @@ class SweepFailed(ProblemError):
     status, title = 500, "Sweep Failed"
 
 
+class ScoringFailed(ProblemError):
+    status, title = 500, "Scoring Failed"
+
+
 class DeliveryFailed(ProblemError):
     status, title = 502, "Webhook Delivery Failed"
 

@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from kmeans import engine, prep
-from kmeans.errors import OUT_OF_SPACE, DeliveryFailed, FitFailed, ProblemError, SweepFailed, out_of_space
+from kmeans.errors import (
+    OUT_OF_SPACE,
+    DeliveryFailed,
+    FitFailed,
+    ProblemError,
+    ScoringFailed,
+    SweepFailed,
+    out_of_space,
+)
 from kmeans.store import Store, now, process_alive
 
 log = logging.getLogger(__name__)
@@ -45,13 +53,15 @@ class TimeLimitExceeded(Exception):
 
 
 # The problem a failed job of each kind records.
-FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed}
-WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery"}
+FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed, "scoring": ScoringFailed}
+WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery", "scoring": "scoring"}
 
 
 def time_limit_problem(limit: float, kind: str = "fit") -> dict:
     """The error a job gets when it runs out of time."""
     advice = "fewer n_init/max_iter" + (" or a narrower k range" if kind == "sweep" else "")
+    if kind == "scoring":
+        advice = "a smaller dataset"
     return FAILED[kind](
         f"the {WHAT[kind]} exceeded its time limit of {limit:g} s and was stopped; give it a larger time_limit or"
         f" {advice}"
@@ -137,6 +147,10 @@ def _runner(kind: str) -> Callable[[Store, dict, JobRun], str]:
         from kmeans import sweeps  # sweeps use this module's preprocessing
 
         return sweeps.run
+    if kind == "scoring":
+        from kmeans import scorejob  # batch scoring: a job kind of its own module
+
+        return scorejob.run
     return run_fit
 
 

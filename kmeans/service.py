@@ -41,7 +41,8 @@ PRUNE_EVERY = 600.0  # seconds between prunings of finished webhook deliveries
 DELIVERIES_KEPT_SECONDS = 7 * 86400  # a finished delivery is kept this long (its outcome stays on the resource)
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
-WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery"}  # what a job of each kind is called
+# What a job of each kind is called.
+WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery", "scoring": "scoring"}
 COLLECTION = {"fit": "models", "sweep": "sweeps", "push": "models", "restore": "models"}  # where an event's resource is
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
@@ -671,14 +672,20 @@ class KMeansService:
         rows, total = self.store.list_jobs(access.current().scope(project), statuses, kind, offset, limit)
         return {"items": [self._job_summary(r) for r in rows], "offset": offset, "limit": limit, "total": total}
 
-    @staticmethod
-    def _job_summary(row: dict[str, Any]) -> dict[str, Any]:
+    def _job_summary(self, row: dict[str, Any]) -> dict[str, Any]:
         keep = ("id", "kind", "project", "status", "phase", "progress", "attempts", "time_limit", "position",
                 "created_at", "queued_at", "started_at", "finished_at", "error")
         summary = {k: row.get(k) for k in keep}
-        collection = COLLECTION.get(row["kind"])
-        summary["resource"] = f"/kmeans/{collection}/{row['id']}" if collection else None
+        summary["resource"] = self._resource(row["kind"], row["id"])
         return summary
+
+    def _resource(self, kind: str, job_id: str) -> str | None:
+        """Where a job's resource is (None: a delivery); a scoring's is under its model."""
+        if kind == "scoring":
+            record = self.store.get_scoring(job_id)
+            return f"/kmeans/models/{record['model_id']}/scorings/{job_id}" if record else None
+        collection = COLLECTION.get(kind)
+        return f"/kmeans/{collection}/{job_id}" if collection else None
 
     def project_events(
         self, last_event_id: int | None, max_seconds: float, project: str | None = None,
@@ -710,10 +717,13 @@ class KMeansService:
             for event in await anyio.to_thread.run_sync(self.store.events_since, seen, scope):
                 seen = event["seq"]
                 collection = COLLECTION.get(event["kind"])
+                resource = f"/kmeans/{collection}/{event['resource_id']}" if collection else None
+                if event["kind"] == "scoring":
+                    resource = await anyio.to_thread.run_sync(self._resource, "scoring", event["resource_id"])
                 yield seen, {
                     "kind": event["kind"], "id": event["resource_id"], "project": event["project"],
                     "status": event["status"], "phase": event["phase"], "at": event["at"],
-                    "resource": f"/kmeans/{collection}/{event['resource_id']}" if collection else None,
+                    "resource": resource,
                     **({"data": event["data"]} if event["data"] is not None else {}),
                 }
             yield 0, {}
@@ -770,6 +780,86 @@ class KMeansService:
         if not self.store.delete_sweep(sweep_id):
             raise NotFound(f"no sweep with id {sweep_id}")
 
+    # -- batch scorings (kmeans.scorejob) -------------------------------------------------------
+
+    def create_scoring(
+        self, model_id: str, dataset_id: str, threshold: float | None = None, time_limit: float | None = None
+    ) -> dict[str, Any]:
+        """Check and queue the scoring of every row of ``dataset_id`` with a fitted model: 404/409 for
+        the model, 422 naming what the dataset lacks; the anomaly threshold is ``threshold`` or the model's."""
+        from kmeans import scorejob
+
+        model = self._fitted(model_id)
+        dataset = self.dataset_record(dataset_id)
+        centers = self.fitted_centers(model)
+        scorejob.check(self.store, model, dataset, centers)
+        applied = threshold if threshold is not None else model.get("anomaly_threshold")
+        record = scorejob.new_record(model, dataset, applied, time_limit or self.settings.fit_time_limit)
+        self.store.add_scoring(record)
+        self._queued()
+        return self.get_scoring(model_id, record["id"])
+
+    def _scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """A scoring of ``model_id`` the caller may see (404 otherwise)."""
+        self.get_model(model_id)
+        record = self._job("scoring", scoring_id)
+        if record["model_id"] != model_id:
+            raise NotFound(f"model {model_id} has no scoring with id {scoring_id}")
+        return record
+
+    def get_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """One scoring: status, progress, rows scored, and where its result is once it has succeeded."""
+        from kmeans import scorejob
+
+        return scorejob.public(self._scoring(model_id, scoring_id))
+
+    def list_scorings(self, model_id: str, offset: int, limit: int) -> dict[str, Any]:
+        """A page of a model's scorings, newest first."""
+        from kmeans import scorejob
+
+        self.get_model(model_id)
+        items, total = self.store.list_scorings(model_id, offset, limit)
+        return {"items": [scorejob.public(i) for i in items], "offset": offset, "limit": limit, "total": total}
+
+    def cancel_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """Stop a queued or running scoring (409 once it has ended)."""
+        from kmeans import scorejob
+
+        self._scoring(model_id, scoring_id)
+        self.cancel("scoring", scoring_id)
+        return scorejob.public(self._job("scoring", scoring_id))
+
+    def delete_scoring(self, model_id: str, scoring_id: str) -> None:
+        """Delete a scoring and its result; a queued or running one is cancelled first."""
+        self._scoring(model_id, scoring_id)
+        self._cancel("scoring", scoring_id)
+        if not self.store.delete_scoring(scoring_id):
+            raise NotFound(f"no scoring with id {scoring_id}")
+
+    def scoring_events(
+        self, model_id: str, scoring_id: str, last_event_id: int | None, max_seconds: float,
+        stop: anyio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, dict]]:
+        """:meth:`job_events` of a scoring."""
+        self._scoring(model_id, scoring_id)
+        return self.job_events("scoring", scoring_id, last_event_id, max_seconds, stop)
+
+    def scoring_result(self, model_id: str, scoring_id: str) -> Any:
+        """The stored result of a succeeded scoring (a :class:`kmeans.scorejob.Result`; 409 before)."""
+        from kmeans import scorejob
+
+        return scorejob.Result(self.store, self._scoring(model_id, scoring_id))
+
+    def _delete_scorings_of(self, model_id: str) -> None:
+        """Cancel and delete every scoring of a model being deleted (they score with its centers)."""
+        while True:
+            items, _ = self.store.list_scorings(model_id, 0, 1000)
+            if not items:
+                return
+            for item in items:
+                self._cancel("scoring", item["id"])
+                self.store.delete_scoring(item["id"])
+
     # -- models (continued) -------------------------------------------------------------------
 
     def wait_for_model(self, model_id: str, timeout: float) -> dict[str, Any]:
@@ -803,6 +893,7 @@ class KMeansService:
         """Delete a model; a queued or running fit is cancelled first."""
         self.get_model(model_id)  # 404 if unknown or another project's
         self._cancel("fit", model_id)
+        self._delete_scorings_of(model_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 
@@ -863,11 +954,8 @@ class KMeansService:
         self, model: dict[str, Any], table: csvio.Table, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         """(labels, the rows in the fitted space, unknown categories per column)."""
-        pre = model.get("preprocessing")
-        encoded, unknown = prep.encode(table, pre, model["id"])
         centers = self.fitted_centers(model, version)
-        space = encoded if prep.is_identity(pre) else prep.transform(encoded, pre)
-        prep.check_points(space, centers, pre or {"feature_columns": model["columns"]}, table.first_row)
+        space, unknown = prep.points_space(table, model.get("preprocessing"), centers, model["id"], model["columns"])
         return engine.predict(centers, space), space, unknown
 
     def score(
