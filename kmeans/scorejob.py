@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from kmeans import csvio, engine, fitjob, prep, schema, scoring
@@ -247,6 +246,34 @@ def write_parquet(
     _sync(path)
 
 
+def _text(value: str) -> pa.Scalar:
+    return pa.scalar(value, pa.large_string())
+
+
+def _csv_lines(columns: dict[str, Any]) -> bytes:
+    """Rows of ``columns`` as CSV lines, built by Arrow's kernels a column at a time (formatting a
+    million floats one by one in Python takes seconds): numbers as the shortest text that reads back
+    as the same float64, flags as true/false, ids quoted only where they hold a delimiter, quote or
+    line break."""
+    import pyarrow.compute as pc
+
+    cells = []
+    for name, values in columns.items():
+        if name == "id":
+            quoted = pc.binary_join_element_wise(
+                _text('"'), pc.replace_substring(values, '"', '""'), _text('"'), _text("")
+            )
+            cells.append(pc.if_else(pc.match_substring_regex(values, r'[,"\r\n]'), quoted, values))
+        elif name == "anomaly":
+            cells.append(pc.if_else(pa.array(values), _text("true"), _text("false")))
+        else:
+            cells.append(pc.cast(pa.array(values), pa.large_string()))
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*cells, _text(",")), _text(""), _text("\n"))
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return data.to_pybytes()[bounds[0] : bounds[-1]]
+
+
 class Result:
     """A succeeded scoring's stored result, read a piece at a time."""
 
@@ -278,12 +305,8 @@ class Result:
         for start in range(0, len(self.labels), CSV_CHUNK_ROWS):
             stop = min(start + CSV_CHUNK_ROWS, len(self.labels))
             columns = _frame(self.ids, self.labels, self.distances, self.flags, start, stop)
-            if "id" in columns:
-                columns["id"] = columns["id"].to_pylist()
-            if "anomaly" in columns:
-                columns["anomaly"] = np.where(columns["anomaly"], "true", "false")
-            # repr-exact floats (pandas writes the shortest text that reads back as the same number).
-            yield pd.DataFrame(columns).to_csv(index=False, header=start == 0, lineterminator="\n").encode()
+            header = (",".join(columns) + "\n").encode() if start == 0 else b""
+            yield header + _csv_lines(columns)
 
     def parquet_chunks(self) -> Iterator[bytes]:
         """The stored Parquet file, FILE_CHUNK bytes a piece."""
