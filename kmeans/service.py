@@ -65,6 +65,12 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     return public
 
 
+def _public_scoring(record: dict[str, Any]) -> dict[str, Any]:
+    from kmeans import scorejob
+
+    return scorejob.public(record)
+
+
 @lru_cache(maxsize=256)
 def _cached_centers(path: str) -> np.ndarray:
     # Safe to cache by path: a model's centers never change and ids are never reused.
@@ -657,7 +663,7 @@ class KMeansService:
                 return
             if record["version"] > seen:
                 seen = record["version"]
-                yield seen, _public(record)
+                yield seen, _public(record) if kind != "scoring" else _public_scoring(record)
             if record["status"] in TERMINAL:
                 return
             yield 0, {}

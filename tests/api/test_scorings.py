@@ -228,12 +228,15 @@ def test_a_queued_scoring_has_no_result_and_can_be_cancelled(client: TestClient)
     model = fit(client, ds, n_clusters=2, random_state=0)
     blockers = [client.post("/kmeans/models", json={"dataset_id": ds, "params": LONG_FIT}).json() for _ in range(2)]
     assert [wait_running(client, f"/kmeans/models/{b['id']}") for b in blockers] == ["running", "running"]
-    created = client.post(f"/kmeans/models/{model['id']}/scorings", json={"dataset_id": ds}).json()
+    scored = json_dataset(client, rows[:100])
+    created = client.post(f"/kmeans/models/{model['id']}/scorings", json={"dataset_id": scored}).json()
     where = f"/kmeans/models/{model['id']}/scorings/{created['id']}"
     queued = client.get("/kmeans/jobs?kind=scoring").json()["items"]
     assert [(j["id"], j["status"], j["resource"]) for j in queued] == [(created["id"], "queued", where)]
     assert queued[0]["position"] == 1
     assert_problem(client.get(f"{where}/result"), 409, "queued")
+    # The dataset it reads stays while it waits.
+    assert_problem(client.delete(f"/kmeans/datasets/{scored}"), 409, created["id"])
     cancelled = client.post(f"{where}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert_problem(client.post(f"{where}/cancel"), 409, "cancelled")
@@ -267,6 +270,9 @@ def test_list_events_jobs_and_delete(client: TestClient, settings: Settings):
     events = client.get(f"/kmeans/models/{model['id']}/scorings/{first['id']}/events")
     assert events.headers["content-type"].startswith("text/event-stream")
     assert '"status":"succeeded"' in events.text and "event: scoring" in events.text
+    last = [line for line in events.text.splitlines() if line.startswith("data: ")][-1]
+    assert f'"result":"/kmeans/models/{model["id"]}/scorings/{first["id"]}/result"' in last
+    assert '"has_ids":false' in last and "callback" not in last
 
     done = client.get("/kmeans/jobs?kind=scoring&status=succeeded").json()["items"]
     assert {(j["id"], j["resource"]) for j in done} == {
