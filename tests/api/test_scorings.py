@@ -306,3 +306,42 @@ def test_the_result_survives_its_dataset(client: TestClient):
     assert client.delete(f"/kmeans/datasets/{dataset['id']}").status_code == 204
     assert client.get(scoring["result"], headers={"Accept": CSV}).text == before
     assert before.splitlines()[1].startswith("w000,0,")
+
+
+class NoLauncher:
+    """A launcher for a dispatcher that only recovers: it runs nothing."""
+
+    def start(self, job):
+        raise AssertionError("not expected to start jobs")
+
+    def close(self):
+        pass
+
+
+def test_a_scoring_whose_process_stopped_beating_is_requeued_and_scores_every_row(tmp_path: Path):
+    import time
+
+    from kmeans import scorejob
+    from kmeans.jobs import Dispatcher
+    from kmeans.store import Store
+    from tests.api.api_helpers import app_client
+
+    data_dir = tmp_path / "data"
+    rows = np.random.default_rng(3).normal(size=(500, 3)).round(3).tolist()
+    with app_client(data_dir) as api:
+        ds = json_dataset(api, rows)
+        model = fit(api, ds, n_clusters=3, random_state=0)
+        labels = api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"]
+    store = Store(data_dir)
+    record = scorejob.new_record(store.get_model(model["id"]), store.get_dataset(ds), None, 60)
+    store.add_scoring(record)
+    claimed = store.claim_next("gone-host:1", 2, "token1")
+    assert (claimed["kind"], claimed["id"]) == ("scoring", record["id"])
+    # Its process died a minute ago, half-way through.
+    store.update_job("scoring", record["id"], heartbeat=time.time() - 60, rows_scored=250)
+    assert Dispatcher(store, NoLauncher(), max_running=2, heartbeat_timeout=5).recover_stale() == 1
+    assert store.get_scoring(record["id"])["status"] == "queued"
+    with app_client(data_dir) as api:
+        done = wait_until_done(api, f"/kmeans/models/{model['id']}/scorings/{record['id']}")
+        assert done["status"] == "succeeded" and done["attempts"] == 2 and done["rows_scored"] == 500, done
+        assert [r["label"] for r in all_rows(api, done)] == labels
