@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from kmeans import csvio, engine, fitjob, prep, schema, scoring
-from kmeans.errors import Conflict, ScoringFailed, Unprocessable
+from kmeans.errors import Conflict, NotFound, ScoringFailed, Unprocessable
 from kmeans.store import Store, new_id, now
 
 CHUNK_ROWS = 131_072  # rows scored at once: memory stays at a few chunks, whatever the dataset's size
@@ -94,7 +94,10 @@ def check(store: Store, model: dict[str, Any], dataset: dict[str, Any], centers:
                 f" model {model['id']} (missing: {pre.get('missing', 'error')!r}) scores complete rows only",
                 parameter=feature["name"],
             )
-    values, codes = store.dataset_arrays(dataset["id"])
+    try:
+        values, codes = store.dataset_arrays(dataset["id"])
+    except FileNotFoundError:  # deleted while this request ran
+        raise NotFound(f"no dataset with id {dataset['id']}") from None
     ids = load_ids(store.ids_path(dataset["id"]))
     table = dataset_table(dataset, values, codes, ids, 0, min(CHECK_ROWS, len(values)))
     prep.points_space(table, model.get("preprocessing"), centers, model["id"], model["columns"])
