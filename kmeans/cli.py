@@ -591,7 +591,8 @@ def models_delete(state: State, model_id: str) -> None:
 
 @cli.command()
 @click.option("--status", type=click.Choice(JOB_STATUSES), help="Jobs in this state (default: the live ones).")
-@click.option("--kind", type=click.Choice(["fit", "sweep", "webhook", "evaluation"]), help="Only jobs of this kind.")
+@click.option("--kind", type=click.Choice(["fit", "sweep", "webhook", "evaluation", "scoring"]),
+              help="Only jobs of this kind.")
 @click.option("--project", help="Only jobs of this project (admins).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @json_option
@@ -1059,6 +1060,145 @@ def models_compare(state: State, model_id: str, other_model_id: str, dataset_id:
                 out.print(f"unmatched {name}: {', '.join(map(str, left))}")
 
     emit(state, result, show)
+
+
+# -- batch scorings --------------------------------------------------------------------------
+
+
+@cli.group()
+def scorings() -> None:
+    """Batch scoring: label every row of a stored dataset with a model, in the background."""
+
+
+SCORING_COLUMNS = ("id", "dataset_id", "status", "rows", "rows_scored", "anomalies", "created_at")
+
+
+def _scoring_row(scoring: dict[str, Any]) -> list[Any]:
+    return [scoring["id"], scoring["dataset_id"], scoring["status"], scoring["rows"], scoring["rows_scored"],
+            scoring.get("anomalies"), scoring.get("created_at")]
+
+
+def _show_scoring(scoring: dict[str, Any]) -> None:
+    title = f"scoring {scoring['id']} of model {scoring['model_id']}: {scoring['status']}"
+    title += f", {scoring['rows_scored']} of {scoring['rows']} rows"
+    sizes = scoring.get("cluster_sizes") or []
+    total = sum(sizes) or 1
+    table(([label, size, f"{size / total:.1%}"] for label, size in enumerate(sizes)), "label", "rows", "share",
+          title=title)
+    if scoring.get("threshold") is not None:
+        out.print(f"anomalies: {scoring.get('anomalies')} (distance above {scoring['threshold']:.6g})")
+    for column, count in (scoring.get("unknown_categories") or {}).items():
+        err.print(f"{count} value(s) of {column!r} are categories the model has not seen")
+    if scoring["status"] == "failed":
+        err.print(f"error: {(scoring.get('error') or {}).get('detail', 'the scoring failed')}", markup=False)
+        sys.exit(EXIT_API_ERROR)
+
+
+def _result_format(output: Path, chosen: str | None) -> str:
+    return chosen or ("parquet" if output.suffix.lower() in (".parquet", ".pq") else "csv")
+
+
+def _download(state: State, model_id: str, scoring_id: str, output: Path, chosen: str | None) -> dict[str, Any]:
+    form = _result_format(output, chosen)
+    written = state.client.download_scoring(model_id, scoring_id, output, format=form)
+    return {"model_id": model_id, "scoring_id": scoring_id, "path": str(output), "format": form, "bytes": written}
+
+
+@scorings.command("run")
+@click.argument("model_id")
+@click.argument("dataset_id")
+@click.option("--threshold", type=click.FloatRange(min=0), help="Flag rows farther than this from their center.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write the result here once it is done (.parquet: Parquet, else CSV).")
+@click.option("--format", "chosen", type=click.Choice(["csv", "parquet"]), help="The format of --output.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the scoring and show its table.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True)
+@json_option
+def scorings_run(
+    state: State, model_id: str, dataset_id: str, threshold: float | None, output: Path | None, chosen: str | None,
+    wait: bool, wait_timeout: float,
+) -> None:
+    """Score every row of DATASET_ID with MODEL_ID; with --wait (the default), rows per label."""
+    scoring = state.client.create_scoring(model_id, dataset_id, threshold=threshold)
+    if wait or output is not None:
+        scoring = state.client.wait_for_scoring(model_id, scoring["id"], timeout=wait_timeout, poll=0.25)
+    if output is not None and scoring["status"] == "succeeded":
+        saved = _download(state, model_id, scoring["id"], output, chosen)
+        err.print(f"wrote {saved['path']} ({saved['format']}, {saved['bytes']} bytes)", markup=False)
+    emit(state, scoring, _show_scoring)
+
+
+@scorings.command("list")
+@click.argument("model_id")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def scorings_list(state: State, model_id: str, offset: int, limit: int) -> None:
+    """List a model's scorings, newest first."""
+    page = state.client.list_scorings(model_id, offset, limit)
+    emit(state, page, lambda p: table(
+        (_scoring_row(s) for s in p["items"]), *SCORING_COLUMNS, title=_page_title(f"scorings of {model_id}", p),
+    ))
+
+
+@scorings.command("show")
+@click.argument("model_id")
+@click.argument("scoring_id")
+@json_option
+def scorings_show(state: State, model_id: str, scoring_id: str) -> None:
+    """A scoring's state and rows per label."""
+    emit(state, state.client.get_scoring(model_id, scoring_id), _show_scoring)
+
+
+@scorings.command("rows")
+@click.argument("model_id")
+@click.argument("scoring_id")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def scorings_rows(state: State, model_id: str, scoring_id: str, offset: int, limit: int) -> None:
+    """A page of a scoring's result: id, row, label, distance, anomaly."""
+    page = state.client.scoring_rows(model_id, scoring_id, offset, limit)
+
+    def show(p: dict[str, Any]) -> None:
+        columns = [c for c in ("id", "row", "label", "distance", "anomaly") if p["items"] and c in p["items"][0]]
+        rows = ([f"{r[c]:.6g}" if c == "distance" else r[c] for c in columns] for r in p["items"])
+        table(rows, *columns, title=_page_title("rows", p))
+
+    emit(state, page, show)
+
+
+@scorings.command("download")
+@click.argument("model_id")
+@click.argument("scoring_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Where to write the result (.parquet: Parquet, else CSV).")
+@click.option("--format", "chosen", type=click.Choice(["csv", "parquet"]), help="Override the format of --output.")
+@json_option
+def scorings_download(state: State, model_id: str, scoring_id: str, output: Path, chosen: str | None) -> None:
+    """Save a scoring's whole result as CSV or Parquet (streamed)."""
+    emit(state, _download(state, model_id, scoring_id, output, chosen),
+         lambda r: out.print(f"wrote {r['path']} ({r['format']}, {r['bytes']} bytes)"))
+
+
+@scorings.command("cancel")
+@click.argument("model_id")
+@click.argument("scoring_id")
+@json_option
+def scorings_cancel(state: State, model_id: str, scoring_id: str) -> None:
+    """Cancel a queued or running scoring."""
+    emit(state, state.client.cancel_scoring(model_id, scoring_id),
+         lambda s: out.print(f"scoring {s['id']} is {s['status']}"))
+
+
+@scorings.command("delete")
+@click.argument("model_id")
+@click.argument("scoring_id")
+@json_option
+def scorings_delete(state: State, model_id: str, scoring_id: str) -> None:
+    """Delete a scoring and its result."""
+    state.client.delete_scoring(model_id, scoring_id)
+    emit(state, {"deleted": scoring_id}, lambda r: out.print(f"deleted scoring {scoring_id}"))
 
 
 def _page_title(what: str, page: dict[str, Any]) -> str:

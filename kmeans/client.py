@@ -609,6 +609,10 @@ class KMeansClient:
         """The evaluation's changes, live, until it ends."""
         return self.events(f"/models/{_quote(model_id)}/evaluations/{_quote(evaluation_id)}/events", **options)
 
+    def scoring_events(self, model_id: str, scoring_id: str, **options: Any) -> Iterator[Event]:
+        """The scoring's changes (status, progress, rows scored), live, until it ends."""
+        return self.events(f"/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}/events", **options)
+
     def project_events(self, *, project: str | None = None, **options: Any) -> Iterator[Event]:
         """Every job change (and online push or restore) of the project, live; the server closes after an hour."""
         return self.events("/events", params=self._params(project=project), **options)
@@ -710,6 +714,80 @@ class KMeansClient:
         if dataset_id is not None:
             body["dataset_id"] = dataset_id
         return self._json("POST", f"/models/{_quote(model_id)}/comparisons", json=body)
+    # -- batch scorings ----------------------------------------------------------------------
+
+    def create_scoring(
+        self, model_id: str, dataset_id: str, *, threshold: float | None = None, time_limit: float | None = None
+    ) -> dict[str, Any]:
+        """Score every row of a stored dataset with a model (in the background); ``threshold`` flags
+        rows farther from their center (default: the model's contamination threshold)."""
+        body = {"dataset_id": dataset_id, **self._params(threshold=threshold, time_limit=time_limit)}
+        return self._json("POST", f"/models/{_quote(model_id)}/scorings", json=body)
+
+    def list_scorings(self, model_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a model's scorings, newest first."""
+        return self._json("GET", f"/models/{_quote(model_id)}/scorings", params={"offset": offset, "limit": limit})
+
+    def get_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """A scoring: its state, progress, rows scored and (once succeeded) cluster sizes."""
+        return self._json("GET", f"/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}")
+
+    def wait_for_scoring(
+        self, model_id: str, scoring_id: str, timeout: float = 600, poll: float = 0.2,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the scoring until it leaves ``queued``/``running``; raise TimeoutError after ``timeout`` s."""
+        return self._wait(
+            lambda: self.get_scoring(model_id, scoring_id), f"scoring {scoring_id}", timeout, poll, on_update
+        )
+
+    def cancel_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """Cancel a queued or running scoring."""
+        return self._json("POST", f"/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}/cancel")
+
+    def delete_scoring(self, model_id: str, scoring_id: str) -> None:
+        """Delete a scoring and its result (cancelled first if it still runs)."""
+        self.request("DELETE", f"/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}")
+
+    def scoring_rows(self, model_id: str, scoring_id: str, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of a scoring's result: ``items`` of ``{id?, row, label, distance, anomaly?}``."""
+        path = f"/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}/result"
+        return self._json("GET", path, params={"offset": offset, "limit": limit})
+
+    def iter_scoring_rows(self, model_id: str, scoring_id: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every row of a scoring's result, a page at a time."""
+        return self._pages(lambda o, n: self.scoring_rows(model_id, scoring_id, o, n), page_size)
+
+    def download_scoring(
+        self, model_id: str, scoring_id: str, destination: str | os.PathLike | IO[bytes], *, format: str = "csv",
+        progress: Progress | None = None,
+    ) -> int:
+        """Stream a scoring's whole result to a path or binary file as ``csv`` or ``parquet``;
+        returns the bytes written (``progress(written, None)`` after each piece)."""
+        media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}.get(format)
+        if media is None:
+            raise ValueError(f"format must be csv or parquet, not {format!r}")
+        headers = {"Accept": media, **self._auth()}
+        path = f"{self.api}/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}/result"
+        opened = isinstance(destination, (str, os.PathLike))
+        out = open(destination, "wb") if opened else destination  # noqa: SIM115 - closed below
+        written = 0
+        try:
+            with self.http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_for(response)
+                for piece in response.iter_bytes(CHUNK_BYTES):
+                    out.write(piece)
+                    written += len(piece)
+                    if progress is not None:
+                        progress(written, None)
+        except httpx.TransportError as exc:
+            raise CannotConnect(self.url, exc) from exc
+        finally:
+            if opened:
+                out.close()
+        return written
 
     # -- access -----------------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ class SweepFailed(ProblemError):
 
 class EvaluationFailed(ProblemError):
     status, title = 500, "Evaluation Failed"
+class ScoringFailed(ProblemError):
+    status, title = 500, "Scoring Failed"
 
 
 class DeliveryFailed(ProblemError):

@@ -30,6 +30,7 @@ from kmeans.errors import (
     EvaluationFailed,
     FitFailed,
     ProblemError,
+    ScoringFailed,
     SweepFailed,
     out_of_space,
 )
@@ -53,14 +54,17 @@ class TimeLimitExceeded(Exception):
 
 
 # The problem a failed job of each kind records.
-FAILED = {"fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed, "evaluation": EvaluationFailed}
-WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation"}
+FAILED = {
+    "fit": FitFailed, "sweep": SweepFailed, "webhook": DeliveryFailed, "evaluation": EvaluationFailed,
+    "scoring": ScoringFailed,
+}
+WHAT = {"fit": "fit", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation", "scoring": "scoring"}
 
 
 def time_limit_problem(limit: float, kind: str = "fit") -> dict:
     """The error a job gets when it runs out of time."""
     advice = "fewer n_init/max_iter" + (" or a narrower k range" if kind == "sweep" else "")
-    if kind == "evaluation":
+    if kind in ("evaluation", "scoring"):
         advice = "a smaller dataset"
     return FAILED[kind](
         f"the {WHAT[kind]} exceeded its time limit of {limit:g} s and was stopped; give it a larger time_limit or"
@@ -151,6 +155,10 @@ def _runner(kind: str) -> Callable[[Store, dict, JobRun], str]:
         from kmeans import evaluate
 
         return evaluate.run
+    if kind == "scoring":
+        from kmeans import scorejob  # batch scoring: a job kind of its own module
+
+        return scorejob.run
     return run_fit
 
 

@@ -108,7 +108,9 @@ class LocalLauncher:
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["kmeans.fitjob", "kmeans.sweeps", "kmeans.evaluate", "kmeans.fitwarm"])
+        self._context.set_forkserver_preload(
+            ["kmeans.fitjob", "kmeans.sweeps", "kmeans.evaluate", "kmeans.scorejob", "kmeans.fitwarm"]
+        )
         self._runs: list[LocalRun] = []  # the latest run of each fit process
         # Start the fork server (it imports numpy and scikit-learn and warms them up, ~2 s)
         # now, in the background, rather than when the first fit is waiting for it.

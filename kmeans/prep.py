@@ -450,6 +450,18 @@ def encode(table: Any, pre: dict[str, Any], model_id: str = "") -> tuple[np.ndar
     return design, unknown
 
 
+def points_space(
+    table: Any, pre: dict[str, Any] | None, centers: np.ndarray, model_id: str, columns: list[str]
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Prediction rows (a csvio.Table) -> the rows in the model's fitted space, checked (422 naming
+    the row and column), and the unknown categories per column: the one preparation of
+    predictions, scored predictions and batch scorings."""
+    encoded, unknown = encode(table, pre, model_id)
+    space = encoded if is_identity(pre) else transform(encoded, pre)
+    check_points(space, centers, pre or {"feature_columns": columns}, table.first_row)
+    return space, unknown
+
+
 def ids_of(table: Any, pre: dict[str, Any]) -> list[str] | None:
     """The values of the model's id column in prediction rows, when they have it."""
     from kmeans.csvio import _as_text

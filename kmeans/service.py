@@ -41,7 +41,8 @@ PRUNE_EVERY = 600.0  # seconds between prunings of finished webhook deliveries
 DELIVERIES_KEPT_SECONDS = 7 * 86400  # a finished delivery is kept this long (its outcome stays on the resource)
 DEFAULT_N_CLUSTERS = 8
 PUBLIC_HIDDEN = ("worker", "run_token", "heartbeat", "version", "callback_secret", "kind")
-WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation"}  # what a job is called
+# What a job of each kind is called.
+WHAT = {"fit": "model", "sweep": "sweep", "webhook": "delivery", "evaluation": "evaluation", "scoring": "scoring"}
 COLLECTION = {"fit": "models", "sweep": "sweeps", "push": "models", "restore": "models"}  # where an event's resource is
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What an upload arrives as: a file already on disk (streamed multipart) or a raw body stream.
@@ -62,6 +63,12 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(public.get("checkpoint"), dict):  # which run saved it is the store's business
         public["checkpoint"] = {k: v for k, v in public["checkpoint"].items() if k != "run"}
     return public
+
+
+def _public_scoring(record: dict[str, Any]) -> dict[str, Any]:
+    from kmeans import scorejob
+
+    return scorejob.public(record)
 
 
 @lru_cache(maxsize=256)
@@ -656,7 +663,8 @@ class KMeansService:
                 return
             if record["version"] > seen:
                 seen = record["version"]
-                yield seen, self._public_evaluation(record) if kind == "evaluation" else _public(record)
+                public = {"evaluation": self._public_evaluation, "scoring": _public_scoring}.get(kind, _public)
+                yield seen, public(record)
             if record["status"] in TERMINAL:
                 return
             yield 0, {}
@@ -679,10 +687,10 @@ class KMeansService:
         return summary
 
     def _resource_path(self, kind: str, resource_id: str) -> str | None:
-        """Where a job's resource is (an evaluation's is under its model); None for a delivery."""
-        if kind == "evaluation":
-            record = self.store.get_job("evaluation", resource_id)
-            return f"/kmeans/models/{record['model_id']}/evaluations/{resource_id}" if record else None
+        """Where a job's resource is (an evaluation's or a scoring's is under its model); None for a delivery."""
+        if kind in ("evaluation", "scoring"):
+            record = self.store.get_job(kind, resource_id)
+            return f"/kmeans/models/{record['model_id']}/{kind}s/{resource_id}" if record else None
         collection = COLLECTION.get(kind)
         return f"/kmeans/{collection}/{resource_id}" if collection else None
 
@@ -715,8 +723,8 @@ class KMeansService:
                 return
             for event in await anyio.to_thread.run_sync(self.store.events_since, seen, scope):
                 seen = event["seq"]
-                if event["kind"] == "evaluation":
-                    resource = await anyio.to_thread.run_sync(self._resource_path, "evaluation", event["resource_id"])
+                if event["kind"] in ("evaluation", "scoring"):
+                    resource = await anyio.to_thread.run_sync(self._resource_path, event["kind"], event["resource_id"])
                 else:
                     resource = self._resource_path(event["kind"], event["resource_id"])
                 yield seen, {
@@ -883,6 +891,86 @@ class KMeansService:
             "n_clusters": k_first, "other_n_clusters": k_second, "rows_left_out": int((~kept).sum()), **result,
         }
 
+    # -- batch scorings (kmeans.scorejob) -------------------------------------------------------
+
+    def create_scoring(
+        self, model_id: str, dataset_id: str, threshold: float | None = None, time_limit: float | None = None
+    ) -> dict[str, Any]:
+        """Check and queue the scoring of every row of ``dataset_id`` with a fitted model: 404/409 for
+        the model, 422 naming what the dataset lacks; the anomaly threshold is ``threshold`` or the model's."""
+        from kmeans import scorejob
+
+        model = self._fitted(model_id)
+        dataset = self.dataset_record(dataset_id)
+        centers = self.fitted_centers(model)
+        scorejob.check(self.store, model, dataset, centers)
+        applied = threshold if threshold is not None else model.get("anomaly_threshold")
+        record = scorejob.new_record(model, dataset, applied, time_limit or self.settings.fit_time_limit)
+        self.store.add_scoring(record)
+        self._queued()
+        return self.get_scoring(model_id, record["id"])
+
+    def _scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """A scoring of ``model_id`` the caller may see (404 otherwise)."""
+        self.get_model(model_id)
+        record = self._job("scoring", scoring_id)
+        if record["model_id"] != model_id:
+            raise NotFound(f"model {model_id} has no scoring with id {scoring_id}")
+        return record
+
+    def get_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """One scoring: status, progress, rows scored, and where its result is once it has succeeded."""
+        from kmeans import scorejob
+
+        return scorejob.public(self._scoring(model_id, scoring_id))
+
+    def list_scorings(self, model_id: str, offset: int, limit: int) -> dict[str, Any]:
+        """A page of a model's scorings, newest first."""
+        from kmeans import scorejob
+
+        self.get_model(model_id)
+        items, total = self.store.list_scorings(model_id, offset, limit)
+        return {"items": [scorejob.public(i) for i in items], "offset": offset, "limit": limit, "total": total}
+
+    def cancel_scoring(self, model_id: str, scoring_id: str) -> dict[str, Any]:
+        """Stop a queued or running scoring (409 once it has ended)."""
+        from kmeans import scorejob
+
+        self._scoring(model_id, scoring_id)
+        self.cancel("scoring", scoring_id)
+        return scorejob.public(self._job("scoring", scoring_id))
+
+    def delete_scoring(self, model_id: str, scoring_id: str) -> None:
+        """Delete a scoring and its result; a queued or running one is cancelled first."""
+        self._scoring(model_id, scoring_id)
+        self._cancel("scoring", scoring_id)
+        if not self.store.delete_scoring(scoring_id):
+            raise NotFound(f"no scoring with id {scoring_id}")
+
+    def scoring_events(
+        self, model_id: str, scoring_id: str, last_event_id: int | None, max_seconds: float,
+        stop: anyio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, dict]]:
+        """:meth:`job_events` of a scoring."""
+        self._scoring(model_id, scoring_id)
+        return self.job_events("scoring", scoring_id, last_event_id, max_seconds, stop)
+
+    def scoring_result(self, model_id: str, scoring_id: str) -> Any:
+        """The stored result of a succeeded scoring (a :class:`kmeans.scorejob.Result`; 409 before)."""
+        from kmeans import scorejob
+
+        return scorejob.Result(self.store, self._scoring(model_id, scoring_id))
+
+    def _delete_scorings_of(self, model_id: str) -> None:
+        """Cancel and delete every scoring of a model being deleted (they score with its centers)."""
+        while True:
+            items, _ = self.store.list_scorings(model_id, 0, 1000)
+            if not items:
+                return
+            for item in items:
+                self._cancel("scoring", item["id"])
+                self.store.delete_scoring(item["id"])
+
     # -- models (continued) -------------------------------------------------------------------
 
     def wait_for_model(self, model_id: str, timeout: float) -> dict[str, Any]:
@@ -919,6 +1007,7 @@ class KMeansService:
         for evaluation_id in self.store.evaluation_ids(model_id):  # nothing left to evaluate
             self._cancel("evaluation", evaluation_id)
             self.store.delete_evaluation(evaluation_id)
+        self._delete_scorings_of(model_id)
         if not self.store.delete_model(model_id):
             raise NotFound(f"no model with id {model_id}")
 
@@ -979,11 +1068,8 @@ class KMeansService:
         self, model: dict[str, Any], table: csvio.Table, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         """(labels, the rows in the fitted space, unknown categories per column)."""
-        pre = model.get("preprocessing")
-        encoded, unknown = prep.encode(table, pre, model["id"])
         centers = self.fitted_centers(model, version)
-        space = encoded if prep.is_identity(pre) else prep.transform(encoded, pre)
-        prep.check_points(space, centers, pre or {"feature_columns": model["columns"]}, table.first_row)
+        space, unknown = prep.points_space(table, model.get("preprocessing"), centers, model["id"], model["columns"])
         return engine.predict(centers, space), space, unknown
 
     def score(

@@ -148,6 +148,39 @@ CREATE TABLE IF NOT EXISTS uploads (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS uploads_file ON uploads (filename, sha256);
+-- Batch scorings of a stored dataset with a model (kmeans.scorejob): a job kind of their own.
+CREATE TABLE IF NOT EXISTS scorings (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    threshold REAL,
+    model_version INTEGER,
+    rows INTEGER NOT NULL,
+    rows_scored INTEGER NOT NULL DEFAULT 0,
+    has_ids INTEGER NOT NULL DEFAULT 0,
+    cluster_sizes TEXT,
+    anomalies INTEGER,
+    unknown_categories TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    queued_at TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    phase TEXT,
+    run_token TEXT,
+    worker TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    time_limit REAL,
+    callback_url TEXT,
+    callback TEXT,
+    callback_secret TEXT,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS scorings_model ON scorings (model_id);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -226,8 +259,10 @@ MIGRATIONS = {
 # Every kind of background work and the table that holds it: one queue over all of them
 # (the ``jobs`` view), one lifecycle (queued -> running -> succeeded / failed / cancelled,
 # ``paused`` for fits), one claim, one heartbeat.
-KINDS = {"fit": "models", "sweep": "sweeps", "webhook": "deliveries", "evaluation": "evaluations"}
-COMPUTE = ("fit", "sweep", "evaluation")  # the kinds that run in job processes (or on Dask)
+KINDS = {
+    "fit": "models", "sweep": "sweeps", "webhook": "deliveries", "evaluation": "evaluations", "scoring": "scorings",
+}
+COMPUTE = ("fit", "sweep", "evaluation", "scoring")  # the kinds that run in job processes (or on Dask)
 _JOB_COLUMNS = (
     "id, project, status, created_at, queued_at, started_at, finished_at, progress, phase, run_token, worker,"
     " heartbeat, attempts, time_limit, error, version"
@@ -247,7 +282,7 @@ SAME_UPLOAD = (
 )
 JSON_FIELDS = (
     "schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results",
-    "payload", "last", "data", "checkpoint", "votes", "warnings", "result",
+    "payload", "last", "data", "checkpoint", "votes", "warnings", "result", "unknown_categories",
 )
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -327,7 +362,7 @@ class Store:
 
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir)
-        for sub in ("datasets", "models", "tmp"):
+        for sub in ("datasets", "models", "scorings", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "kmeans.sqlite3"
         self._local = threading.local()
@@ -578,7 +613,9 @@ class Store:
     def delete_dataset(self, dataset_id: str) -> bool:
         """Remove a dataset unless a fit on it is still queued or running."""
         with self.transaction() as db:
-            for table, what in (("models", "model"), ("sweeps", "sweep"), ("evaluations", "evaluation")):
+            for table, what in (
+                ("models", "model"), ("sweeps", "sweep"), ("evaluations", "evaluation"), ("scorings", "scoring")
+            ):
                 busy = db.execute(
                     f"SELECT id FROM {table} WHERE dataset_id = ? AND status IN (?, ?, ?) LIMIT 1",
                     (dataset_id, *ACTIVE, "paused"),
@@ -1149,6 +1186,55 @@ class Store:
     def delete_evaluation(self, evaluation_id: str) -> bool:
         with self.transaction() as db:
             return db.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,)).rowcount > 0
+    # -- batch scorings (kmeans.scorejob) ----------------------------------------------------
+
+    SCORING_ARRAYS = ("labels", "distances", "anomalies")
+
+    def scoring_path(self, scoring_id: str, part: str) -> Path:
+        """A scoring's result file: ``labels``/``distances``/``anomalies`` (.npy), ``ids`` (.arrow) or
+        ``parquet`` (the whole result as one Parquet file)."""
+        suffix = {"ids": ".ids.arrow", "parquet": ".parquet"}.get(part, f".{part}.npy")
+        return self.root / "scorings" / f"{scoring_id}{suffix}"
+
+    def add_scoring(self, record: dict[str, Any]) -> None:
+        """Queue a scoring."""
+        keys = list(record)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO scorings ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                tuple(_encode(record[k], k) for k in keys),
+            )
+            self._log_event(db, "scoring", record["id"])
+
+    def get_scoring(self, scoring_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM scorings WHERE id = ?", (scoring_id,))
+
+    def list_scorings(self, model_id: str, offset: int, limit: int) -> tuple[list[dict], int]:
+        return self._page("scorings", {"model_id": model_id}, offset, limit)
+
+    def finish_scoring(self, scoring_id: str, run_token: str, staged: dict[str, Path], **fields: Any) -> bool:
+        """Rename a scoring's staged result files into place and mark it succeeded, in the
+        transaction that checks this run still owns it (else the files are discarded)."""
+        try:
+            with self.transaction() as db:
+                if not self._update_job(db, "scoring", scoring_id, ("running",), run_token, status="succeeded",
+                                        **fields):
+                    return False
+                for part, path in staged.items():
+                    os.replace(path, self.scoring_path(scoring_id, part))
+        finally:
+            for path in staged.values():
+                path.unlink(missing_ok=True)
+        return True
+
+    def delete_scoring(self, scoring_id: str) -> bool:
+        with self.transaction() as db:
+            self._cancel_deliveries(db, scoring_id, "scoring")
+            gone = db.execute("DELETE FROM scorings WHERE id = ?", (scoring_id,)).rowcount > 0
+        if gone:
+            for part in (*self.SCORING_ARRAYS, "ids", "parquet"):
+                self.scoring_path(scoring_id, part).unlink(missing_ok=True)
+        return gone
 
     # -- webhook deliveries -----------------------------------------------------------------
 

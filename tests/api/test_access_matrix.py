@@ -458,6 +458,67 @@ def b_create_comparison(w: World, missing: bool) -> Call:
     model = MISSING["model"] if missing else w.ids["model"]
     body = {"json": {"other_model_id": w.ids["minibatch"]}}
     return Call("POST", f"{BASE}/models/{model}/comparisons", body, ident=model)
+def _scorings_of(w: World, missing: bool) -> tuple[str, str]:
+    """The model a scoring builder names (MISSING's for the missing variant) and its scorings URL."""
+    model = MISSING["model"] if missing else w.ids["model"]
+    return model, f"{BASE}/models/{model}/scorings"
+
+
+def b_create_scoring(w: World, missing: bool) -> Call:
+    """POST /models/{id}/scorings of team-a's dataset with team-a's model."""
+    model, url = _scorings_of(w, missing)
+    return Call("POST", url, {"json": {"dataset_id": w.ids["dataset"]}}, ident=model)
+
+
+def b_list_scorings(w: World, missing: bool) -> Call:
+    """GET /models/{id}/scorings of team-a's model."""
+    model, url = _scorings_of(w, missing)
+    return Call("GET", url, ident=model)
+
+
+def _scoring_get(suffix: str) -> Callable[[World, bool], Call]:
+    """A builder for GET /models/{id}/scorings/{sid}<suffix> of team-a's (succeeded) scoring."""
+
+    def build(w: World, missing: bool) -> Call:
+        model, url = _scorings_of(w, missing)
+        return Call("GET", f"{url}/{w.ids['scoring']}{suffix}", ident=model)
+
+    build.__doc__ = f"GET /models/{{id}}/scorings/{{sid}}{suffix}."
+    return build
+
+
+def b_delete_scoring(w: World, missing: bool) -> Call:
+    """DELETE /models/{id}/scorings/{sid} of a throwaway scoring."""
+    model, url = _scorings_of(w, missing)
+    if missing:
+        return Call("DELETE", f"{url}/{w.ids['scoring']}", ident=model)
+    scoring = w.ok("POST", f"/models/{model}/scorings", 202, json={"dataset_id": w.ids["dataset"]})["id"]
+
+    def cleanup() -> None:
+        w.admin("DELETE", f"/models/{model}/scorings/{scoring}")
+
+    intact = _exists(w, f"/models/{model}/scorings/{scoring}")
+    return Call("DELETE", f"{url}/{scoring}", ident=model, intact=intact, cleanup=cleanup)
+
+
+def b_cancel_scoring(w: World, missing: bool) -> Call:
+    """POST /models/{id}/scorings/{sid}/cancel of a throwaway scoring kept queued behind two long fits
+    (first-in first-out within the project; two jobs run at once); everything is cancelled afterwards."""
+    model, url = _scorings_of(w, missing)
+    if missing:
+        return Call("POST", f"{url}/{w.ids['scoring']}/cancel", ident=model)
+    blockers = [long_fit(w), long_fit(w)]
+    scoring = w.ok("POST", f"/models/{model}/scorings", 202, json={"dataset_id": w.ids["dataset"]})["id"]
+
+    def intact() -> None:
+        assert w.ok("GET", f"/models/{model}/scorings/{scoring}", 200)["status"] in ("queued", "running")
+
+    def cleanup() -> None:
+        w.admin("POST", f"/models/{model}/scorings/{scoring}/cancel")
+        for fit_id in blockers:
+            w.admin("POST", f"/models/{fit_id}/cancel")
+
+    return Call("POST", f"{url}/{scoring}/cancel", ident=model, intact=intact, cleanup=cleanup)
 
 
 def b_list_jobs(w: World, missing: bool) -> Call:
@@ -586,6 +647,13 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "cancel_evaluation": ("resource", b_cancel_evaluation),
     "delete_evaluation": ("resource", b_delete_evaluation),
     "create_comparison": ("resource", b_create_comparison),
+    "create_scoring": ("resource", b_create_scoring),
+    "list_scorings": ("resource", b_list_scorings),
+    "get_scoring": ("resource", _scoring_get("")),
+    "get_scoring_events": ("resource", _scoring_get("/events")),
+    "get_scoring_result": ("resource", _scoring_get("/result")),
+    "cancel_scoring": ("resource", b_cancel_scoring),
+    "delete_scoring": ("resource", b_delete_scoring),
     "list_jobs": ("list", b_list_jobs),
     "get_events": ("events", b_get_events),
     "whoami": ("self", b_whoami),
@@ -690,6 +758,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         assert wait_until_done(_Admin(w), f"{BASE}/models/{ids['model']}/evaluations/{evaluation['id']}")[
             "status"] == "succeeded"
         ids["export"] = w.ok("GET", f"/models/{ids['model']}/export", 200)
+        scoring = w.ok("POST", f"/models/{ids['model']}/scorings", 202, json={"dataset_id": ids["dataset"]})["id"]
+        ids["scoring"] = scoring
+        assert wait_until_done(_Admin(w), f"{BASE}/models/{ids['model']}/scorings/{scoring}")["status"] == "succeeded"
         w.ok("POST", f"/models/{ids['minibatch']}/data", 200, json={"data": [[1, 1], [10, 1]]})  # a version 2
         b_dataset = client.post(f"{BASE}/datasets", json={"data": POINTS}, headers=w.headers("other"))
         assert b_dataset.status_code == 201, b_dataset.text

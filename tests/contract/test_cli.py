@@ -115,6 +115,37 @@ def test_models_commands(run, points: Path):
     assert "deleted" in ok(run("models", "delete", model_id))
 
 
+def test_scorings_commands(run, points: Path, tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    dataset_id = upload(run, points)
+    model = fit(run, dataset_id)
+    table = ok(run("scorings", "run", model["id"], dataset_id, "--threshold", "1.5", "-o", str(tmp_path / "s.csv")))
+    assert f"model {model['id']}: succeeded, 6 of 6 rows" in table and "50.0%" in table
+    assert "anomalies: 4 (distance above 1.5)" in table  # (1, 4) and (1, 0) are 2 from (1, 2); so are 10's
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "row,label,distance,anomaly" and len(lines) == 7
+    listed = json.loads(ok(run("scorings", "list", model["id"], "--json")))
+    scoring_id = listed["items"][0]["id"]
+    assert scoring_id in ok(run("scorings", "list", model["id"]))
+    shown = json.loads(ok(run("scorings", "show", model["id"], scoring_id, "--json")))
+    assert shown["cluster_sizes"] == [3, 3] and shown["anomalies"] == 4
+    page = json.loads(ok(run("scorings", "rows", model["id"], scoring_id, "--limit", "2", "--json")))
+    assert [r["row"] for r in page["items"]] == [0, 1]
+    assert "distance" in ok(run("scorings", "rows", model["id"], scoring_id))
+    saved = json.loads(ok(run("scorings", "download", model["id"], scoring_id, "-o", str(tmp_path / "s.parquet"),
+                              "--json")))
+    assert saved["format"] == "parquet"
+    labels = [int(line.split(",")[1]) for line in lines[1:]]
+    assert pq.read_table(tmp_path / "s.parquet").column("label").to_pylist() == labels
+    assert "scoring" in ok(run("jobs", "--kind", "scoring", "--status", "succeeded"))
+    refused = run("scorings", "cancel", model["id"], scoring_id)
+    assert refused.exit_code == 1 and "already succeeded" in refused.stderr
+    assert "deleted scoring" in ok(run("scorings", "delete", model["id"], scoring_id))
+    missing = run("scorings", "show", model["id"], scoring_id)
+    assert missing.exit_code == 1 and "error 404" in missing.stderr
+
+
 def test_fit_without_wait_answers_at_once_with_the_queued_model(run, points: Path):
     model = json.loads(ok(run("models", "fit", upload(run, points), "--k", "2", "--json")))
     assert model["status"] in ("queued", "running", "succeeded")

@@ -76,6 +76,13 @@ METHODS = {
     "get_sweep_events": "sweep_events",
     "get_evaluation_events": "evaluation_events",
     "get_events": "project_events",
+    "create_scoring": "create_scoring",
+    "list_scorings": "list_scorings",
+    "get_scoring": "get_scoring",
+    "cancel_scoring": "cancel_scoring",
+    "delete_scoring": "delete_scoring",
+    "get_scoring_result": "scoring_rows",  # and download_scoring for CSV / Parquet
+    "get_scoring_events": "scoring_events",
 }
 NOT_IN_THE_CLIENT: set[str] = set()
 
@@ -333,6 +340,41 @@ def test_evaluations_and_comparisons(km):
     km.delete_evaluation(model["id"], evaluation["id"])
     with pytest.raises(sdk.NotFound):
         km.get_evaluation(model["id"], evaluation["id"])
+def test_scorings(km, tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    model = fitted(km)
+    dataset = km.create_dataset(POINTS + [[30, 30]], columns=["x", "y"])
+    scoring = km.create_scoring(model["id"], dataset["id"], threshold=3.0)
+    scoring = km.wait_for_scoring(model["id"], scoring["id"], timeout=60, poll=0.05)
+    assert scoring["status"] == "succeeded" and scoring["rows_scored"] == 7 and scoring["anomalies"] == 1
+    expected = km.predictions(model["id"], POINTS + [[30, 30]], distances=True, threshold=3.0)
+    rows = list(km.iter_scoring_rows(model["id"], scoring["id"], page_size=3))
+    assert [r["label"] for r in rows] == expected["labels"]
+    assert [r["distance"] for r in rows] == expected["distances"]
+    assert [r["anomaly"] for r in rows] == expected["anomalies"] == [False] * 6 + [True]
+    assert km.scoring_rows(model["id"], scoring["id"], offset=6, limit=5)["items"] == rows[6:]
+    assert [s["id"] for s in km.list_scorings(model["id"])["items"]] == [scoring["id"]]
+    assert km.get_scoring(model["id"], scoring["id"])["cluster_sizes"] == scoring["cluster_sizes"]
+
+    seen: list[int] = []
+    written = km.download_scoring(model["id"], scoring["id"], tmp_path / "out.csv",
+                                  progress=lambda n, _: seen.append(n))
+    text = (tmp_path / "out.csv").read_text()
+    assert written == len(text.encode()) == seen[-1]
+    assert text.splitlines()[0] == "row,label,distance,anomaly" and text.splitlines()[7].endswith(",true")
+    km.download_scoring(model["id"], scoring["id"], tmp_path / "out.parquet", format="parquet")
+    assert pq.read_table(tmp_path / "out.parquet").to_pylist() == rows
+    with pytest.raises(ValueError, match="csv or parquet"):
+        km.download_scoring(model["id"], scoring["id"], tmp_path / "x", format="xlsx")
+    with pytest.raises(sdk.Conflict, match="already succeeded"):
+        km.cancel_scoring(model["id"], scoring["id"])
+    with pytest.raises(sdk.Unprocessable, match="'y'"):
+        km.create_scoring(model["id"], km.create_dataset([[1, 2]], columns=["x", "z"])["id"])
+    km.delete_scoring(model["id"], scoring["id"])
+    with pytest.raises(sdk.NotFound):
+        km.download_scoring(model["id"], scoring["id"], tmp_path / "gone.csv")
+    assert km.list_scorings(model["id"])["total"] == 0
 
 
 # -- bearer tokens -------------------------------------------------------------------------------
