@@ -1,0 +1,138 @@
+"""CSV tables of many blocks, read batch by batch: every column gets the type (and every bad cell
+the error) that reading the whole file gives, through the HTTP API."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from api_helpers import CSV, assert_problem
+from conftest import local_client
+from starlette.testclient import TestClient
+
+from kmeans.config import Settings
+from server import build_app
+
+# Rows of the tables below: about 3 MB of CSV, three of pyarrow's 1 MiB blocks (the first of
+# which decides the types a batch reader infers).
+ROWS = 120_000
+WORDS = ["gold", "silver", "bronze"]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[TestClient]:
+    # An upload limit above the tests' usual 1 MB: these tables are several blocks long.
+    settings = Settings(data_dir=tmp_path_factory.mktemp("streamed") / "data", max_upload_bytes=20_000_000)
+    with local_client(build_app(settings)) as client:
+        yield client
+
+
+def table(late: list[str] | None = None, start: int = ROWS // 2, early: list[str] | None = None) -> pd.DataFrame:
+    """An id, a category and two number columns; column ``v`` is integers, ``late`` from row
+    ``start`` on (cycled) and ``early`` before it when given."""
+    rng = np.random.default_rng(7)
+    v = [str(i % 97) for i in range(ROWS)]
+    if early is not None:
+        v[:start] = [early[i % len(early)] for i in range(start)]
+    if late is not None:
+        v[start:] = [late[i % len(late)] for i in range(ROWS - start)]
+    return pd.DataFrame({
+        "id": [f"r{i:07d}" for i in range(ROWS)],
+        "kind": [WORDS[i % 3] if i % 11 else None for i in range(ROWS)],
+        "x": np.where(rng.random(ROWS) < 0.05, np.nan, rng.normal(0, 10, ROWS).round(4)),
+        "v": v,
+    })
+
+
+def body(frame: pd.DataFrame) -> bytes:
+    content = frame.to_csv(index=False).encode()
+    assert len(content) > 3 * 1024 * 1024 // 2, "the table must span several blocks"
+    return content
+
+
+def post(api: TestClient, content: bytes) -> Any:
+    return api.post("/kmeans/datasets", content=content, headers={"Content-Type": CSV})
+
+
+def columns_of(api: TestClient, dataset_id: str) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in api.get(f"/kmeans/datasets/{dataset_id}/columns").json()["items"]}
+
+
+def assert_numeric_as_pandas(api: TestClient, dataset: dict[str, Any], content: bytes, name: str) -> None:
+    """Column ``name`` of the dataset is numeric, with pandas' missing count, mean and extremes."""
+    expected = pd.read_csv(io.BytesIO(content))[name].astype(float)
+    got = columns_of(api, dataset["id"])[name]
+    assert got["type"] == "numeric"
+    assert got["missing"] == expected.isna().sum()
+    assert got["mean"] == pytest.approx(expected.mean(), rel=1e-12)
+    assert (got["min"], got["max"]) == (expected.min(), expected.max())
+
+
+def test_a_table_of_many_blocks_gets_the_types_and_values_pandas_reads(api):
+    content = body(table())
+    response = post(api, content)
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert [(c["name"], c["type"]) for c in dataset["schema"]] == [
+        ("id", "id"), ("kind", "categorical"), ("x", "numeric"), ("v", "numeric")
+    ]
+    assert dataset["rows"] == ROWS
+    for name in ("x", "v"):
+        assert_numeric_as_pandas(api, dataset, content, name)
+    kind = columns_of(api, dataset["id"])["kind"]
+    assert kind["missing"] == sum(1 for i in range(ROWS) if i % 11 == 0)
+    tail = api.get(f"/kmeans/datasets/{dataset['id']}/rows", params={"offset": ROWS - 2}).json()["items"]
+    frame = pd.read_csv(io.BytesIO(content)).tail(2).astype(object)
+    assert tail == frame.where(frame.notna(), None).to_numpy().tolist()
+    assert tail[1][1] is None and tail[0][1] == WORDS[(ROWS - 2) % 3]
+
+
+def test_integers_first_and_decimals_in_a_later_block_are_one_numeric_column(api):
+    content = body(table(late=["2.5", "-0.125", "1e3"]))
+    response = post(api, content)
+    assert response.status_code == 201, response.text
+    assert_numeric_as_pandas(api, response.json(), content, "v")
+
+
+def test_a_column_empty_in_the_first_block_and_numbers_later_is_numeric(api):
+    content = body(table(early=[""], start=ROWS // 2))
+    response = post(api, content)
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert_numeric_as_pandas(api, dataset, content, "v")
+    assert columns_of(api, dataset["id"])["v"]["missing"] == ROWS // 2
+
+
+def test_numbers_first_and_mostly_words_later_is_a_categorical_column(api):
+    content = body(table(late=["low", "high"], start=ROWS // 4))
+    response = post(api, content)
+    assert response.status_code == 201, response.text
+    v = columns_of(api, response.json()["id"])["v"]
+    assert v["type"] == "categorical" and v["distinct"] == 97 + 2
+    assert {t["category"] for t in v["top_categories"][:2]} == {"low", "high"}
+
+
+def test_one_word_among_numbers_in_a_later_block_is_422_naming_its_row(api):
+    frame = table()
+    frame.loc[ROWS - 10, "v"] = "oops"
+    before = api.get("/kmeans/datasets").json()["total"]
+    # The header is row 1: data row i (0-based) is on line i + 2.
+    assert_problem(post(api, body(frame)), 422, f"row {ROWS - 10 + 2}, column 4", "'oops'", "not a number")
+    assert api.get("/kmeans/datasets").json()["total"] == before
+
+
+def test_infinity_in_a_later_block_is_422_naming_its_row(api):
+    frame = table()
+    frame["x"] = frame["x"].astype(object)
+    frame.loc[ROWS - 3, "x"] = "inf"
+    assert_problem(post(api, body(frame)), 422, f"row {ROWS - 3 + 2}, column 3", "'inf'", "not a finite number")
+
+
+def test_a_ragged_row_in_a_later_block_is_422_naming_its_row(api):
+    lines = body(table()).split(b"\n")
+    lines[ROWS - 5] += b",extra"
+    assert_problem(post(api, b"\n".join(lines)), 422, f"row {ROWS - 5 + 1}")
