@@ -361,14 +361,15 @@ def _read_typed(
     complete = getattr(handle, "complete_file", None)
     source = complete() if complete is not None else handle
     try:
-        streamed = _stream_typed(source, names, as_text, arrow_options)
+        streamed = _stream_typed(source, names, as_text, arrow_options, na)
     finally:
         if source is not handle:
             source.close()
     if streamed is None:  # the whole table decides, as it always has (types, errors)
         handle.seek(start)
         return _read_whole(handle, header, delimiter, options, names, as_text, na, arrow_options)
-    rows, sure, blocks, rest = streamed
+    rows, sure, blocks, rest, cleaned = streamed
+    release_arrow_memory()
     text: dict[str, pa.Array] = {}
     numeric: list[str] = []
     numeric_values: dict[str, np.ndarray] = {}
@@ -379,13 +380,16 @@ def _read_typed(
             numeric.append(name)
             continue
         column = rest.pop(name)
-        kind, values = _converted(handle, column, name, position, as_text, header, delimiter, options, na)
+        kind, values = _converted(
+            handle, column, name, position, as_text, header, delimiter, options, na, name in cleaned
+        )
         if kind == "text":
             text[name] = values
         else:
             numeric_values[name] = values
             numeric.append(name)
         del column, values
+        release_arrow_memory()
     if numeric != sure:  # text pyarrow kept that holds numbers (quoted ones, say): one block, in order
         block = np.empty((rows, len(numeric)))
         for j, name in enumerate(numeric):
@@ -405,15 +409,16 @@ def _read_typed(
     )
 
 
-_Streamed = tuple[int, list[str], list[np.ndarray], dict[str, pa.ChunkedArray]]
+_Streamed = tuple[int, list[str], list[np.ndarray], dict[str, pa.ChunkedArray], set[str]]
 
 
 def _stream_typed(
-    source: BinaryIO, names: list[str], as_text: list[str], arrow_options: dict[str, Any]
+    source: BinaryIO, names: list[str], as_text: list[str], arrow_options: dict[str, Any], na: list[str]
 ) -> _Streamed | None:
     """Read the CSV one record batch at a time: the columns pyarrow types as numbers straight
     into float64 row blocks (the Arrow table of the whole file is never held), the others as
-    the batches' Arrow arrays; (rows, numeric names, blocks, other columns). None when the
+    the batches' Arrow arrays (text ones cleaned, see _cleaned); (rows, numeric names, blocks,
+    other columns, the names of those cleaned). None when the
     whole-table reader must decide: a later batch that does not fit the types pyarrow inferred
     from the first (it would retype the column, the stream cannot), or any error, or a bad cell."""
     try:
@@ -423,6 +428,10 @@ def _stream_typed(
     schema = reader.schema
     sure = [n for n in names if n not in as_text and _numeric_type(schema.field(n).type)]
     rest: dict[str, list[pa.Array]] = {n: [] for n in names if n not in sure}
+    # Text cells are cleaned batch by batch (the copies that takes are a batch's, not a column's).
+    cleaned = {
+        n for n in rest if pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type)
+    }
     blocks: list[np.ndarray] = []
     rows = 0
     try:
@@ -436,24 +445,31 @@ def _stream_typed(
                 block[:, j] = typed[1]
             blocks.append(block)
             for name, arrays in rest.items():
-                arrays.append(batch.column(name))
+                arrays.append(_cleaned(batch.column(name), na) if name in cleaned else batch.column(name))
             rows += batch.num_rows
             del batch, block
     except (pa.ArrowInvalid, UnicodeDecodeError, _BadCell):
         return None
     if not rows:
         return None
-    columns = {n: pa.chunked_array(arrays, type=schema.field(n).type) for n, arrays in rest.items()}
-    return rows, sure, blocks, columns
+    columns = {
+        n: pa.chunked_array(arrays, type=pa.large_string() if n in cleaned else schema.field(n).type)
+        for n, arrays in rest.items()
+    }
+    return rows, sure, blocks, columns, cleaned
 
 
 def _converted(
     handle: BinaryIO, column: pa.ChunkedArray, name: str, position: int, as_text: list[str],
-    header: list[str] | None, delimiter: str, options: Options, na: list[str],
+    header: list[str] | None, delimiter: str, options: Options, na: list[str], cleaned: bool = False,
 ) -> tuple[str, Any]:
-    """_arrow_column, with a bad cell as the Unprocessable that names its file line and column."""
+    """_arrow_column (_decided for a column already ``cleaned``), with a bad cell as the
+    Unprocessable that names its file line and column."""
     try:
-        kind, values = _arrow_column(column, name in as_text, options, na)
+        if cleaned:
+            kind, values = _decided(column.combine_chunks(), name in as_text, options)
+        else:
+            kind, values = _arrow_column(column, name in as_text, options, na)
     except _BadCell as bad:
         handle.seek(0)
         if bad.reason.endswith("not UTF-8 text"):
@@ -527,6 +543,13 @@ def _read_whole(
     )
 
 
+def release_arrow_memory() -> None:
+    """Give the memory Arrow has freed back to the system: its allocator (mimalloc) keeps freed
+    pages for reuse, which numpy's allocations cannot use, so a read that makes and drops
+    column-sized arrays would otherwise hold the sum of its steps at its peak."""
+    pa.default_memory_pool().release_unused()
+
+
 def _numeric_type(kind: pa.DataType) -> bool:
     """Whether typed_arrow_column makes a column of this Arrow type numeric (or refuses it)."""
     types = pa.types
@@ -559,9 +582,17 @@ def _arrow_column(column: pa.ChunkedArray, as_text: bool, options: Options, na: 
         raise _BadCell(0, "the CSV file is not UTF-8 text")
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # any other type: text as written
         return "text", column.cast(pa.large_string()).combine_chunks()
+    return _decided(_cleaned(column, na).combine_chunks(), as_text, options)
+
+
+def _cleaned(column: pa.Array | pa.ChunkedArray, na: list[str]) -> pa.Array | pa.ChunkedArray:
+    """A column (or one batch of it) of text cells as large_string: trimmed, unquoted, NA markers null."""
     cells = _unquoted(pc.utf8_trim_whitespace(column.cast(pa.large_string())))
-    cells = pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
-    cells = cells.combine_chunks()
+    return pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
+
+
+def _decided(cells: pa.Array, as_text: bool, options: Options) -> tuple[str, Any]:
+    """A cleaned text column as numbers, categories or (_BadCell) a typo among numbers."""
     if as_text:
         return "text", _booleans_as_words(cells)
     present = len(cells) - cells.null_count
@@ -638,7 +669,7 @@ def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
     return "skip" if not (row.text or "").strip() else "error"
 
 
-def _unquoted(cells: pa.ChunkedArray) -> pa.ChunkedArray:
+def _unquoted(cells: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Cells quoted after a space (``1, "2.5"``, which Python's csv module reads with
     skipinitialspace but pyarrow keeps as written) without their quotes."""
     quoted = pc.and_(pc.starts_with(cells, '"'), pc.ends_with(cells, '"'))
