@@ -1,5 +1,5 @@
-"""CSV tables of many blocks, read batch by batch: every column gets the type (and every bad cell
-the error) that reading the whole file gives, through the HTTP API."""
+"""CSV and Parquet tables of many blocks, read batch by batch: every column gets the type (and every
+bad cell the error) that reading the whole file gives, through the HTTP API."""
 
 from __future__ import annotations
 
@@ -136,3 +136,52 @@ def test_a_ragged_row_in_a_later_block_is_422_naming_its_row(api):
     lines = body(table()).split(b"\n")
     lines[ROWS - 5] += b",extra"
     assert_problem(post(api, b"\n".join(lines)), 422, f"row {ROWS - 5 + 1}")
+
+
+# -- Parquet, read batch by batch as well ----------------------------------------------------
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def parquet(frame: pd.DataFrame, **options: Any) -> bytes:
+    out = io.BytesIO()
+    frame.to_parquet(out, index=False, **options)
+    return out.getvalue()
+
+
+def test_a_parquet_table_of_many_batches_is_the_same_dataset_as_its_csv(api):
+    frame = table()
+    frame["v"] = frame["v"].astype(int)
+    frame["kind"] = frame["kind"].astype("category")  # a dictionary column
+    response = api.post("/kmeans/datasets", content=parquet(frame), headers={"Content-Type": PARQUET})
+    assert response.status_code == 201, response.text
+    ours = response.json()
+    theirs = post(api, frame.to_csv(index=False).encode()).json()
+    assert ours["schema"] == theirs["schema"] and ours["rows"] == ROWS
+    assert columns_of(api, ours["id"]) == columns_of(api, theirs["id"])
+    for offset in (0, 70_000, ROWS - 3):
+        page = f"rows?offset={offset}&limit=3"
+        assert (api.get(f"/kmeans/datasets/{ours['id']}/{page}").json()["items"]
+                == api.get(f"/kmeans/datasets/{theirs['id']}/{page}").json()["items"])
+
+
+def test_infinity_in_a_later_parquet_batch_is_422_naming_its_row(api):
+    frame = table()
+    frame["v"] = frame["v"].astype(float)
+    frame.loc[ROWS - 7, "v"] = -np.inf
+    response = api.post("/kmeans/datasets", content=parquet(frame), headers={"Content-Type": PARQUET})
+    assert_problem(response, 422, f"row {ROWS - 7 + 1}, column 4", "-inf is not a finite number")
+
+
+def test_a_numeric_parquet_column_named_as_the_id_keeps_its_integers_as_text(api):
+    frame = table()
+    frame["id"] = np.arange(ROWS) * 3
+    response = api.post(
+        "/kmeans/datasets?id_column=id", content=parquet(frame, row_group_size=50_000),
+        headers={"Content-Type": PARQUET},
+    )
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["schema"][0] == {"name": "id", "type": "id", "missing": 0, "distinct": ROWS}
+    tail = api.get(f"/kmeans/datasets/{dataset['id']}/rows?offset={ROWS - 1}").json()["items"]
+    assert tail[0][0] == str((ROWS - 1) * 3)
