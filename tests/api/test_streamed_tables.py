@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from api_helpers import CSV, assert_problem
+from api_helpers import CSV, assert_problem, fit
 from conftest import local_client
+from sklearn.cluster import KMeans
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -185,3 +186,24 @@ def test_a_numeric_parquet_column_named_as_the_id_keeps_its_integers_as_text(api
     assert dataset["schema"][0] == {"name": "id", "type": "id", "missing": 0, "distinct": ROWS}
     tail = api.get(f"/kmeans/datasets/{dataset['id']}/rows?offset={ROWS - 1}").json()["items"]
     assert tail[0][0] == str((ROWS - 1) * 3)
+
+
+def test_a_mixed_fit_labels_as_scikit_learn_and_leaves_the_dataset_as_it_was(api):
+    frame = table()
+    frame["v"] = frame["v"].astype(float)
+    content = frame.to_csv(index=False).encode()
+    dataset = post(api, content).json()
+    before = api.get(f"/kmeans/datasets/{dataset['id']}/rows?offset=5000&limit=20").json()["items"]
+    model = fit(api, dataset["id"], n_clusters=4, random_state=0, n_init=1, standardize=True)
+    assert model["status"] == "succeeded", model
+    labels = api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"]
+    # The same design matrix by hand: numbers mean-filled and z-scored, each category one-hot
+    # (a missing one its own column, after the categories).
+    numbers = frame[["x", "v"]].fillna(frame[["x", "v"]].mean())
+    numbers = (numbers - numbers.mean()) / numbers.std(ddof=0)
+    hot = pd.get_dummies(frame["kind"].fillna("~missing"))[sorted(WORDS) + ["~missing"]].astype(float)
+    design = np.column_stack([numbers.to_numpy(), hot.to_numpy()])
+    expected = KMeans(n_clusters=4, random_state=0, n_init=1).fit(design).labels_
+    assert np.array_equal(np.asarray(labels), expected)
+    after = api.get(f"/kmeans/datasets/{dataset['id']}/rows?offset=5000&limit=20").json()["items"]
+    assert after == before
