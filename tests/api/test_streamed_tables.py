@@ -207,3 +207,22 @@ def test_a_mixed_fit_labels_as_scikit_learn_and_leaves_the_dataset_as_it_was(api
     assert np.array_equal(np.asarray(labels), expected)
     after = api.get(f"/kmeans/datasets/{dataset['id']}/rows?offset=5000&limit=20").json()["items"]
     assert after == before
+
+
+def test_the_labels_csv_of_a_large_table_gives_each_id_as_written_with_its_label(api):
+    import csv as csvlib
+
+    frame = table()
+    frame["id"] = [f'r{i},"{i % 5}"' if i % 1000 == 0 else f"r{i:07d}" for i in range(ROWS)]
+    dataset = post(api, frame.to_csv(index=False).encode() + b"").json()
+    assert dataset["id_column"] is None or dataset["id_column"] == "id"
+    if dataset["id_column"] is None:  # ids with commas and quotes: named explicitly
+        content = frame.to_csv(index=False).encode()
+        dataset = api.post("/kmeans/datasets?id_column=id", content=content, headers={"Content-Type": CSV}).json()
+    model = fit(api, dataset["id"], n_clusters=3, random_state=0, n_init=1)
+    as_json = api.get(f"/kmeans/models/{model['id']}/labels").json()
+    text = api.get(f"/kmeans/models/{model['id']}/labels", headers={"Accept": CSV}).text
+    rows = list(csvlib.reader(io.StringIO(text)))
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == frame["id"].tolist() == as_json["ids"]
+    assert [int(r[1]) for r in rows[1:]] == as_json["labels"]
