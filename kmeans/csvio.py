@@ -429,6 +429,7 @@ def _stream_typed(
     sure = [n for n in names if n not in as_text and _numeric_type(schema.field(n).type)]
     rest: dict[str, list[pa.Array]] = {n: [] for n in names if n not in sure}
     # Text cells are cleaned batch by batch (the copies that takes are a batch's, not a column's).
+    # They are kept with 32-bit offsets (a batch is far below 2 GiB) and widened per column at the end.
     cleaned = {
         n for n in rest if pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type)
     }
@@ -445,7 +446,8 @@ def _stream_typed(
                 block[:, j] = typed[1]
             blocks.append(block)
             for name, arrays in rest.items():
-                arrays.append(_cleaned(batch.column(name), na) if name in cleaned else batch.column(name))
+                column = batch.column(name)
+                arrays.append(_cleaned(column, na).cast(pa.string()) if name in cleaned else column)
             rows += batch.num_rows
             del batch, block
     except (pa.ArrowInvalid, UnicodeDecodeError, _BadCell):
@@ -453,7 +455,7 @@ def _stream_typed(
     if not rows:
         return None
     columns = {
-        n: pa.chunked_array(arrays, type=pa.large_string() if n in cleaned else schema.field(n).type)
+        n: pa.chunked_array(arrays, type=pa.string() if n in cleaned else schema.field(n).type)
         for n, arrays in rest.items()
     }
     return rows, sure, blocks, columns, cleaned
@@ -467,7 +469,13 @@ def _converted(
     Unprocessable that names its file line and column."""
     try:
         if cleaned:
-            kind, values = _decided(column.combine_chunks(), name in as_text, options)
+            # One copy when the column fits 32-bit offsets, else widened chunk by chunk first.
+            small = column.nbytes < 2**31 - 1
+            whole = column.combine_chunks().cast(pa.large_string()) if small else column.cast(
+                pa.large_string()
+            ).combine_chunks()
+            kind, values = _decided(whole, name in as_text, options)
+            del whole
         else:
             kind, values = _arrow_column(column, name in as_text, options, na)
     except _BadCell as bad:
