@@ -14,7 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kmeans.csvio import Expect, Table, _BadCell, _booleans_as_words, check_names, typed_arrow_column
+from kmeans.csvio import (
+    Expect,
+    Table,
+    _BadCell,
+    _booleans_as_words,
+    check_names,
+    release_arrow_memory,
+    typed_arrow_column,
+)
 from kmeans.errors import PayloadTooLarge, Unprocessable
 
 PARQUET = "parquet"
@@ -27,6 +35,8 @@ def read_file(path: Path, kind: str, max_bytes: int, expect: Expect | None = Non
     Unprocessable; PayloadTooLarge when its rows x columns x 8 bytes would pass ``max_bytes``
     (a compressed file of a few kilobytes can hold billions of rows)."""
     try:
+        if kind == PARQUET and (streamed := _stream_parquet(path, max_bytes, expect)) is not None:
+            return streamed
         arrow = _read_parquet(path, max_bytes) if kind == PARQUET else _read_ipc(path, max_bytes)
     except (pa.ArrowException, OSError) as exc:
         reason = str(exc).replace(f"'{path}'", "").replace(str(path), "")  # never a server path
@@ -46,6 +56,72 @@ def _read_parquet(path: Path, max_bytes: int) -> pa.Table:
     metadata = pq.ParquetFile(path).metadata
     _bound(metadata.num_rows, metadata.num_columns, max_bytes)
     return pq.read_table(path)
+
+
+# Rows decoded at a time by the streamed Parquet read: its peak is the final arrays plus one batch.
+PARQUET_BATCH_ROWS = 65536
+PARQUET_BUFFER_BYTES = 1024 * 1024
+
+
+def _stream_parquet(path: Path, max_bytes: int, expect: Expect | None = None) -> Table | None:
+    """A Parquet file read batch by batch: its numeric columns straight into float64 row blocks,
+    the others kept as Arrow arrays, so the whole file's Arrow table is never held. None when the
+    whole-table read must decide (and name the error): a name, a type or a value it refuses."""
+    # Buffered reads of the file, not its column chunks read whole (pre_buffer): the read's
+    # transient memory is that of a batch rather than of a row group (often the whole file).
+    parquet = pq.ParquetFile(path, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+    _bound(parquet.metadata.num_rows, parquet.metadata.num_columns, max_bytes)
+    schema = parquet.schema_arrow
+    names = [str(n) for n in schema.names]
+    if not names or parquet.metadata.num_rows == 0 or any(not n.strip() for n in names):
+        return None
+    try:
+        check_names(names)
+    except Unprocessable:
+        return None
+    forced = set(expect.text) if expect is not None else set()
+    numeric: list[str] = []
+    for name, kind in zip(names, schema.types, strict=True):
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        types = pa.types
+        if types.is_nested(kind) or not (
+            types.is_integer(kind) or types.is_floating(kind) or types.is_decimal(kind) or types.is_string(kind)
+            or types.is_large_string(kind) or types.is_boolean(kind) or types.is_temporal(kind)
+        ):
+            return None
+        if name not in forced and (types.is_integer(kind) or types.is_floating(kind) or types.is_decimal(kind)):
+            numeric.append(name)
+    rest: dict[str, list[pa.Array]] = {n: [] for n in names if n not in numeric}
+    blocks: list[np.ndarray] = []
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            block = np.empty((batch.num_rows, len(numeric)))
+            for j, name in enumerate(numeric):
+                column = batch.column(name)
+                if pa.types.is_dictionary(column.type):
+                    column = column.cast(column.type.value_type)
+                typed = typed_arrow_column(column, quoted=False)
+                assert typed is not None and typed[0] == "numeric"  # its type says so
+                block[:, j] = typed[1]
+            blocks.append(block)
+            for name, arrays in rest.items():
+                arrays.append(batch.column(name))
+            del batch, block
+    except _BadCell:  # a value that is not finite: the whole-table read names its row
+        return None
+    release_arrow_memory()
+    text: dict[str, pa.Array] = {}
+    for position, name in enumerate(names, start=1):
+        if name in rest:
+            arrays = rest.pop(name)
+            column = pa.chunked_array(arrays, type=schema.field(name).type)
+            del arrays
+            kind, values = _column(name, position, column, name in forced)
+            del column
+            text[name] = values
+            release_arrow_memory()
+    return Table(chunks=blocks if numeric else [], columns=names, numeric=numeric, text=text, named=True, first_row=1)
 
 
 def _read_ipc(path: Path, max_bytes: int) -> pa.Table:

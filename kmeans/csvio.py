@@ -339,29 +339,167 @@ def _read_typed(
         n for i, n in enumerate(names) if n in forced or (i < len(model_names) and model_names[i] in forced)
     ]
     na = sorted(options.na_set)
+    arrow_options = {
+        "read_options": pacsv.ReadOptions(column_names=names, encoding="utf8"),
+        "parse_options": pacsv.ParseOptions(
+            delimiter=delimiter,
+            newlines_in_values=True,
+            ignore_empty_lines=True,
+            invalid_row_handler=_skip_blank_rows,
+        ),
+        "convert_options": pacsv.ConvertOptions(
+            column_types={n: pa.large_string() for n in as_text},
+            null_values=na,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            decimal_point=options.decimal,
+            true_values=["true", "True", "TRUE"],
+            false_values=["false", "False", "FALSE"],
+        ),
+    }
     # pyarrow reads ahead in threads of its own; a request body must be on disk first.
     complete = getattr(handle, "complete_file", None)
     source = complete() if complete is not None else handle
     try:
-        arrow = pacsv.read_csv(
-            source,
-            read_options=pacsv.ReadOptions(column_names=names, encoding="utf8"),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter,
-                newlines_in_values=True,
-                ignore_empty_lines=True,
-                invalid_row_handler=_skip_blank_rows,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.large_string() for n in as_text},
-                null_values=na,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-                decimal_point=options.decimal,
-                true_values=["true", "True", "TRUE"],
-                false_values=["false", "False", "FALSE"],
-            ),
+        streamed = _stream_typed(source, names, as_text, arrow_options, na)
+    finally:
+        if source is not handle:
+            source.close()
+    if streamed is None:  # the whole table decides, as it always has (types, errors)
+        handle.seek(start)
+        return _read_whole(handle, header, delimiter, options, names, as_text, na, arrow_options)
+    rows, sure, blocks, rest, cleaned = streamed
+    release_arrow_memory()
+    text: dict[str, pa.Array] = {}
+    numeric: list[str] = []
+    numeric_values: dict[str, np.ndarray] = {}
+    # The columns typed as numbers are converted already, with no bad cell among them; the others
+    # are decided as the whole-table reader decides them, in column order (so the same first error).
+    for position, name in enumerate(names, start=1):
+        if name in sure:
+            numeric.append(name)
+            continue
+        column = rest.pop(name)
+        kind, values = _converted(
+            handle, column, name, position, as_text, header, delimiter, options, na, name in cleaned
         )
+        if kind == "text":
+            text[name] = values
+        else:
+            numeric_values[name] = values
+            numeric.append(name)
+        del column, values
+        release_arrow_memory()
+    if numeric != sure:  # text pyarrow kept that holds numbers (quoted ones, say): one block, in order
+        block = np.empty((rows, len(numeric)))
+        for j, name in enumerate(numeric):
+            if name in numeric_values:
+                block[:, j] = numeric_values.pop(name)
+            else:
+                block[:, j] = np.concatenate([b[:, sure.index(name)] for b in blocks])
+        blocks = [block]
+    return Table(
+        chunks=blocks if numeric else [],
+        columns=names,
+        numeric=numeric,
+        text=text,
+        named=header is not None,
+        first_row=2 if header else 1,
+        delimiter=delimiter,
+    )
+
+
+_Streamed = tuple[int, list[str], list[np.ndarray], dict[str, pa.ChunkedArray], set[str]]
+
+
+def _stream_typed(
+    source: BinaryIO, names: list[str], as_text: list[str], arrow_options: dict[str, Any], na: list[str]
+) -> _Streamed | None:
+    """Read the CSV one record batch at a time: the columns pyarrow types as numbers straight
+    into float64 row blocks (the Arrow table of the whole file is never held), the others as
+    the batches' Arrow arrays (text ones cleaned, see _cleaned); (rows, numeric names, blocks,
+    other columns, the names of those cleaned). None when the
+    whole-table reader must decide: a later batch that does not fit the types pyarrow inferred
+    from the first (it would retype the column, the stream cannot), or any error, or a bad cell."""
+    try:
+        reader = pacsv.open_csv(source, **arrow_options)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    schema = reader.schema
+    sure = [n for n in names if n not in as_text and _numeric_type(schema.field(n).type)]
+    rest: dict[str, list[pa.Array]] = {n: [] for n in names if n not in sure}
+    # Text cells are cleaned batch by batch (the copies that takes are a batch's, not a column's).
+    # They are kept with 32-bit offsets (a batch is far below 2 GiB) and widened per column at the end.
+    cleaned = {
+        n for n in rest if pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type)
+    }
+    blocks: list[np.ndarray] = []
+    rows = 0
+    try:
+        for batch in reader:
+            if not batch.num_rows:
+                continue
+            block = np.empty((batch.num_rows, len(sure)))
+            for j, name in enumerate(sure):
+                typed = typed_arrow_column(batch.column(name))
+                assert typed is not None and typed[0] == "numeric"  # _numeric_type says so
+                block[:, j] = typed[1]
+            blocks.append(block)
+            for name, arrays in rest.items():
+                column = batch.column(name)
+                arrays.append(_cleaned(column, na).cast(pa.string()) if name in cleaned else column)
+            rows += batch.num_rows
+            del batch, block
+    except (pa.ArrowInvalid, UnicodeDecodeError, _BadCell):
+        return None
+    if not rows:
+        return None
+    columns = {
+        n: pa.chunked_array(arrays, type=pa.string() if n in cleaned else schema.field(n).type)
+        for n, arrays in rest.items()
+    }
+    return rows, sure, blocks, columns, cleaned
+
+
+def _converted(
+    handle: BinaryIO, column: pa.ChunkedArray, name: str, position: int, as_text: list[str],
+    header: list[str] | None, delimiter: str, options: Options, na: list[str], cleaned: bool = False,
+) -> tuple[str, Any]:
+    """_arrow_column (_decided for a column already ``cleaned``), with a bad cell as the
+    Unprocessable that names its file line and column."""
+    try:
+        if cleaned:
+            # One copy when the column fits 32-bit offsets, else widened chunk by chunk first.
+            small = column.nbytes < 2**31 - 1
+            whole = column.combine_chunks().cast(pa.large_string()) if small else column.cast(
+                pa.large_string()
+            ).combine_chunks()
+            kind, values = _decided(whole, name in as_text, options)
+            del whole
+        else:
+            kind, values = _arrow_column(column, name in as_text, options, na)
+    except _BadCell as bad:
+        handle.seek(0)
+        if bad.reason.endswith("not UTF-8 text"):
+            _not_utf8(handle, header is not None, delimiter)
+        # A user counts the file's lines (the header and blank ones too), not data rows.
+        line = _line_of(handle, header is not None, delimiter, bad.index)
+        raise Unprocessable(f"row {line}, column {position}: {bad.reason}", row=line, column=position) from None
+    if kind == "text" and delimiter != "," and options.decimal == ".":
+        _hint_decimal_commas(name, values)
+    return kind, values
+
+
+def _read_whole(
+    handle: BinaryIO, header: list[str] | None, delimiter: str, options: Options, names: list[str],
+    as_text: list[str], na: list[str], arrow_options: dict[str, Any],
+) -> Table:
+    """The whole-table read: pyarrow retypes a column a later block does not fit, and every
+    error is named here."""
+    complete = getattr(handle, "complete_file", None)
+    source = complete() if complete is not None else handle
+    try:
+        arrow = pacsv.read_csv(source, **arrow_options)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         if "Empty CSV file" in str(exc):
             raise Unprocessable("the CSV file has a header row but no data rows") from None
@@ -386,18 +524,8 @@ def _read_typed(
     block = np.empty((rows, len(sure)))
     for position, name in enumerate(names, start=1):
         column = columns.pop(name)
-        try:
-            kind, values = _arrow_column(column, name in as_text, options, na)
-        except _BadCell as bad:
-            handle.seek(0)
-            if bad.reason.endswith("not UTF-8 text"):
-                _not_utf8(handle, header is not None, delimiter)
-            # A user counts the file's lines (the header and blank ones too), not data rows.
-            line = _line_of(handle, header is not None, delimiter, bad.index)
-            raise Unprocessable(f"row {line}, column {position}: {bad.reason}", row=line, column=position) from None
+        kind, values = _converted(handle, column, name, position, as_text, header, delimiter, options, na)
         if kind == "text":
-            if delimiter != "," and options.decimal == ".":
-                _hint_decimal_commas(name, values)
             text[name] = values
         else:
             numeric.append(name)
@@ -421,6 +549,13 @@ def _read_typed(
         first_row=2 if header else 1,
         delimiter=delimiter,
     )
+
+
+def release_arrow_memory() -> None:
+    """Give the memory Arrow has freed back to the system: its allocator (mimalloc) keeps freed
+    pages for reuse, which numpy's allocations cannot use, so a read that makes and drops
+    column-sized arrays would otherwise hold the sum of its steps at its peak."""
+    pa.default_memory_pool().release_unused()
 
 
 def _numeric_type(kind: pa.DataType) -> bool:
@@ -455,9 +590,17 @@ def _arrow_column(column: pa.ChunkedArray, as_text: bool, options: Options, na: 
         raise _BadCell(0, "the CSV file is not UTF-8 text")
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):  # any other type: text as written
         return "text", column.cast(pa.large_string()).combine_chunks()
+    return _decided(_cleaned(column, na).combine_chunks(), as_text, options)
+
+
+def _cleaned(column: pa.Array | pa.ChunkedArray, na: list[str]) -> pa.Array | pa.ChunkedArray:
+    """A column (or one batch of it) of text cells as large_string: trimmed, unquoted, NA markers null."""
     cells = _unquoted(pc.utf8_trim_whitespace(column.cast(pa.large_string())))
-    cells = pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
-    cells = cells.combine_chunks()
+    return pc.if_else(pc.is_in(cells, pa.array(na, pa.large_string())), pa.scalar(None, pa.large_string()), cells)
+
+
+def _decided(cells: pa.Array, as_text: bool, options: Options) -> tuple[str, Any]:
+    """A cleaned text column as numbers, categories or (_BadCell) a typo among numbers."""
     if as_text:
         return "text", _booleans_as_words(cells)
     present = len(cells) - cells.null_count
@@ -534,7 +677,7 @@ def _skip_blank_rows(row: pacsv.InvalidRow) -> str:
     return "skip" if not (row.text or "").strip() else "error"
 
 
-def _unquoted(cells: pa.ChunkedArray) -> pa.ChunkedArray:
+def _unquoted(cells: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Cells quoted after a space (``1, "2.5"``, which Python's csv module reads with
     skipinitialspace but pyarrow keeps as written) without their quotes."""
     quoted = pc.and_(pc.starts_with(cells, '"'), pc.ends_with(cells, '"'))

@@ -256,8 +256,12 @@ class _MiniBatchProgress:
         pass
 
 
-def _estimator(params: dict[str, Any], verbose: bool) -> Any:
+def _estimator(params: dict[str, Any], verbose: bool, owned: bool = False) -> Any:
     options = {k: params[k] for k in ESTIMATOR_OPTIONS if k in params}
+    if owned and params.get("method", "kmeans") in ("kmeans", "bisecting"):
+        # The matrix is the caller's own: scikit-learn centres it in place and restores it
+        # (a last-digit rounding at most) instead of copying it; the fit's arithmetic is the same.
+        options["copy_x"] = False
     if isinstance(options.get("init"), list):
         options["init"] = np.asarray(options["init"], dtype=np.float64)
         options["n_init"] = 1
@@ -281,14 +285,16 @@ def fit(
     progress: Progress | None = None,
     sample_weight: np.ndarray | None = None,
     checkpoint: Checkpoint | None = None,
+    owned: bool = False,
 ) -> FitResult:
     """Fit ``params["method"]`` (KMeans, MiniBatchKMeans or BisectingKMeans; params already
     validated against the spec) on ``values``, already in the model's fitted space. With
-    ``checkpoint`` (KMeans only), the centers after each iteration are offered to it."""
+    ``checkpoint`` (KMeans only), the centers after each iteration are offered to it. ``owned``:
+    ``values`` is a matrix no one else reads during the fit (scikit-learn may then use it in place)."""
     method = params.get("method", "kmeans")
     hooked = progress is not None and method == "kmeans" and HOOKED
     verbose = progress is not None and method != "bisecting" and not hooked
-    model = _estimator(params, verbose)
+    model = _estimator(params, verbose, owned)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if hooked:

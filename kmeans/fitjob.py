@@ -272,7 +272,14 @@ def fit_values(
         fit_params.update(init=np.asarray(start, dtype=np.float64).tolist(), n_init=1)
     elif isinstance(params.get("init"), list):
         fit_params["init"] = prep.transform(np.asarray(params["init"], dtype=np.float64), pre).tolist()
-    result = engine.fit(fitted_space, fit_params, progress, sample_weight=weights, checkpoint=checkpoint)
+    # A matrix the preprocessing made (not the dataset's memory map) is this fit's own.
+    owned = (
+        fitted_space.dtype == np.float64 and fitted_space.flags.c_contiguous and fitted_space.flags.writeable
+        and not np.may_share_memory(fitted_space, values)
+    )
+    result = engine.fit(
+        fitted_space, fit_params, progress, sample_weight=weights, checkpoint=checkpoint, owned=owned
+    )
     quality = engine.quality(fitted_space, result.labels, params.get("random_state")) if metrics else {}
     threshold = None
     if params.get("contamination") is not None:

@@ -58,6 +58,8 @@ def csv_bytes(result: dict[str, Any]) -> bytes:
     header = ["label"]
     ids = result.get("ids")
     if ids is not None and not result.keys() - {"labels", "ids", "unknown_categories"}:
+        if not isinstance(ids, list):  # the stored Arrow column: Arrow kernels, no row at a time
+            return id_label_csv(ids, np.asarray(result["labels"]))
         # id,label only (every labels answer of a dataset with ids): one join, not a row at a time.
         cells = ids if not _QUOTED.search("\x00".join(ids)) else [_csv_cell(v) for v in ids]
         labels = map(str, np.asarray(result["labels"]).astype(np.int64).tolist())
@@ -82,6 +84,27 @@ def csv_bytes(result: dict[str, Any]) -> bytes:
 
 
 _QUOTED = re.compile(r'[,"\r\n]')
+
+
+def id_label_csv(ids: Any, labels: np.ndarray) -> bytes:
+    """``id,label`` CSV bytes from an Arrow text column of ids and integer labels (-1 or more)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    column = column.cast(pa.large_string()).fill_null("")
+    if len(column) and pc.any(pc.match_substring_regex(column, r'[,"\r\n]')).as_py():
+        column = pa.array([_csv_cell(v) for v in column.to_pylist()], type=pa.large_string())
+    labels = labels.astype(np.int64, copy=False)
+    low = int(labels.min()) if len(labels) else 0
+    # Each label's text and line end, looked up: a handful of distinct labels, a million rows.
+    texts = pa.array([f"{v}\n" for v in range(low, int(labels.max()) + 1 if len(labels) else 1)], pa.large_string())
+    comma = pa.scalar(",", pa.large_string())
+    lines = pc.binary_join_element_wise(column, texts.take(pa.array(labels - low)), comma)
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    data = lines.buffers()[2]
+    body = data[int(offsets[0]) : int(offsets[-1])].to_pybytes() if len(lines) and data is not None else b""
+    return b"id,label\n" + body
 
 
 def _csv_cell(value: str) -> str:

@@ -1019,14 +1019,14 @@ class KMeansService:
             )
         return model
 
-    def model_labels(self, model_id: str) -> tuple[np.ndarray, list[str] | None]:
+    def model_labels(self, model_id: str) -> tuple[np.ndarray, Any]:
         """The training rows' labels (-1: a row left out for a missing value), and the
-        dataset's ids when it has an id column."""
+        dataset's ids (an Arrow text column) when it has an id column."""
         model = self._fitted(model_id)
         path = self.store.labels_path(model_id)
         if not path.exists():
             raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
-        return self.store.load_array(path), self.store.load_ids(model["dataset_id"])
+        return self.store.load_array(path), self.store.load_id_column(model["dataset_id"])
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers in original units (category columns as shares) and the columns they are in."""

@@ -513,6 +513,16 @@ class Store:
             column = pa.ipc.open_file(source).read_all().column(0)
             return column.slice(offset, limit).to_pylist()
 
+    def load_id_column(self, dataset_id: str) -> Any:
+        """A dataset's ids as the Arrow text column they are stored as (read, not memory-mapped); None without."""
+        import pyarrow as pa
+
+        path = self.ids_path(dataset_id)
+        if not path.exists():
+            return None
+        with pa.OSFile(str(path)) as source:
+            return pa.ipc.open_file(source).read_all().column(0).combine_chunks()
+
     def centers_path(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.centers.npy"
 

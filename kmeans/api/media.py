@@ -120,7 +120,7 @@ def labels(
     values: Any,
     model_id: str,
     default: str = JSON,
-    ids: list[str] | None = None,
+    ids: list[str] | Any | None = None,
     unknown: dict[str, int] | None = None,
     **headers: str,
 ) -> Any:
@@ -136,7 +136,7 @@ def labels(
             return csv_response(body, **headers, **unknown_header(unknown))
         doc: dict[str, Any] = {"model_id": model_id, "labels": np.asarray(values).tolist()}
         if ids is not None:
-            doc["ids"] = ids
+            doc["ids"] = ids if isinstance(ids, list) else ids.to_pylist()
         if unknown:
             doc["unknown_categories"] = unknown
         return Response(jsonlib.dumps(doc, separators=(",", ":")), media_type=JSON, headers=headers)
