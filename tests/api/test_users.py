@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from kmeans.access import Access
 from kmeans.config import Settings
 from kmeans.store import Store
 from server import build_app
-from tests.conftest import local_client
+from tests.conftest import ROOT, local_client
 
 PASSWORD = "correct horse battery"
 POINTS = [[1.0, 2.0], [1.0, 4.0], [10.0, 2.0], [10.0, 4.0]]
@@ -399,3 +401,26 @@ def test_no_token_or_password_is_logged(world: World, caplog):
     logging.getLogger("kmeans").info("presented %s and %s", grant["access_token"], grant["refresh_token"])
     for secret in (PASSWORD, grant["access_token"], grant["refresh_token"]):
         assert secret not in caplog.text
+
+
+def test_the_first_admin_can_be_a_user_made_by_create_user(tmp_path: Path):
+    data_dir = tmp_path / "data"
+    Store(data_dir).add_project("team-a", "")
+    made = subprocess.run(
+        [sys.executable, "server.py", "create-user", "root", "--admin", "--data-dir", str(data_dir)],
+        cwd=ROOT, input=PASSWORD + "\n", capture_output=True, text=True, timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("usr_") and PASSWORD not in made.stdout + made.stderr
+    weak = subprocess.run(
+        [sys.executable, "server.py", "create-user", "ada", "--member", "team-a:contributor", "--data-dir",
+         str(data_dir)], cwd=ROOT, input="short\n", capture_output=True, text=True, timeout=120,
+    )
+    assert weak.returncode == 1 and "password must have at least 12 characters" in weak.stderr
+    with local_client(build_app(Settings(data_dir=data_dir, max_concurrent_fits=1))) as client:
+        problem(client.get("/kmeans/datasets"), 401)  # a user exists: authentication is on
+        grant = client.post(
+            "/kmeans/auth/token", data={"grant_type": "password", "username": "root", "password": PASSWORD}
+        ).json()
+        assert client.get("/kmeans/me", headers=bearer(grant)).json()["role"] == "admin"
+        assert client.get("/kmeans/users", headers=bearer(grant)).json()["total"] == 1
