@@ -66,6 +66,15 @@ METHODS = {
     "list_tokens": "list_tokens",
     "get_token": "get_token",
     "revoke_token": "revoke_token",
+    "create_user": "create_user",
+    "list_users": "list_users",
+    "get_user": "get_user",
+    "update_user": "update_user",
+    "delete_user": "delete_user",
+    "change_password": "change_password",
+    "sign_in": "sign_in",
+    "refresh_token": "refresh",
+    "sign_out": "sign_out",
 }
 # Server-Sent Events are a stream, not a request/response: poll get_model (wait_for_model) instead.
 NOT_IN_THE_CLIENT = {"get_model_events", "get_sweep_events", "get_events"}  # event streams: EventSource or curl -N
