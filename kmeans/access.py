@@ -62,6 +62,9 @@ class Caller:
     user: dict[str, Any] | None = field(default=None, compare=False)  # a signed-in user (public record)
     session_id: str | None = None  # the sign-in of a user's access token
     unscoped: str | None = None  # why a user's request has no project (several or none): /me only
+    # The project the request names in the X-Kmeans-Project header (or ?project=): what an
+    # operation without a ?project= parameter creates in or lists, for every kind of caller.
+    named: str | None = field(default=None, compare=False)
 
     def may(self, role: str) -> bool:
         """Whether this caller has ``role`` or a higher one."""
@@ -73,6 +76,7 @@ class Caller:
 
     def home(self, requested: str | None) -> str:
         """The project a new resource goes to (``requested`` only if this caller works there)."""
+        requested = requested or self.named
         if self.project is None:
             return requested or DEFAULT_PROJECT
         if requested and requested != self.project:
@@ -82,6 +86,7 @@ class Caller:
 
     def scope(self, requested: str | None) -> str | None:
         """The project a list is limited to (None: all of them)."""
+        requested = requested or self.named
         return self.home(requested) if self.project is not None or requested else None
 
     def describe(self) -> dict[str, Any]:
@@ -414,6 +419,7 @@ class Access:
     def home(self, requested: str | None) -> str:
         """The project the caller's new resource goes to: 403 for a project token naming another,
         404 for an admin naming one that does not exist."""
+        requested = requested or current().named  # the X-Kmeans-Project header, when ?project= is not given
         project = current().home(requested)
         if requested and self.store.get_project(project) is None:
             raise NotFound(f"no project with id {project}", parameter="project")

@@ -10,6 +10,7 @@ the rest of the request as that caller.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -47,7 +48,8 @@ def malformed_header() -> Unauthorized:
 
 def token_info(token: str, request: Any) -> dict[str, Any]:
     """connexion's bearer check: the caller of a valid token, or a 401 naming why not."""
-    caller = request.scope[ACCESS].resolve(token, requested_project(request.scope))
+    named = requested_project(request.scope)
+    caller = dataclasses.replace(request.scope[ACCESS].resolve(token, named), named=named)
     return {"sub": caller.token_id or (caller.user or {}).get("id"), "caller": caller}
 
 
@@ -106,6 +108,7 @@ class RoleMiddleware:
                 kind, _, token = value.decode("latin-1").strip().partition(" ")
                 if kind.lower() != "bearer" or not token.strip():
                     raise malformed_header()
-                return gate.resolve(token.strip(), requested_project(scope))
+                named = requested_project(scope)
+                return dataclasses.replace(gate.resolve(token.strip(), named), named=named)
         client = scope.get("client")
         return gate.anonymous(client[0] if client else None)

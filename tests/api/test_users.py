@@ -424,3 +424,23 @@ def test_the_first_admin_can_be_a_user_made_by_create_user(tmp_path: Path):
         ).json()
         assert client.get("/kmeans/me", headers=bearer(grant)).json()["role"] == "admin"
         assert client.get("/kmeans/users", headers=bearer(grant)).json()["total"] == 1
+
+
+def test_the_project_header_counts_for_api_tokens_too(world: World):
+    """X-Kmeans-Project is ?project= for every caller: an admin token creates there, a project token
+    naming another project is refused (never silently served in its own)."""
+    made = world.client.post("/kmeans/datasets", json={"data": POINTS},
+                             headers={**world.admin, "X-Kmeans-Project": "team-b"})
+    assert made.status_code == 201 and made.json()["project"] == "team-b"
+    listed = world.client.get("/kmeans/datasets", headers={**world.admin, "X-Kmeans-Project": "team-a"})
+    assert listed.json()["total"] == 0
+    problem(world.client.post("/kmeans/datasets", json={"data": POINTS},
+                              headers={**world.admin, "X-Kmeans-Project": "nowhere"}), 404)
+    token = world.client.post("/kmeans/tokens", json={"role": "contributor", "project": "team-a"},
+                              headers=world.admin).json()["token"]
+    own = {"Authorization": f"Bearer {token}"}
+    other = {**own, "X-Kmeans-Project": "team-b"}
+    refused = world.client.post("/kmeans/datasets", json={"data": POINTS}, headers=other)
+    assert "works in project 'team-a', not 'team-b'" in problem(refused, 403)["detail"]
+    problem(world.client.get("/kmeans/datasets", headers={**own, "X-Kmeans-Project": "team-b"}), 403)
+    assert world.client.get("/kmeans/datasets", headers={**own, "X-Kmeans-Project": "team-a"}).status_code == 200
