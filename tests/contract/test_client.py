@@ -246,7 +246,8 @@ def test_conflict_for_labels_of_a_model_that_did_not_succeed(km):
     [
         (400, sdk.BadRequest), (401, sdk.Unauthorized), (403, sdk.Forbidden), (404, sdk.NotFound),
         (409, sdk.Conflict), (413, sdk.PayloadTooLarge), (415, sdk.UnsupportedMediaType),
-        (422, sdk.Unprocessable), (500, sdk.ServerError), (503, sdk.ServerError), (429, sdk.ApiError),
+        (422, sdk.Unprocessable), (500, sdk.ServerError), (503, sdk.ServerError), (429, sdk.TooManyRequests),
+        (418, sdk.ApiError),
     ],
 )
 def test_error_classes_by_status(status: int, error: type):
