@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import getpass
 import json
 import logging
 import sys
@@ -209,6 +210,37 @@ def create_token(args: argparse.Namespace) -> None:
     print(secret)
 
 
+def _read_password() -> str:
+    """The new user's password: asked twice on a terminal, else the first line of stdin (never an argument,
+    which other users of the machine could read in the process list)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise SystemExit("create-user: the passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def create_user(args: argparse.Namespace) -> None:
+    """Create a user of the data dir (the first admin's, typically) with a password read from the terminal or stdin."""
+    settings = Settings.from_env(data_dir=args.data_dir)
+    memberships = []
+    for member in args.member or []:
+        project, _, role = member.partition(":")
+        memberships.append({"project": project, "role": role or "guest"})
+    try:
+        record = Access(Store(settings.data_dir)).create_user(args.name, _read_password(), args.admin, memberships)
+    except ProblemError as exc:
+        raise SystemExit(f"create-user: {exc.detail}") from None
+    where = "an admin of every project" if record["admin"] else ", ".join(
+        f"{m['role']} in {m['project']}" for m in record["memberships"]
+    ) or "a member of no project yet"
+    print(f"created user {record['name']} ({record['id']}, {where}) in {settings.data_dir.resolve()};"
+          " sign in with POST /kmeans/auth/token or `kmeans login`. Servers of this data dir now require"
+          " a token or a sign-in.", file=sys.stderr)
+    print(record["id"])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve with the embedded uvicorn server, or run one of the admin commands."""
     parser = argparse.ArgumentParser(description="Run kmeans-service.")
@@ -229,10 +261,24 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--name", help="what the token is for")
     token.add_argument("--expires-in", type=_seconds, help="lifetime: seconds, or 90m, 12h, 30d")
     token.add_argument("--data-dir", dest="token_data_dir", help="the data dir (as for serving)")
+    user = commands.add_parser(
+        "create-user",
+        help="create a user; the password is asked for (or read from stdin's first line); the first admin may be one",
+    )
+    user.add_argument("name", help="the sign-in name")
+    user.add_argument("--admin", action="store_true", help="an admin of every project")
+    user.add_argument(
+        "--member", action="append", metavar="PROJECT:ROLE", help="a membership (role guest or contributor); repeatable"
+    )
+    user.add_argument("--data-dir", dest="user_data_dir", help="the data dir (as for serving)")
     args = parser.parse_args(argv)
     if args.command == "create-token":
         args.data_dir = args.token_data_dir or args.data_dir
         create_token(args)
+        return
+    if args.command == "create-user":
+        args.data_dir = args.user_data_dir or args.data_dir
+        create_user(args)
         return
 
     import uvicorn
@@ -243,9 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     if exposed and not Access(Store(settings.data_dir), settings.auth_required).required():
         parser.exit(
             2,
-            f"refusing to listen on {args.host} without authentication: no token exists in"
+            f"refusing to listen on {args.host} without authentication: no token or user exists in"
             f" {settings.data_dir}. Create one with `python server.py create-token --role admin`"
-            " (clients then send it as a bearer token), or pass --insecure to serve everyone.\n",
+            " (clients then send it as a bearer token) or `python server.py create-user NAME --admin`,"
+            " or pass --insecure to serve everyone.\n",
         )
     log.info("data dir %s; Swagger UI at http://%s:%d/kmeans/ui/", settings.data_dir.resolve(), args.host, args.port)
     uvicorn.run(build_app(settings), host=args.host, port=args.port)

@@ -10,17 +10,24 @@ reached, 4 the server refused the token: none, unknown, revoked or expired (401)
 may not do this (403).
 
 The token comes from ``--token`` or, better (it stays out of shell history and process
-lists), the ``KMEANS_TOKEN`` environment variable; it is never printed.
+lists), the ``KMEANS_TOKEN`` environment variable; it is never printed. A person signs in
+instead with ``kmeans login`` (name and password): the refresh token is kept, per server URL,
+in ``sessions.json`` of the config dir (``$KMEANS_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/kmeans``
+or ``~/.config/kmeans``), readable by its owner only (0600), and every later command refreshes
+its access token from it; ``kmeans logout`` ends the sign-in. ``--project`` (``KMEANS_PROJECT``)
+chooses which of a user's projects commands act in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -41,27 +48,116 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.g
 err = Console(stderr=True, highlight=False)
 
 
+def config_dir() -> Path:
+    """Where ``kmeans login`` keeps its sign-ins."""
+    if os.environ.get("KMEANS_CONFIG_DIR"):
+        return Path(os.environ["KMEANS_CONFIG_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "kmeans"
+
+
+class Sessions:
+    """The sign-ins of ``kmeans login``, one per server URL, in a file only its owner may read."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = directory or config_dir()
+        self.path = self.dir / "sessions.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """All sign-ins, under an exclusive lock (a refresh token works once: two commands must not
+        both refresh it), written back when the block ends."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.dir / "sessions.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                sessions = json.loads(self.path.read_text()) if self.path.exists() else {}
+            except ValueError:
+                sessions = {}  # a damaged file holds nothing usable: sign in again
+            before = json.dumps(sessions, sort_keys=True)
+            yield sessions
+            if json.dumps(sessions, sort_keys=True) != before:
+                self._write(sessions)
+
+    def _write(self, sessions: dict[str, Any]) -> None:
+        # Made 0600 before anything is written to it, and replaced whole (never half-written).
+        temp = self.path.with_suffix(".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump(sessions, handle, indent=2)
+        os.replace(temp, self.path)
+
+
 class State:
     """What every command needs: the client, and whether to print JSON."""
 
     def __init__(
-        self, url: str, timeout: float, as_json: bool, http: Any = None, token: str | None = None
+        self,
+        url: str,
+        timeout: float,
+        as_json: bool,
+        http: Any = None,
+        token: str | None = None,
+        project: str | None = None,
     ) -> None:
-        self.url = url
+        self.url = url.rstrip("/")
         self.as_json = as_json
         self._client: KMeansClient | None = None
         self._timeout = timeout
         self._http = http
         self._token = token
+        self.project = project
+        self.sessions = Sessions()
+        self.signed_in_as: str | None = None
 
     def __repr__(self) -> str:
         return f"State(url={self.url!r}, as_json={self.as_json})"
 
+    def new_client(self, **kwargs: Any) -> KMeansClient:
+        """A client of this server (with this command's timeout, HTTP transport and project)."""
+        return KMeansClient(self.url, timeout=self._timeout, http=self._http, project=self.project, **kwargs)
+
+    def save_grant(self, grant: dict[str, Any], username: str | None = None) -> None:
+        """Keep a sign-in's newest tokens for the next commands."""
+        with self.sessions.locked() as sessions:
+            kept = sessions.get(self.url, {})
+            sessions[self.url] = {
+                "username": username or kept.get("username"),
+                "refresh_token": grant["refresh_token"],
+                "access_token": grant["access_token"],
+                "access_expires_at": grant["access_expires_at"],
+            }
+
     @property
     def client(self) -> KMeansClient:
-        """The client, made on first use (with the token of --token or KMEANS_TOKEN)."""
+        """The client, made on first use: the token of --token or KMEANS_TOKEN, else the sign-in of
+        ``kmeans login`` for this URL (refreshed now, under the lock, if its access token expired)."""
         if self._client is None:
-            self._client = KMeansClient(self.url, timeout=self._timeout, token=self._token, http=self._http)
+            if not self._token:
+                with self.sessions.locked() as sessions:
+                    kept = sessions.get(self.url)
+                    if kept:
+                        self.signed_in_as = kept.get("username")
+                        fresh = time.time() < kept.get("access_expires_at", 0)
+                        client = self.new_client(
+                            token=kept["access_token"] if fresh else "",
+                            refresh_token=kept["refresh_token"],
+                            access_expires_at=kept.get("access_expires_at") if fresh else None,
+                        )
+                        if not fresh:  # refreshed here, under the lock (save_grant would wait for it)
+                            try:
+                                grant = client.refresh()
+                            except Unauthorized:
+                                del sessions[self.url]  # revoked or expired: of no more use
+                                raise
+                            sessions[self.url] = {**kept, "refresh_token": grant["refresh_token"],
+                                                  "access_token": grant["access_token"],
+                                                  "access_expires_at": grant["access_expires_at"]}
+                        client.on_refresh = self.save_grant  # a long command's later refreshes
+                        self._client = client
+            if self._client is None:
+                self._client = self.new_client(token=self._token)
         return self._client
 
 
@@ -76,8 +172,11 @@ class KMeansGroup(click.Group):
                       " is the server running? (set --url or KMEANS_URL)", markup=False)
             ctx.exit(EXIT_CONNECT)
         except Unauthorized as exc:
-            sent = isinstance(ctx.obj, State) and ctx.obj._client is not None and ctx.obj._client.has_token
+            state = ctx.obj if isinstance(ctx.obj, State) else None
+            sent = state is not None and state._client is not None and state._client.has_token
             hint = ("the token was refused" if sent else "no token was given") + "; pass --token or set KMEANS_TOKEN"
+            if state is not None and state.signed_in_as:
+                hint = f"the sign-in of {state.signed_in_as} was refused; sign in again with `kmeans login`"
             err.print(f"error 401: {exc.detail} ({hint})", markup=False)
             ctx.exit(EXIT_AUTH)
         except Forbidden as exc:
@@ -175,10 +274,12 @@ def parse_duration(text: str) -> int:
               help="Bearer token to send (better: set KMEANS_TOKEN, which keeps it out of shell history).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds to wait for each HTTP request.")
+@click.option("--project", "scope", envvar="KMEANS_PROJECT", metavar="PROJECT", show_envvar=True,
+              help="Which of a signed-in user's projects to act in (sent as X-Kmeans-Project).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
 @click.version_option(__version__, prog_name="kmeans")
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None, timeout: float, as_json: bool) -> None:
+def cli(ctx: click.Context, url: str, token: str | None, timeout: float, as_json: bool, scope: str | None) -> None:
     """Cluster numeric data with a kmeans-service server: upload datasets, fit k-means models,
     look at them, and label new points.
 
@@ -188,7 +289,7 @@ def cli(ctx: click.Context, url: str, token: str | None, timeout: float, as_json
     """
     http = ctx.obj.get("http") if isinstance(ctx.obj, dict) else None  # tests pass an in-process client
     # "" (e.g. KMEANS_TOKEN= or --token "") means no token, not "read KMEANS_TOKEN again".
-    ctx.obj = State(url, timeout, as_json, http, token or "")
+    ctx.obj = State(url, timeout, as_json, http, token or "", scope or None)
     ctx.call_on_close(lambda: ctx.obj._client and ctx.obj._client.close())
 
 
@@ -659,6 +760,14 @@ def _describe_caller(me: dict[str, Any]) -> None:
     if me.get("open"):
         out.print(f"{me['role']} (no token needed: this server has no tokens and serves only its own machine)")
         return
+    if me.get("user"):
+        user = me["user"]
+        member = ", ".join(f"{m['role']} in {m['project']}" for m in user["memberships"]) or "no project"
+        kind = "admin of every project" if user["admin"] else member
+        scope = (f"acting as {me['role']} in {me['project'] or 'every project'}" if me.get("project_in_scope")
+                 else "no project in scope: choose one with --project")
+        out.print(f"user {user['name']} ({user['id']}; {kind}); {scope}; access token expires {me['expires_at']}")
+        return
     where = f"project {me['project']}" if me.get("project") else "every project"
     expiry = f", expires {me['expires_at']}" if me.get("expires_at") else ""
     out.print(f"{me['role']} in {where} (token {me['token_id']}{expiry})")
@@ -709,6 +818,145 @@ def projects_delete(state: State, project_id: str) -> None:
     """Delete a project; it must be empty (no datasets, models, sweeps or tokens that are not revoked)."""
     state.client.delete_project(project_id)
     emit(state, {"deleted": project_id}, lambda r: out.print(f"deleted project {project_id}"))
+
+
+# -- signing in and users --------------------------------------------------------------------
+
+
+def _read_password(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
+    """A password from stdin's first line (scripts) or asked for without echo (never an argument)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+
+
+@cli.command()
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin's first line.")
+@json_option
+def login(state: State, username: str, password_stdin: bool) -> None:
+    """Sign in as USERNAME; later commands act as this user until `kmeans logout`.
+
+    The refresh token is kept in the config dir (mode 0600), never printed.
+    """
+    client = state.new_client(token="")
+    grant = client.sign_in(username, _read_password("password", password_stdin))
+    state.save_grant(grant, username)
+    state._client, state.signed_in_as = client, username
+    client.on_refresh = state.save_grant
+    me = client.whoami()
+    emit(state, me, lambda m: (err.print(f"signed in to {state.url}", markup=False), _describe_caller(m)))
+
+
+@cli.command()
+@json_option
+def logout(state: State) -> None:
+    """End the sign-in of `kmeans login` for this server (on the server too) and forget it."""
+    with state.sessions.locked() as sessions:
+        kept = sessions.pop(state.url, None)
+    if kept is None:
+        emit(state, {"signed_out": False}, lambda _: out.print(f"not signed in to {state.url}"))
+        return
+    with contextlib.suppress(Unauthorized):  # revoked or expired already: nothing is left to end
+        state.new_client(token="", refresh_token=kept["refresh_token"]).sign_out()
+    emit(state, {"signed_out": True, "username": kept.get("username")},
+         lambda _: out.print(f"signed out {kept.get('username')} from {state.url}"))
+
+
+@cli.command()
+@click.option("--password-stdin", is_flag=True, help="Read the current and the new password from stdin's first lines.")
+@click.pass_obj
+def password(state: State, password_stdin: bool) -> None:
+    """Change the signed-in user's own password (its other sign-ins end)."""
+    current = _read_password("current password", password_stdin)
+    new = _read_password("new password", password_stdin, confirm=not password_stdin)
+    state.client.change_password(current, new)
+    out.print("password changed; other sign-ins of this user are ended")
+
+
+def parse_member(text: str) -> dict[str, str]:
+    """``team-a:contributor`` as a membership (role guest when left out)."""
+    project, _, role = text.partition(":")
+    if not project:
+        raise click.BadParameter(f"{text!r} is not PROJECT:ROLE")
+    return {"project": project, "role": role or "guest"}
+
+
+@cli.group()
+def users() -> None:
+    """Users: people who sign in, with a role in each of their projects (admin)."""
+
+
+USER_COLUMNS = ("id", "name", "admin", "memberships", "created_at")
+
+
+def _user_row(user: dict[str, Any]) -> list[Any]:
+    member = ", ".join(f"{m['project']}:{m['role']}" for m in user["memberships"])
+    return [user["id"], user["name"], "yes" if user["admin"] else "", member, user["created_at"]]
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An admin of every project.")
+@click.option("--member", "members", multiple=True, metavar="PROJECT:ROLE",
+              help="A membership (role guest or contributor); repeatable.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin's first line.")
+@json_option
+def users_create(state: State, name: str, admin: bool, members: tuple[str, ...], password_stdin: bool) -> None:
+    """Create user NAME; its password is asked for (twice), never an argument."""
+    memberships = [parse_member(m) for m in members]
+    secret = _read_password("password for " + name, password_stdin, confirm=not password_stdin)
+    emit(state, state.client.create_user(name, secret, admin=admin, memberships=memberships),
+         lambda u: fields(u, title=f"user {u['name']}"))
+
+
+@users.command("list")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def users_list(state: State, offset: int, limit: int) -> None:
+    """List users and their memberships."""
+    page = state.client.list_users(offset, limit)
+    emit(state, page, lambda p: table(map(_user_row, p["items"]), *USER_COLUMNS, title=_page_title("users", p)))
+
+
+@users.command("show")
+@click.argument("user_id")
+@json_option
+def users_show(state: State, user_id: str) -> None:
+    """Show one user."""
+    emit(state, state.client.get_user(user_id), lambda u: fields(u, title=f"user {u['name']}"))
+
+
+@users.command("update")
+@click.argument("user_id")
+@click.option("--admin/--no-admin", default=None, help="Make or unmake an admin of every project.")
+@click.option("--member", "members", multiple=True, metavar="PROJECT:ROLE",
+              help="The user's memberships, all of them (replaces the ones it has); repeatable.")
+@click.option("--no-members", is_flag=True, help="Remove every membership.")
+@click.option("--password", "new_password", is_flag=True, help="Set a new password (asked for); ends its sign-ins.")
+@click.option("--password-stdin", is_flag=True, help="With --password: read it from stdin's first line.")
+@json_option
+def users_update(state: State, user_id: str, admin: bool | None, members: tuple[str, ...], no_members: bool,
+                 new_password: bool, password_stdin: bool) -> None:
+    """Change a user's memberships, admin flag or password."""
+    if members and no_members:
+        raise click.UsageError("--member and --no-members exclude each other")
+    memberships = [] if no_members else [parse_member(m) for m in members] or None
+    secret = _read_password("new password", password_stdin, confirm=not password_stdin) if new_password else None
+    if admin is None and memberships is None and secret is None:
+        raise click.UsageError("nothing to change: give --admin/--no-admin, --member, --no-members or --password")
+    record = state.client.update_user(user_id, admin=admin, memberships=memberships, password=secret)
+    emit(state, record, lambda u: fields(u, title=f"user {u['name']}"))
+
+
+@users.command("delete")
+@click.argument("user_id")
+@json_option
+def users_delete(state: State, user_id: str) -> None:
+    """Delete a user: its sign-ins are refused from the next request on."""
+    state.client.delete_user(user_id)
+    emit(state, {"deleted": user_id}, lambda _: out.print(f"deleted user {user_id}"))
 
 
 @cli.group()

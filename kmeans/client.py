@@ -18,6 +18,14 @@ Every request carries ``Authorization: Bearer <token>``: the ``token`` given, el
 ``KMEANS_TOKEN`` environment variable (a server without tokens serves local clients without
 one). A missing, unknown, revoked or expired token raises ``Unauthorized`` (401), a role that
 may not act ``Forbidden`` (403). The token is never part of a repr or an error message.
+
+A person signs in instead: ``km.sign_in("ada", password)`` (or ``KMeansClient(url,
+refresh_token=…)`` with a refresh token kept from an earlier sign-in). The client then sends
+the short-lived access token and refreshes it transparently: before it expires, and once when
+a request is refused with 401 (for requests whose body can be sent again). Each refresh rotates
+the refresh token; ``on_refresh(grant)`` is called with every new grant so that a caller can
+keep the new refresh token. ``project=`` (the ``X-Kmeans-Project`` header) chooses which of a
+user's projects requests act in.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +47,8 @@ CHUNK_BYTES = 256 * 1024
 DEFAULT_TIMEOUT = 30.0
 ACTIVE = ("queued", "running")
 TOKEN_ENV = "KMEANS_TOKEN"
+PROJECT_HEADER = "X-Kmeans-Project"
+REFRESH_MARGIN = 30.0  # seconds before an access token expires that it is refreshed
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -112,6 +123,16 @@ class Unprocessable(ApiError):
     """422: data that cannot be used (the detail names the row and column)."""
 
 
+class TooManyRequests(ApiError):
+    """429: too many failed sign-ins lately; ``retry_after`` is how many seconds to wait."""
+
+    @property
+    def retry_after(self) -> int | None:
+        """The server's Retry-After, in seconds."""
+        value = self.response.headers.get("retry-after") if self.response is not None else None
+        return int(value) if value and value.isdigit() else None
+
+
 class ServerError(ApiError):
     """5xx."""
 
@@ -125,6 +146,7 @@ ERRORS: dict[int, type[ApiError]] = {
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: Unprocessable,
+    429: TooManyRequests,
 }
 
 
@@ -197,7 +219,9 @@ class KMeansClient:
     ``token`` is sent as ``Authorization: Bearer <token>`` on every request; when it is None
     the ``KMEANS_TOKEN`` environment variable is used, if set (pass ``token=""`` to send none).
     ``http`` may be an ``httpx.Client`` to send requests with (its own base URL is ignored
-    when ``url`` is absolute); the client then does not close it.
+    when ``url`` is absolute); the client then does not close it. ``refresh_token`` (a user's,
+    from ``sign_in``) makes the client get access tokens itself; ``on_refresh`` is called with
+    each new grant; ``project`` is sent as ``X-Kmeans-Project``.
     """
 
     def __init__(
@@ -207,18 +231,35 @@ class KMeansClient:
         *,
         token: str | None = None,
         http: httpx.Client | None = None,
+        refresh_token: str | None = None,
+        on_refresh: Callable[[dict[str, Any]], None] | None = None,
+        project: str | None = None,
+        access_expires_at: float | None = None,
     ) -> None:
         self.url = url.rstrip("/").removesuffix("/kmeans")
         self.api = f"{self.url}/kmeans"
+        self.__refresh = _checked_token(refresh_token)
+        if self.__refresh is not None and token is None:
+            token = ""  # a signed-in user's client gets its access token by refreshing, not from KMEANS_TOKEN
         self.__token = _checked_token(os.environ.get(TOKEN_ENV) if token is None else token)
+        # When the access token stops working (epoch seconds); None: not known (API tokens: never refreshed).
+        self.__access_until = access_expires_at
+        self.on_refresh = on_refresh
+        self.project = project
+        self.__lock = threading.Lock()  # one refresh at a time: a refresh token works only once
         self._owned = http is None
         self.http = http if http is not None else httpx.Client(timeout=timeout)
         self.timeout = timeout
 
     @property
     def has_token(self) -> bool:
-        """Whether requests carry a bearer token."""
-        return self.__token is not None
+        """Whether requests carry a bearer token (or get one by refreshing)."""
+        return self.__token is not None or self.__refresh is not None
+
+    @property
+    def signed_in(self) -> bool:
+        """Whether this client holds a user's refresh token."""
+        return self.__refresh is not None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, token={'<set>' if self.__token else None})"
@@ -238,14 +279,98 @@ class KMeansClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request to ``/kmeans{path}``; raise ApiError for 4xx/5xx, CannotConnect when unreachable."""
-        headers = {"Accept": "application/json", **kwargs.pop("headers", {}), **self._auth()}
+        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        if self.project and PROJECT_HEADER not in headers:
+            headers[PROJECT_HEADER] = self.project
+        self._fresh()
+        response = self._send(method, path, headers, kwargs)
+        # A signed-in user's access token may have been refused early (the server's clock, a
+        # restart of the TTL): refresh once and send again, when the body can be sent again.
+        replayable = not any(key in kwargs for key in ("content", "files"))
+        if response.status_code == 401 and self.__refresh is not None and replayable:
+            self.refresh()
+            response = self._send(method, path, headers, kwargs)
+        if response.status_code >= 400:
+            raise error_for(response)
+        return response
+
+    def _fresh(self) -> None:
+        """Refresh a signed-in user's access token when it has expired (or there is none yet)."""
+        if self.__refresh is not None and (
+            self.__token is None or (self.__access_until is not None and time.time() >= self.__access_until)
+        ):
+            self.refresh()
+
+    def _send(self, method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> httpx.Response:
+        headers = {**headers, **self._auth()}
         try:
-            response = self.http.request(method, f"{self.api}{path}", headers=headers, **kwargs)
+            return self.http.request(method, f"{self.api}{path}", headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise CannotConnect(self.url, exc) from exc
+
+    def _grant(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise error_for(response)
+        grant = response.json()
+        self.__token = _checked_token(grant["access_token"])
+        self.__refresh = _checked_token(grant["refresh_token"])
+        lifetime = float(grant["expires_in"])
+        self.__access_until = time.time() + lifetime - min(REFRESH_MARGIN, lifetime / 2)
+        grant = {**grant, "access_expires_at": self.__access_until}
+        if self.on_refresh is not None:
+            self.on_refresh(grant)
+        return grant
+
+    # -- signing in -------------------------------------------------------------------------
+
+    def sign_in(self, username: str, password: str) -> dict[str, Any]:
+        """Sign in as a user (OAuth2 password grant); later requests carry its access token, refreshed as needed.
+
+        Returns the grant (``access_token``, ``refresh_token``, ``expires_in``, ...). A wrong name
+        or password raises Unauthorized, too many failures TooManyRequests (``retry_after``).
+        """
+        form = {"grant_type": "password", "username": username, "password": password}
+        try:
+            response = self.http.post(f"{self.api}/auth/token", data=form, headers={"Accept": "application/json"})
+        except httpx.TransportError as exc:
+            raise CannotConnect(self.url, exc) from exc
+        with self.__lock:
+            return self._grant(response)
+
+    def refresh(self) -> dict[str, Any]:
+        """A new access token for the refresh token held (which is used up, and replaced by a new one)."""
+        with self.__lock:
+            if self.__refresh is None:
+                raise Unauthorized(401, {"status": 401, "detail": "this client has no refresh token: sign in first"})
+            try:
+                response = self.http.post(
+                    f"{self.api}/auth/refresh", data={"refresh_token": self.__refresh},
+                    headers={"Accept": "application/json"},
+                )
+            except httpx.TransportError as exc:
+                raise CannotConnect(self.url, exc) from exc
+            return self._grant(response)
+
+    def sign_out(self) -> None:
+        """End this client's sign-in: its access and refresh tokens are refused from now on."""
+        with self.__lock:
+            refresh, self.__refresh, self.__token = self.__refresh, None, None
+        if refresh is None:
+            return
+        try:
+            response = self.http.post(f"{self.api}/auth/logout", data={"refresh_token": refresh})
         except httpx.TransportError as exc:
             raise CannotConnect(self.url, exc) from exc
         if response.status_code >= 400:
             raise error_for(response)
-        return response
+
+    def _stream_headers(self, accept: str) -> dict[str, str]:
+        """The headers of a streamed request (events, downloads), which bypasses request()."""
+        self._fresh()
+        headers = {"Accept": accept, **self._auth()}
+        if self.project:
+            headers[PROJECT_HEADER] = self.project
+        return headers
 
     def _auth(self) -> dict[str, str]:
         """The Authorization header, when there is a token."""
@@ -576,7 +701,7 @@ class KMeansClient:
     ) -> Iterator[Event]:
         """Each Server-Sent Event of ``path`` (``/models/{id}/events``, ``/sweeps/{id}/events``,
         ``/events``), until the server closes the stream or ``timeout`` seconds have passed."""
-        headers = {"Accept": "text/event-stream", **self._auth()}
+        headers = self._stream_headers("text/event-stream")
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         deadline = time.monotonic() + timeout
@@ -767,7 +892,7 @@ class KMeansClient:
         media = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}.get(format)
         if media is None:
             raise ValueError(f"format must be csv or parquet, not {format!r}")
-        headers = {"Accept": media, **self._auth()}
+        headers = self._stream_headers(media)
         path = f"{self.api}/models/{_quote(model_id)}/scorings/{_quote(scoring_id)}/result"
         opened = isinstance(destination, (str, os.PathLike))
         out = open(destination, "wb") if opened else destination  # noqa: SIM115 - closed below
@@ -792,8 +917,50 @@ class KMeansClient:
     # -- access -----------------------------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:
-        """Who requests run as: ``{"role", "project", "token_id", "expires_at", "open"}``."""
+        """Who requests run as: ``{"role", "project", "token_id", "expires_at", "open"}`` (and a user's ``user``)."""
         return self._json("GET", "/me")
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        """Change the signed-in user's own password (its other sign-ins end)."""
+        self.request("POST", "/me/password", json={"current_password": current_password, "new_password": new_password})
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        admin: bool = False,
+        memberships: Sequence[Mapping[str, str]] = (),
+    ) -> dict[str, Any]:
+        """A new user (admin): ``memberships`` like ``[{"project": "team-a", "role": "contributor"}]``."""
+        body = {"name": name, "password": password, "admin": admin, "memberships": [dict(m) for m in memberships]}
+        return self._json("POST", "/users", json=body)
+
+    def list_users(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """A page of users (admin)."""
+        return self._json("GET", "/users", params={"offset": offset, "limit": limit})
+
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        """One user (admin)."""
+        return self._json("GET", f"/users/{_quote(user_id)}")
+
+    def update_user(
+        self,
+        user_id: str,
+        *,
+        admin: bool | None = None,
+        memberships: Sequence[Mapping[str, str]] | None = None,
+        password: str | None = None,
+    ) -> dict[str, Any]:
+        """Change a user (admin): ``memberships`` replaces them all; a new ``password`` ends its sign-ins."""
+        body = self._params(
+            admin=admin, password=password, memberships=None if memberships is None else [dict(m) for m in memberships]
+        )
+        return self._json("PATCH", f"/users/{_quote(user_id)}", json=body)
+
+    def delete_user(self, user_id: str) -> None:
+        """Delete a user (admin): its tokens are refused from the next request on."""
+        self.request("DELETE", f"/users/{_quote(user_id)}")
 
     def create_project(self, project_id: str, description: str = "") -> dict[str, Any]:
         """A new, empty project (admin)."""

@@ -71,6 +71,10 @@ class Settings:
     auth_required: bool = False
     # Serve clients on other machines without tokens (KMEANS_INSECURE=1, or --insecure).
     insecure: bool = False
+    # Lifetimes of a signed-in user's access token (short: a stolen one is soon useless) and
+    # of its refresh token, in seconds.
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 86400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -89,6 +93,8 @@ class Settings:
             webhook_attempts=_int(env, "KMEANS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
             auth_required=_choice(env, "KMEANS_AUTH", {"auto": False, "required": True}),
             insecure=_choice(env, "KMEANS_INSECURE", {"0": False, "1": True, "false": False, "true": True}),
+            access_token_ttl=_int(env, "KMEANS_ACCESS_TOKEN_TTL", cls.access_token_ttl),
+            refresh_token_ttl=_int(env, "KMEANS_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:

@@ -121,3 +121,13 @@ def out_of_space(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+class TooManyRequests(ProblemError):
+    """Too many attempts lately; ``Retry-After`` says in how many seconds to try again."""
+
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers["Retry-After"] = str(retry_after)

@@ -133,7 +133,9 @@ class KMeansService:
     def __init__(self, settings: Settings, store: Store | None = None, launcher: Launcher | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.data_dir)
-        self.access = access.Access(self.store, settings.auth_required, settings.insecure)
+        self.access = access.Access(
+            self.store, settings.auth_required, settings.insecure, settings.access_token_ttl, settings.refresh_token_ttl
+        )
         self._launcher = launcher
         self.dispatcher: Dispatcher | None = None
         self._next_prune = 0.0

@@ -202,6 +202,44 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at TEXT,
     revoked_at TEXT
 );
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    project TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (user_id, project)
+);
+-- A sign-in: one family of access and refresh tokens, revoked as a whole (logout, reuse of a
+-- rotated refresh token, deletion of its user).
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT,
+    revoked_because TEXT
+);
+CREATE TABLE IF NOT EXISTS session_tokens (
+    hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+);
+CREATE INDEX IF NOT EXISTS session_tokens_session ON session_tokens (session_id);
+-- Failed sign-ins, by user name and by client address (key: "user:<name>" or "addr:<host>").
+CREATE TABLE IF NOT EXISTS sign_in_failures (
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sign_in_failures_key ON sign_in_failures (key, at);
 """
 # Evaluations of a model on a dataset (kmeans.evaluate): a job kind of the one queue, with the
 # lifecycle columns every job has and the result as JSON.
@@ -784,6 +822,8 @@ class Store:
                 "SELECT 1 FROM tokens WHERE project = ? AND revoked_at IS NULL LIMIT 1", (project_id,)
             ).fetchone():
                 raise Conflict(f"project {project_id!r} still has tokens that are not revoked; revoke them first")
+            if db.execute("SELECT 1 FROM memberships WHERE project = ? LIMIT 1", (project_id,)).fetchone():
+                raise Conflict(f"project {project_id!r} still has members; change their memberships first")
             # Its resources are gone, so are their deliveries' reasons (cancelled on delete).
             db.execute("DELETE FROM deliveries WHERE project = ?", (project_id,))
             return db.execute("DELETE FROM projects WHERE id = ?", (project_id,)).rowcount > 0
@@ -815,6 +855,181 @@ class Store:
     def has_tokens(self) -> bool:
         """Whether any token was ever created here (revoked ones count: auth stays on)."""
         return self._conn().execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
+
+    # -- users and their sign-ins ---------------------------------------------------------
+
+    def has_users(self) -> bool:
+        """Whether any user was ever created here (auth stays on once one exists)."""
+        return self._conn().execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+    def add_user(self, record: dict[str, Any], memberships: list[dict[str, str]]) -> None:
+        """Store a user (its password hash, never the password) and its memberships; Conflict if the name is taken."""
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO users (id, name, admin, password_hash, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (record["id"], record["name"], int(record["admin"]), record["password_hash"],
+                     record["created_at"], record["created_at"]),
+                )
+                self._set_memberships(db, record["id"], memberships)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a user named {record['name']!r} exists already", parameter="name") from None
+
+    @staticmethod
+    def _set_memberships(db: sqlite3.Connection, user_id: str, memberships: list[dict[str, str]]) -> None:
+        db.execute("DELETE FROM memberships WHERE user_id = ?", (user_id,))
+        for member in memberships:
+            # A project deleted meanwhile would leave a membership of nothing: checked in this transaction.
+            if db.execute("SELECT 1 FROM projects WHERE id = ?", (member["project"],)).fetchone() is None:
+                raise Unprocessable(f"no project with id {member['project']}", parameter="memberships")
+            db.execute(
+                "INSERT INTO memberships (user_id, project, role) VALUES (?, ?, ?)",
+                (user_id, member["project"], member["role"]),
+            )
+
+    def update_user(
+        self, user_id: str, admin: bool | None, password_hash: str | None, memberships: list[dict[str, str]] | None
+    ) -> bool:
+        """Change a user's admin flag, password hash and (all of its) memberships; False if there is no such user."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                return False
+            if admin is not None:
+                db.execute("UPDATE users SET admin = ? WHERE id = ?", (int(admin), user_id))
+            if password_hash is not None:
+                db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+            if memberships is not None:
+                self._set_memberships(db, user_id, memberships)
+            db.execute("UPDATE users SET updated_at = ? WHERE id = ?", (now(), user_id))
+        return True
+
+    def _with_memberships(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        if record is None:
+            return None
+        rows = self._conn().execute(
+            "SELECT project, role FROM memberships WHERE user_id = ? ORDER BY project", (record["id"],)
+        ).fetchall()
+        return {**record, "admin": bool(record["admin"]), "memberships": [dict(r) for r in rows]}
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """A user with its memberships (and its password hash: callers never show it)."""
+        return self._with_memberships(self._one("SELECT * FROM users WHERE id = ?", (user_id,)))
+
+    def user_by_name(self, name: str) -> dict[str, Any] | None:
+        """The user of a sign-in name, with its memberships."""
+        return self._with_memberships(self._one("SELECT * FROM users WHERE name = ?", (name,)))
+
+    def list_users(self, offset: int, limit: int) -> tuple[list[dict], int]:
+        """A page of users with their memberships."""
+        items, total = self._page("users", {}, offset, limit)
+        return [self._with_memberships(item) for item in items], total  # type: ignore[misc]
+
+    def delete_user(self, user_id: str) -> bool:
+        """Remove a user, its memberships and its sign-ins (refused from the next request on)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM memberships WHERE user_id = ?", (user_id,))
+            db.execute(
+                "UPDATE sessions SET revoked_at = ?, revoked_because = 'the user was deleted'"
+                " WHERE user_id = ? AND revoked_at IS NULL",
+                (now(), user_id),
+            )
+            return db.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount > 0
+
+    def add_session(self, session_id: str, user_id: str, tokens: list[dict[str, Any]]) -> None:
+        """A new sign-in with its first access and refresh tokens (their hashes)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)", (session_id, user_id, now()))
+            self._add_session_tokens(db, tokens)
+
+    @staticmethod
+    def _add_session_tokens(db: sqlite3.Connection, tokens: list[dict[str, Any]]) -> None:
+        for token in tokens:
+            db.execute(
+                "INSERT INTO session_tokens (hash, session_id, kind, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (token["hash"], token["session_id"], token["kind"], token["created_at"], token["expires_at"]),
+            )
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """One sign-in (its user, when it was revoked and why)."""
+        return self._one("SELECT * FROM sessions WHERE id = ?", (session_id,))
+
+    def session_token(self, digest: str, kind: str) -> dict[str, Any] | None:
+        """A session token of ``kind`` by its hash, with its session's user and revocation."""
+        return self._one(
+            "SELECT t.*, s.user_id, s.revoked_at, s.revoked_because FROM session_tokens t"
+            " JOIN sessions s ON s.id = t.session_id WHERE t.hash = ? AND t.kind = ?",
+            (digest, kind),
+        )
+
+    def rotate_refresh(self, digest: str, tokens: list[dict[str, Any]]) -> str:
+        """Use a refresh token once: 'rotated' (and ``tokens`` stored), 'reused' (its whole session
+        revoked), 'revoked' or 'unknown'. In one transaction, so two uses of one token never both rotate."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT t.used_at, t.session_id, s.revoked_at FROM session_tokens t"
+                " JOIN sessions s ON s.id = t.session_id WHERE t.hash = ? AND t.kind = 'refresh'",
+                (digest,),
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if row["revoked_at"]:
+                return "revoked"
+            if row["used_at"]:
+                self._revoke_session(db, row["session_id"], "a refresh token was used twice")
+                return "reused"
+            db.execute("UPDATE session_tokens SET used_at = ? WHERE hash = ?", (now(), digest))
+            self._add_session_tokens(db, tokens)
+            return "rotated"
+
+    @staticmethod
+    def _revoke_session(db: sqlite3.Connection, session_id: str, because: str) -> None:
+        db.execute(
+            "UPDATE sessions SET revoked_at = ?, revoked_because = ? WHERE id = ? AND revoked_at IS NULL",
+            (now(), because, session_id),
+        )
+
+    def revoke_session(self, session_id: str, because: str) -> None:
+        """Revoke a sign-in: each of its tokens is refused from the next request on."""
+        with self.transaction() as db:
+            self._revoke_session(db, session_id, because)
+
+    def revoke_other_sessions(self, user_id: str, keep: str | None, because: str) -> None:
+        """Revoke every sign-in of a user but ``keep``."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sessions SET revoked_at = ?, revoked_because = ?"
+                " WHERE user_id = ? AND id IS NOT ? AND revoked_at IS NULL",
+                (now(), because, user_id, keep),
+            )
+            # Tokens of long-ended sessions are dead weight: drop the expired ones of this user.
+            db.execute(
+                "DELETE FROM session_tokens WHERE expires_at < ? AND session_id IN"
+                " (SELECT id FROM sessions WHERE user_id = ?)",
+                (now(), user_id),
+            )
+
+    def sign_in_failures(self, keys: list[str], since: float) -> dict[str, tuple[int, float]]:
+        """Per key: how many failures since ``since`` (epoch seconds), and the oldest of them."""
+        found: dict[str, tuple[int, float]] = {}
+        for key in keys:
+            count, oldest = self._conn().execute(
+                "SELECT COUNT(*), MIN(at) FROM sign_in_failures WHERE key = ? AND at >= ?", (key, since)
+            ).fetchone()
+            if count:
+                found[key] = (count, oldest)
+        return found
+
+    def add_sign_in_failure(self, keys: list[str], at: float, older_than: float) -> None:
+        """Count a failed sign-in against each key (and forget failures before ``older_than``)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM sign_in_failures WHERE at < ?", (older_than,))
+            db.executemany("INSERT INTO sign_in_failures (key, at) VALUES (?, ?)", [(k, at) for k in keys])
+
+    def clear_sign_in_failures(self, key: str) -> None:
+        """Forget a key's failures (a user's, after it signed in)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM sign_in_failures WHERE key = ?", (key,))
 
     # -- health ---------------------------------------------------------------------------
 

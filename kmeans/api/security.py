@@ -10,16 +10,35 @@ the rest of the request as that caller.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kmeans import access
 from kmeans.api import SERVICE
-from kmeans.errors import Forbidden, Unauthorized
+from kmeans.errors import BadRequest, Forbidden, Unauthorized
 from kmeans.service import KMeansService
 
 ACCESS = "kmeans.access"  # scope key: the service's Access, for token_info
+# Operations a signed-in user may run before naming a project (one of several, or none yet).
+UNSCOPED = frozenset({"whoami", "change_password"})
+_HEADER = access.PROJECT_HEADER.lower().encode()
+
+
+def requested_project(scope: Scope) -> str | None:
+    """The project a request names: ``?project=`` or the X-Kmeans-Project header (400 if they differ)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("project", [])
+    header = [value.decode("latin-1").strip() for name, value in scope.get("headers", ()) if name == _HEADER]
+    named = {value for value in (*query, *header) if value}
+    if len(named) > 1:
+        raise BadRequest(
+            f"the request names several projects ({', '.join(sorted(named))}) in ?project= and"
+            f" {access.PROJECT_HEADER}; name one",
+            parameter="project",
+        )
+    return named.pop() if named else None
 
 
 def malformed_header() -> Unauthorized:
@@ -29,8 +48,9 @@ def malformed_header() -> Unauthorized:
 
 def token_info(token: str, request: Any) -> dict[str, Any]:
     """connexion's bearer check: the caller of a valid token, or a 401 naming why not."""
-    caller = request.scope[ACCESS].resolve(token)
-    return {"sub": caller.token_id, "caller": caller}
+    named = requested_project(request.scope)
+    caller = dataclasses.replace(request.scope[ACCESS].resolve(token, named), named=named)
+    return {"sub": caller.token_id or (caller.user or {}).get("id"), "caller": caller}
 
 
 class AccessMiddleware:
@@ -65,8 +85,16 @@ class RoleMiddleware:
             return
         info = extensions.get("connexion_context", {}).get("token_info") or {}
         caller = info.get("caller") or self._anonymous(scope)
-        if not caller.may(needed):
-            raise Forbidden(f"a {caller.role} token may not do this; it needs the {needed} role", role=caller.role)
+        if caller.unscoped:  # a user yet to name one of its projects: /me and its password only
+            if operation not in UNSCOPED:
+                scope[ACCESS].refuse_unscoped(caller)
+        elif not caller.may(needed):
+            who = f"user {caller.user['name']!r} (a {caller.role} in {caller.project})" if caller.user else None
+            if who and caller.project is None:
+                who = f"user {caller.user['name']!r}"
+            raise Forbidden(
+                f"{who or f'a {caller.role} token'} may not do this; it needs the {needed} role", role=caller.role
+            )
         with access.acting_as(caller):
             await self.app(scope, receive, send)
 
@@ -80,6 +108,7 @@ class RoleMiddleware:
                 kind, _, token = value.decode("latin-1").strip().partition(" ")
                 if kind.lower() != "bearer" or not token.strip():
                     raise malformed_header()
-                return gate.resolve(token.strip())
+                named = requested_project(scope)
+                return dataclasses.replace(gate.resolve(token.strip(), named), named=named)
         client = scope.get("client")
         return gate.anonymous(client[0] if client else None)

@@ -3,9 +3,15 @@
 The expectation comes from the spec, not from a table here: each operation's least role is its
 ``x-kmeans-role`` (``security: []`` makes it public), its success statuses are its 2xx responses.
 Callers: admin, contributor and guest of project team-a, a contributor of team-b (another
-project), no token, a revoked and an expired token. Each operation has a request builder that
-makes a valid request against team-a's fixture resources (mutating ones on fresh throwaway
-resources), so a new operation without a builder fails the matrix.
+project), no token, a revoked and an expired token; and signed-in users (issue #19) with
+several memberships, each acting in one project by the X-Kmeans-Project header: ``member``
+(contributor in team-a, guest in team-b; acts in team-a, so it must get what team-a's
+contributor token gets), ``member-b`` (guest in team-a, contributor in team-b; acts in team-b,
+like team-b's token), and ``signed-out`` (its sign-in ended, like a revoked token).
+
+Each operation has a request builder that makes a valid request against team-a's fixture
+resources (mutating ones on fresh throwaway resources), so a new operation without a builder
+fails the matrix.
 
 The whole matrix runs twice: on a server started after its first token existed, and on one
 started open (no tokens) whose first token was made after start-up.
@@ -42,10 +48,24 @@ SPEC = yaml.safe_load((ROOT / "api.yaml").read_text())
 BASE = base_path(SPEC)
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 RANK = {"guest": 0, "contributor": 1, "admin": 2}
-CALLERS = ("admin", "contributor", "guest", "other", "none", "revoked", "expired")
+CALLERS = ("admin", "contributor", "guest", "other", "none", "revoked", "expired", "member", "member-b", "signed-out")
+# Each signed-in user caller must get exactly what this token caller gets.
+LIKE = {"member": "contributor", "member-b": "other", "signed-out": "revoked"}
+USERS = {  # user caller -> (memberships, the project it acts in)
+    "member": ([("team-a", "contributor"), ("team-b", "guest")], "team-a"),
+    "member-b": ([("team-a", "guest"), ("team-b", "contributor")], "team-b"),
+    "signed-out": ([("team-a", "contributor"), ("team-b", "guest")], "team-a"),
+}
+PASSWORD = "matrix password 19"  # of every user of the matrix (so one /me/password body fits each)
 ROLE_OF = {"admin": "admin", "contributor": "contributor", "guest": "guest", "other": "contributor"}
 PROJECT_OF = {"admin": None, "contributor": "team-a", "guest": "team-a", "other": "team-b"}
 UNAUTHENTICATED = {"none": "requires a bearer token", "revoked": "revoked", "expired": "expired"}
+PUBLIC = ["ping", "sign_in", "refresh_token", "sign_out"]
+
+
+def like(caller: str) -> str:
+    """The token caller a user caller stands for (itself for token callers)."""
+    return LIKE.get(caller, caller)
 
 MODEL_CSV = (EXAMPLES / "model.csv").read_bytes()
 PREDICT_CSV = (EXAMPLES / "predict.csv").read_bytes()
@@ -114,9 +134,12 @@ class World:
     all_secrets: set[str] = field(default_factory=set)
 
     def headers(self, caller: str) -> dict[str, str]:
-        """The Authorization header of ``caller`` (none for the anonymous caller)."""
+        """The Authorization header of ``caller`` (none for the anonymous caller), and a user's project header."""
         secret = self.secrets.get(caller)
-        return {"Authorization": f"Bearer {secret}"} if secret else {}
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        if caller in USERS:
+            headers["X-Kmeans-Project"] = USERS[caller][1]
+        return headers
 
     def send(self, call: Call, caller: str) -> httpx.Response:
         """Make ``call`` as ``caller``."""
@@ -136,10 +159,10 @@ class World:
         return response.json() if response.content else None
 
     def totals(self) -> dict[str, int]:
-        """How many datasets, models, sweeps, projects and tokens exist (as admin sees them)."""
+        """How many datasets, models, sweeps, projects, tokens and users exist (as admin sees them)."""
         return {
             kind: self.ok("GET", f"/{kind}", 200)["total"]
-            for kind in ("datasets", "models", "sweeps", "projects", "tokens")
+            for kind in ("datasets", "models", "sweeps", "projects", "tokens", "users")
         }
 
 
@@ -599,10 +622,85 @@ def b_revoke_token(w: World, missing: bool) -> Call:
     return Call("POST", f"{BASE}/tokens/{record['id']}/revoke", intact=intact)
 
 
+def throwaway_user(w: World) -> str:
+    """A new team-a guest user, to change or delete."""
+    body = {"name": f"u-{uuid.uuid4().hex[:12]}", "password": PASSWORD, "memberships": [GUEST_OF_A]}
+    return w.ok("POST", "/users", 201, json=body)["id"]
+
+
+GUEST_OF_A = {"project": "team-a", "role": "guest"}
+
+
+def b_create_user(w: World, missing: bool) -> Call:
+    """POST /users of a new team-a guest."""
+    name = f"u-{uuid.uuid4().hex[:12]}"
+    body = {"name": name, "password": PASSWORD, "memberships": [GUEST_OF_A]}
+
+    def intact() -> None:
+        assert name not in {u["name"] for u in w.ok("GET", "/users?limit=1000", 200)["items"]}
+
+    return Call("POST", f"{BASE}/users", {"json": body}, intact=intact)
+
+
+def b_list_users(w: World, missing: bool) -> Call:
+    """GET /users."""
+    return Call("GET", f"{BASE}/users?limit=1000")
+
+
+def b_get_user(w: World, missing: bool) -> Call:
+    """GET /users/{id} of the member."""
+    return Call("GET", f"{BASE}/users/{w.token_ids['member']}")
+
+
+def b_update_user(w: World, missing: bool) -> Call:
+    """PATCH /users/{id} of a throwaway user: a contributor of team-a now."""
+    user = throwaway_user(w)
+
+    def intact() -> None:
+        assert w.ok("GET", f"/users/{user}", 200)["memberships"] == [GUEST_OF_A]
+
+    body = {"memberships": [{"project": "team-a", "role": "contributor"}]}
+    return Call("PATCH", f"{BASE}/users/{user}", {"json": body}, intact=intact)
+
+
+def b_delete_user(w: World, missing: bool) -> Call:
+    """DELETE /users/{id} of a throwaway user."""
+    user = throwaway_user(w)
+    return Call("DELETE", f"{BASE}/users/{user}", intact=_exists(w, f"/users/{user}"))
+
+
+def b_change_password(w: World, missing: bool) -> Call:
+    """POST /me/password from the matrix password to itself (a user caller's own)."""
+    body = {"current_password": PASSWORD, "new_password": PASSWORD}
+    return Call("POST", f"{BASE}/me/password", {"json": body})
+
+
+def b_sign_in(w: World, missing: bool) -> Call:
+    """POST /auth/token of the signer (public: the caller's header plays no part)."""
+    form = {"grant_type": "password", "username": "signer", "password": PASSWORD}
+    return Call("POST", f"{BASE}/auth/token", {"data": form})
+
+
+def _signer_refresh(w: World) -> str:
+    grant = w.service.access.sign_in("signer", PASSWORD, "127.0.0.1")
+    w.all_secrets.update((grant["access_token"], grant["refresh_token"]))
+    return grant["refresh_token"]
+
+
+def b_refresh_token(w: World, missing: bool) -> Call:
+    """POST /auth/refresh of a fresh sign-in of the signer."""
+    return Call("POST", f"{BASE}/auth/refresh", {"data": {"refresh_token": _signer_refresh(w)}})
+
+
+def b_sign_out(w: World, missing: bool) -> Call:
+    """POST /auth/logout of a fresh sign-in of the signer."""
+    return Call("POST", f"{BASE}/auth/logout", {"data": {"refresh_token": _signer_refresh(w)}})
+
+
 # How an operation relates to projects: what a caller of another project gets.
 #   resource: names a team-a resource -> 404, like a missing one;  list: 200 without team-a's;
 #   create: makes something in the caller's own project;  self: about the caller;
-#   global: not project-bound (projects, tokens, ping).
+#   global: not project-bound (projects, tokens, users, ping, sign-in);  password: a user's own (API tokens: 403).
 BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "ping": ("global", b_ping),
     "upload": ("create", b_upload),
@@ -665,6 +763,15 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "list_tokens": ("global", b_list_tokens),
     "get_token": ("global", b_get_token),
     "revoke_token": ("global", b_revoke_token),
+    "create_user": ("global", b_create_user),
+    "list_users": ("global", b_list_users),
+    "get_user": ("global", b_get_user),
+    "update_user": ("global", b_update_user),
+    "delete_user": ("global", b_delete_user),
+    "change_password": ("password", b_change_password),
+    "sign_in": ("global", b_sign_in),
+    "refresh_token": ("global", b_refresh_token),
+    "sign_out": ("global", b_sign_out),
 }
 
 
@@ -704,11 +811,28 @@ def make_tokens(access: Access, secrets: dict[str, str], token_ids: dict[str, st
         db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (past, token_ids["expired"]))
 
 
+def make_users(access: Access, secrets: dict[str, str], token_ids: dict[str, str]) -> set[str]:
+    """The user callers, signed in (the signed-out one signed out again), and the signer that the
+    sign-in builders sign in; the refresh tokens and the password (secrets too)."""
+    more = {PASSWORD}
+    for caller, (memberships, _) in USERS.items():
+        user = access.create_user(caller, PASSWORD, memberships=[{"project": p, "role": r} for p, r in memberships])
+        token_ids[caller] = user["id"]
+        grant = access.sign_in(caller, PASSWORD, "127.0.0.1")
+        secrets[caller] = grant["access_token"]
+        more.add(grant["refresh_token"])
+        if caller == "signed-out":
+            access.sign_out(grant["refresh_token"])
+    access.create_user("signer", PASSWORD, memberships=[GUEST_OF_A])
+    return more
+
+
 @pytest.fixture(scope="module", params=["token-before-start", "token-after-start"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One app for the whole matrix, with its projects, tokens and team-a's resources."""
     data_dir = tmp_path_factory.mktemp("access") / "data"
-    settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2)
+    # Access tokens that outlive the matrix, however long a busy machine takes over it.
+    settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2, access_token_ttl=86400)
     secrets: dict[str, str] = {}
     token_ids: dict[str, str] = {}
     if request.param == "token-before-start":  # as `server.py create-token` before the server starts
@@ -722,8 +846,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     service.access.create_project("team-a", "the project of the matrix")
     service.access.create_project("team-b", "another project")
     make_tokens(service.access, secrets, token_ids)
+    more_secrets = make_users(service.access, secrets, token_ids)
     with local_client(app) as client:
-        w = World(client, service, secrets, token_ids, {}, set(), set(secrets.values()))
+        w = World(client, service, secrets, token_ids, {}, set(), set(secrets.values()) | more_secrets)
         ids = w.ids
         ids["dataset"] = w.ok("POST", "/datasets?project=team-a", 201, json={"data": POINTS})["id"]
         long_ds = w.ok(
@@ -789,14 +914,18 @@ class _Admin:
 
 def expected(op: Operation, scope: str, caller: str) -> str:
     """What the spec says ``caller`` gets: ok, 401, 403, or hidden (404 as if missing)."""
+    original = caller
     if op.role is None:
         return "ok"
+    caller = like(caller)
     if caller in UNAUTHENTICATED:
         return "401"
     if RANK[ROLE_OF[caller]] < RANK[op.role]:
         return "403"
     if caller == "other" and scope == "resource":
         return "hidden"
+    if scope == "password" and original not in USERS:
+        return "403"  # only users have passwords
     return "ok"
 
 
@@ -834,9 +963,15 @@ def team_a_ids_in(body: Any, team_a: set[str]) -> set[str]:
 def check_allowed(w: World, op: Operation, scope: str, caller: str, response: httpx.Response) -> None:
     """A success status of the spec, and project-correct content."""
     assert response.status_code in op.success, (op.success, response.status_code, response.text)
+    user = caller if caller in USERS else None
+    caller = like(caller)
     project = PROJECT_OF.get(caller)
     if op.operation_id == "create_token":
         w.all_secrets.add(response.json()["token"])
+    if op.operation_id in ("sign_in", "refresh_token"):
+        grant = response.json()
+        assert grant["access_token"].startswith("kma_") and grant["refresh_token"].startswith("kmr_"), grant
+        w.all_secrets.update((grant["access_token"], grant["refresh_token"]))
     if scope == "list":
         items = response.json()["items"]
         if project is not None:
@@ -866,9 +1001,11 @@ def check_allowed(w: World, op: Operation, scope: str, caller: str, response: ht
         assert (me["role"], me["project"], me["token_id"], me["open"]) == (
             ROLE_OF[caller],
             project,
-            w.token_ids[caller],
+            None if user else w.token_ids[caller],
             False,
         )
+        if user:
+            assert me["user"]["id"] == w.token_ids[user] and len(me["user"]["memberships"]) == 2, me
     elif op.operation_id == "ping":
         assert response.json()["status"] == "ok"
 
@@ -888,7 +1025,7 @@ def test_every_operation_of_the_spec_has_a_request_builder_and_a_role() -> None:
     for op in OPERATIONS.values():
         assert op.role is None or op.role in RANK, f"{op.operation_id}: x-kmeans-role {op.role!r}"
         assert op.success, f"{op.operation_id} documents no 2xx response"
-    assert [op.operation_id for op in OPERATIONS.values() if op.role is None] == ["ping"]
+    assert [op.operation_id for op in OPERATIONS.values() if op.role is None] == PUBLIC
 
 
 @pytest.mark.parametrize(("op_id", "caller"), CASES)
@@ -912,7 +1049,7 @@ def test_access_matrix(world: World, op_id: str, caller: str, caplog: pytest.Log
             assert_problem(response, 401)
             challenge = response.headers.get("www-authenticate", "")
             assert challenge.startswith("Bearer") and 'realm="kmeans"' in challenge, response.headers
-            assert UNAUTHENTICATED[caller] in response.json()["detail"], response.json()
+            assert UNAUTHENTICATED[like(caller)] in response.json()["detail"], response.json()
         elif outcome == "403":
             assert_problem(response, 403)
         else:
@@ -927,6 +1064,9 @@ def test_access_matrix(world: World, op_id: str, caller: str, caplog: pytest.Log
                 assert world.totals() == before, "a refused request changed what exists"
         secrets = world.all_secrets - (
             {response.json()["token"]} if op_id == "create_token" and outcome == "ok" else set()
+        ) - (  # the one answer that holds a sign-in's new tokens
+            {response.json()["access_token"], response.json()["refresh_token"]}
+            if op_id in ("sign_in", "refresh_token") and outcome == "ok" else set()
         )
         leaked = [s for s in secrets if s in response.text or s in str(response.headers)]
         assert not leaked, "a response holds a token secret"
@@ -968,7 +1108,7 @@ def test_secrets_never_appear_after_creation(world: World, caplog: pytest.LogCap
     assert listed.status_code == 200
     tokens = listed.json()["items"]
     assert {"token", "hash"} & {key for token in tokens for key in token} == set()
-    assert set(world.token_ids.values()) <= {token["id"] for token in tokens}
+    assert {v for k, v in world.token_ids.items() if k not in USERS} <= {token["id"] for token in tokens}
     statuses = {token["id"]: token["status"] for token in tokens}
     assert statuses[world.token_ids["revoked"]] == "revoked" and statuses[world.token_ids["expired"]] == "expired"
     bodies = [listed.text]
@@ -976,8 +1116,9 @@ def test_secrets_never_appear_after_creation(world: World, caplog: pytest.LogCap
         one = world.admin("GET", f"/tokens/{token['id']}")
         assert one.status_code == 200 and "token" not in one.json() and "hash" not in one.json()
         bodies.append(one.text)
-    for caller in ("admin", "contributor", "guest", "other"):
+    for caller in ("admin", "contributor", "guest", "other", "member", "member-b"):
         bodies.append(world.client.get(f"{BASE}/me", headers=world.headers(caller)).text)
+    bodies.append(world.admin("GET", "/users?limit=1000").text)
     assert len(world.all_secrets) > len(world.secrets)  # the matrix made tokens over HTTP too
     for secret in world.all_secrets:
         assert not any(secret in body for body in bodies), "a token secret is shown after its creation"

@@ -83,6 +83,15 @@ METHODS = {
     "delete_scoring": "delete_scoring",
     "get_scoring_result": "scoring_rows",  # and download_scoring for CSV / Parquet
     "get_scoring_events": "scoring_events",
+    "create_user": "create_user",
+    "list_users": "list_users",
+    "get_user": "get_user",
+    "update_user": "update_user",
+    "delete_user": "delete_user",
+    "change_password": "change_password",
+    "sign_in": "sign_in",
+    "refresh_token": "refresh",
+    "sign_out": "sign_out",
 }
 NOT_IN_THE_CLIENT: set[str] = set()
 
@@ -253,7 +262,8 @@ def test_conflict_for_labels_of_a_model_that_did_not_succeed(km):
     [
         (400, sdk.BadRequest), (401, sdk.Unauthorized), (403, sdk.Forbidden), (404, sdk.NotFound),
         (409, sdk.Conflict), (413, sdk.PayloadTooLarge), (415, sdk.UnsupportedMediaType),
-        (422, sdk.Unprocessable), (500, sdk.ServerError), (503, sdk.ServerError), (429, sdk.ApiError),
+        (422, sdk.Unprocessable), (500, sdk.ServerError), (503, sdk.ServerError), (429, sdk.TooManyRequests),
+        (418, sdk.ApiError),
     ],
 )
 def test_error_classes_by_status(status: int, error: type):

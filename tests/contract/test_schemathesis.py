@@ -44,6 +44,17 @@ expected-statuses = ["2xx", "404", "409", "422"]
 # An invalid request may also be too large (text cells of up to 10,000 characters): the body
 # limit answers it 413 before the schema is checked.
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+
+[[operations]]
+# A well-formed sign-in, refresh or sign-out with a made-up name, password or refresh token is
+# refused (401; 429 after repeated failed sign-ins from this client), as it must be.
+include-operation-id = ["sign_in", "refresh_token", "sign_out"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "429"]
+
+[[operations]]
+# The admin token of these tests has no password to change (403); a user's wrong one is 403 too.
+include-operation-id = ["change_password"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "403", "422", "429"]
 """
 )
 @schemathesis.serializer(

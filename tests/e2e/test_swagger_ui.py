@@ -1,6 +1,7 @@
 """The Swagger UI in a real headless Chromium: every operation is listed, an upload through
 "Try it out" works from the page's own file input, and on a server that requires tokens the
-"Authorize" button (api.yaml's bearerAuth scheme) is what turns a 401 into a 200."""
+"Authorize" button (api.yaml's bearerAuth scheme, or its userAuth password sign-in) is what turns a
+401 into a 200."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -112,3 +114,51 @@ def test_swagger_ui_authorize_button_sends_the_bearer_token(page, tmp_path: Path
         me = json.loads(whoami.locator(".live-responses-table .response-col_description pre").first.inner_text())
         assert me["role"] == "admin" and me["open"] is False and me["token_id"]
         assert f"Authorization: Bearer {token}" in whoami.locator(".curl-command").inner_text()
+
+
+def test_swagger_ui_signs_in_with_a_user_name_and_password(page, tmp_path: Path):
+    """The Authorize dialog's userAuth scheme (OAuth2 password grant at /auth/token): a user's name
+    and password there, and "Try it out" runs as that user, in its project, with its role."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    data_dir = tmp_path / "data"
+    password = "correct horse battery"
+    admin = create_token(data_dir, "--role", "admin")
+    port = free_port()
+    cmd = [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)]
+    with running(cmd, data_dir, port, tmp_path / "server.log", env={"KMEANS_AUTH": "required"}) as url:
+        auth = {"Authorization": f"Bearer {admin}"}
+        assert httpx.post(f"{url}/kmeans/projects", json={"id": "team-a"}, headers=auth).status_code == 201
+        body = {"name": "ada", "password": password, "memberships": [{"project": "team-a", "role": "contributor"}]}
+        assert httpx.post(f"{url}/kmeans/users", json=body, headers=auth).status_code == 201
+
+        page.set_default_timeout(30_000)
+        page.goto(f"{url}/kmeans/ui/")
+        page.wait_for_selector(".opblock")
+        whoami = page.locator("#operations-access-whoami")
+        whoami.locator(".opblock-summary").click()
+        whoami.locator("button.try-out__btn").click()
+        whoami.locator("button.execute").click()
+        status = whoami.locator(".live-responses-table .response .response-col_status").first
+        expect(status).to_have_text("401", timeout=30_000)
+
+        page.locator(".auth-wrapper button.authorize").click()
+        dialog = page.locator(".modal-ux")
+        dialog.wait_for()
+        scheme = dialog.locator(".auth-container").filter(has_text="userAuth")
+        # A wrong password first: the dialog shows the server's refusal and stays unauthorized.
+        scheme.locator("#oauth_username").fill("ada")
+        scheme.locator("#oauth_password").fill("not the password")
+        scheme.locator("button.authorize").click()
+        expect(scheme.locator(".errors")).to_contain_text("Unauthorized", timeout=10_000)
+        scheme.locator("#oauth_password").fill(password)
+        scheme.locator("button.authorize").click()
+        expect(scheme.locator("button", has_text="Logout")).to_be_visible(timeout=10_000)
+        scheme.locator("button.btn-done").click()
+        dialog.wait_for(state="detached")
+
+        whoami.locator("button.execute").click()
+        expect(status).to_have_text("200", timeout=30_000)
+        me = json.loads(whoami.locator(".live-responses-table .response-col_description pre").first.inner_text())
+        assert (me["user"]["name"], me["role"], me["project"]) == ("ada", "contributor", "team-a")
+        curl = whoami.locator(".curl-command").inner_text()
+        assert "Authorization: Bearer kma_" in curl and password not in curl

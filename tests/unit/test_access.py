@@ -163,3 +163,40 @@ def test_new_resources_go_only_to_projects_that_exist(gate: Access):
         assert gate.home(None) == "team-a"
         with pytest.raises(Forbidden):
             gate.home("default")
+
+
+def test_a_users_access_and_refresh_tokens_are_taken_out_of_log_lines(gate: Access):
+    gate.create_project("team-a")
+    gate.create_user("ada", "correct horse battery", memberships=[{"project": "team-a", "role": "guest"}])
+    grant = gate.sign_in("ada", "correct horse battery", "127.0.0.1")
+    line = f"got {grant['access_token']} and refresh_token={grant['refresh_token']} for ada"
+    cleaned = access.redact(line)
+    assert grant["access_token"] not in cleaned and grant["refresh_token"] not in cleaned
+    assert cleaned.startswith("got kma_[redacted]") and cleaned.endswith("for ada")
+
+
+def test_a_users_caller_is_its_membership_in_the_project_named(gate: Access):
+    for project in ("team-a", "team-b"):
+        gate.create_project(project)
+    user = gate.store.user_by_name(
+        gate.create_user("ada", "correct horse battery", memberships=[
+            {"project": "team-a", "role": "contributor"}, {"project": "team-b", "role": "guest"}])["name"]
+    )
+    in_a = Access.scoped(user, "ses_1", None, "team-a")
+    assert (in_a.role, in_a.project, in_a.unscoped) == ("contributor", "team-a", None)
+    assert in_a.sees("team-a") and not in_a.sees("team-b")
+    assert Access.scoped(user, "ses_1", None, "team-b").role == "guest"
+    unnamed = Access.scoped(user, "ses_1", None, None)
+    assert unnamed.unscoped and not unnamed.sees("team-a") and not unnamed.may("guest")
+    with pytest.raises(Forbidden, match="not a member of project 'default'"):
+        Access.scoped(user, "ses_1", None, "default")
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [("short", "at least 12"), ("x" * 1025, "at most 1024"), ("ADA", "at least 12"), ("abababababab", "too weak")],
+)
+def test_weak_passwords_are_refused_naming_the_field(password: str, problem: str):
+    with pytest.raises(Unprocessable, match=problem) as refused:
+        access.check_password(password, "ada", "new_password")
+    assert refused.value.extra["parameter"] == "new_password"
