@@ -28,6 +28,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
 from kmeans.access import ROLES, Access, install_log_redaction, is_loopback, token_missing
+from kmeans.api import adapter
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.specdoc import SpecDocumentMiddleware, base_path
 from kmeans.api.validation import (
@@ -75,9 +76,13 @@ def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionRes
     )
 
 
-def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
-    """The connexion app for ``settings`` (from the environment when not given)."""
+def build_app(
+    settings: Settings | None = None, app_class: type[connexion.AsyncApp] | type[connexion.FlaskApp] | None = None
+) -> connexion.AsyncApp | connexion.FlaskApp:
+    """The connexion app for ``settings`` (from the environment when not given), of ``app_class``
+    (AsyncApp or FlaskApp; by default the one ``settings.app``, KMEANS_APP, names)."""
     settings = settings or Settings.from_env()
+    app_class = app_class or adapter.app_class(settings.app)
     service = KMeansService(settings)
 
     @contextlib.asynccontextmanager
@@ -89,11 +94,18 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
         finally:
             service.stop()
 
-    # AsyncApp: the handlers (plain functions) run in its thread pool behind Starlette, with no
-    # WSGI bridge between the server and them.
-    app = connexion.AsyncApp(
-        __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":")), lifespan=lifespan
+    # AsyncApp (the default): the handlers (plain functions) run in its thread pool behind
+    # Starlette, with no WSGI bridge between the server and them. FlaskApp: they run as Flask views
+    # in WSGI threads, adapted by kmeans.api.adapter; every middleware below is the same ASGI code.
+    app = app_class(
+        __name__,
+        specification_dir=ROOT,
+        jsonifier=Jsonifier(json, separators=(",", ":")),
+        lifespan=lifespan,
+        resolver=adapter.resolver(app_class),
     )
+    if adapter.is_flask(app_class):
+        adapter.configure_flask(app)
     spec = yaml.safe_load((ROOT / "api.yaml").read_text())
     if not service.access.required():
         # No tokens yet: requests without one are let through connexion's security check; the
@@ -142,6 +154,9 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     app.add_middleware(SpecDocumentMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, spec=authored)
     # Outside the exception middleware, which is where the router's 405s are rendered.
     app.add_middleware(AllowMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, paths=paths)
+    if adapter.is_flask(app_class):
+        # Innermost, around the Flask app: streamed answers are sent from the event loop.
+        app.add_middleware(adapter.StreamMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     return app
 
 

@@ -834,10 +834,11 @@ def test_secrets_never_appear_after_creation(world: World, caplog: pytest.LogCap
 # -- a server that starts without tokens ----------------------------------------------------------
 
 
-def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_path: Path) -> None:
+@pytest.mark.both_apps
+def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_path: Path, app_class: type) -> None:
     """Started without tokens: only local clients, no token needed; after POST /tokens, 401 at once."""
     settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=1_000_000, max_concurrent_fits=1)
-    app = build_app(settings)
+    app = build_app(settings, app_class)
     with local_client(app) as local, app.test_client() as remote:
         me = local.get(f"{BASE}/me")
         assert me.status_code == 200 and me.json()["open"] is True and me.json()["role"] == "admin"
@@ -860,10 +861,13 @@ def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_pa
         assert secret not in local.get(f"{BASE}/tokens", headers=auth).text
 
 
-def test_settings_auth_required_refuses_anonymous_local_clients_without_any_token(tmp_path: Path) -> None:
+@pytest.mark.both_apps
+def test_settings_auth_required_refuses_anonymous_local_clients_without_any_token(
+    tmp_path: Path, app_class: type
+) -> None:
     """With auth_required, a server without tokens still answers 401 to a local client."""
     settings = replace(Settings(data_dir=tmp_path / "data"), auth_required=True, max_concurrent_fits=1)
-    with local_client(build_app(settings)) as local:
+    with local_client(build_app(settings, app_class)) as local:
         refused = local.get(f"{BASE}/datasets")
         assert_problem(refused, 401)
         assert refused.headers["www-authenticate"].startswith("Bearer")
