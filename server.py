@@ -1,7 +1,8 @@
 """The one place that wires the app: ``build_app(settings)``; ``server:app`` for gunicorn.
 
 Run the embedded server with ``python server.py`` (127.0.0.1:8080), or in production
-``gunicorn -k uvicorn_worker.UvicornWorker server:app``.
+``gunicorn -k uvicorn_worker.UvicornWorker server:app``; either on connexion's AsyncApp (the
+default) or, with ``KMEANS_APP=flask``, on its FlaskApp.
 """
 
 from __future__ import annotations

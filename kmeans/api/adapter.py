@@ -26,8 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STREAM = "kmeans.stream"  # scope key: the StreamingResponse a Flask handler handed back to the ASGI layer
 STREAM_HEADER = "x-kmeans-stream"  # marks the placeholder Flask response of a handed-back stream
-# What KMEANS_APP names; AsyncApp is the default.
-APP_CLASSES = ("async", "flask")
 # FlaskApp runs views in a2wsgi's own thread pool (10 threads by default); as many as AsyncApp's
 # handler pool (anyio's default of 40) so that both app classes take the same load.
 FLASK_THREADS = 40
