@@ -559,7 +559,9 @@ def make_tokens(access: Access, secrets: dict[str, str], token_ids: dict[str, st
 
 
 @pytest.fixture(scope="module", params=["token-before-start", "token-after-start"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, app_class: type
+) -> Iterator[World]:
     """One app for the whole matrix, with its projects, tokens and team-a's resources."""
     data_dir = tmp_path_factory.mktemp("access") / "data"
     settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2)
@@ -568,7 +570,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if request.param == "token-before-start":  # as `server.py create-token` before the server starts
         record, secrets["admin"] = Access(Store(data_dir)).create_token("admin")
         token_ids["admin"] = record["id"]
-    app = build_app(settings)
+    app = build_app(settings, app_class)
     service = app.service
     if request.param == "token-after-start":  # the server started open, the first token came later
         record, secrets["admin"] = service.access.create_token("admin")

@@ -369,9 +369,9 @@ def test_a_copy_can_leave_options_out(client: TestClient):
     assert bad.status_code == 422 and bad.json()["parameter"] == "unset" and "'tol'" in bad.json()["detail"]
 
 
-def test_the_webhook_of_a_deleted_model_is_cancelled_not_sent_unsigned(settings: Settings):
+def test_the_webhook_of_a_deleted_model_is_cancelled_not_sent_unsigned(settings: Settings, app_class: type):
     received = []
-    with local_client(build_app(replace(settings, webhook_allow=("127.0.0.1",)))) as client:
+    with local_client(build_app(replace(settings, webhook_allow=("127.0.0.1",)), app_class)) as client:
         from tests.api.test_jobs import Receiver
 
         hook = Receiver()
