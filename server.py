@@ -1,7 +1,8 @@
 """The one place that wires the app: ``build_app(settings)``; ``server:app`` for gunicorn.
 
 Run the embedded server with ``python server.py`` (127.0.0.1:8080), or in production
-``gunicorn -k uvicorn_worker.UvicornWorker server:app``.
+``gunicorn -k uvicorn_worker.UvicornWorker server:app``; either on connexion's AsyncApp (the
+default) or, with ``KMEANS_APP=flask``, on its FlaskApp.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from connexion.middleware import MiddlewarePosition
 
 from kmeans.access import ROLES, Access, install_log_redaction, is_loopback, token_missing
+from kmeans.api import adapter
 from kmeans.api.security import AccessMiddleware, RoleMiddleware, malformed_header
 from kmeans.api.specdoc import SpecDocumentMiddleware, base_path
 from kmeans.api.validation import (
@@ -76,9 +78,13 @@ def problem_response(_request: ConnexionRequest, exc: Exception) -> ConnexionRes
     )
 
 
-def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
-    """The connexion app for ``settings`` (from the environment when not given)."""
+def build_app(
+    settings: Settings | None = None, app_class: type[connexion.AsyncApp] | type[connexion.FlaskApp] | None = None
+) -> connexion.AsyncApp | connexion.FlaskApp:
+    """The connexion app for ``settings`` (from the environment when not given), of ``app_class``
+    (AsyncApp or FlaskApp; by default the one ``settings.app``, KMEANS_APP, names)."""
     settings = settings or Settings.from_env()
+    app_class = app_class or adapter.app_class(settings.app)
     service = KMeansService(settings)
 
     @contextlib.asynccontextmanager
@@ -90,11 +96,18 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
         finally:
             service.stop()
 
-    # AsyncApp: the handlers (plain functions) run in its thread pool behind Starlette, with no
-    # WSGI bridge between the server and them.
-    app = connexion.AsyncApp(
-        __name__, specification_dir=ROOT, jsonifier=Jsonifier(json, separators=(",", ":")), lifespan=lifespan
+    # AsyncApp (the default): the handlers (plain functions) run in its thread pool behind
+    # Starlette, with no WSGI bridge between the server and them. FlaskApp: they run as Flask views
+    # in WSGI threads, adapted by kmeans.api.adapter; every middleware below is the same ASGI code.
+    app = app_class(
+        __name__,
+        specification_dir=ROOT,
+        jsonifier=Jsonifier(json, separators=(",", ":")),
+        lifespan=lifespan,
+        resolver=adapter.resolver(app_class),
     )
+    if adapter.is_flask(app_class):
+        adapter.configure_flask(app)
     spec = yaml.safe_load((ROOT / "api.yaml").read_text())
     if not service.access.required():
         # No tokens yet: requests without one are let through connexion's security check; the
@@ -143,6 +156,9 @@ def build_app(settings: Settings | None = None) -> connexion.AsyncApp:
     app.add_middleware(SpecDocumentMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, spec=authored)
     # Outside the exception middleware, which is where the router's 405s are rendered.
     app.add_middleware(AllowMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, paths=paths)
+    if adapter.is_flask(app_class):
+        # Innermost, around the Flask app: streamed answers are sent from the event loop.
+        app.add_middleware(adapter.StreamMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT)
     return app
 
 

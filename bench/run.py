@@ -7,11 +7,12 @@ Usage::
     python bench/run.py --quick          # small sizes, one repeat: checks the script in seconds
     python bench/run.py --only 1,3       # some items only
     python bench/run.py --only 5         # the mixed-type table only (--items 5 is the same)
+    python bench/run.py --only 6 --quick # the one-row predict on AsyncApp and on FlaskApp only
     python bench/run.py --rows 500000 --repeat 5
 
 Options: ``--rows N`` rows of item 1 (default 1,000,000); ``--mixed-rows N`` rows of item 5
 (default 1,000,000); ``--repeat N`` runs behind each median (default 3); ``--quick``;
-``--only LIST`` or ``--items LIST`` (items 1-5, comma separated); ``--keep-logs`` (print where
+``--only LIST`` or ``--items LIST`` (items 1-6, comma separated); ``--keep-logs`` (print where
 the server logs are and keep them).
 
 What it does. The data are seeded Gaussian blobs (8 features, 8 clusters) written as CSV into
@@ -53,6 +54,10 @@ ratio is the median of ratios measured within the same run:
    for Parquet (informative); 5a: the labels' adjusted Rand index against the in-process
    ones >= 0.99 (lowest run). A fresh server per way and run, warmed up with small mixed
    uploads, fits and labels; a way that fails is an ERROR row and is not run again.
+6. the one-row JSON predict of item 4 on both connexion app classes: the production command
+   with ``--workers 1`` and ``KMEANS_APP=async`` (AsyncApp, the default), and the same with
+   ``KMEANS_APP=flask`` (FlaskApp), each with the same model; requests per second over one
+   keep-alive connection, measured in turns; the ratio FlaskApp / AsyncApp is informative.
 
 The client runs on the same machine as the servers, so on a small box the figures are
 noisy and item 4 is partly bound by the client's own CPU time.
@@ -224,11 +229,13 @@ def serve(name: str, cmd: list[str], port: int, ping_path: str, env: dict[str, s
 
 
 @contextlib.contextmanager
-def service(tmp: Path, name: str, workers: int | None = None) -> Iterator[Server]:
-    """The production command over a fresh data directory."""
+def service(tmp: Path, name: str, workers: int | None = None, app: str | None = None) -> Iterator[Server]:
+    """The production command over a fresh data directory (with ``app`` as KMEANS_APP, if given)."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix=f"data-{name}-", dir=tmp))
     env = {"KMEANS_DATA_DIR": str(data_dir), "KMEANS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
+    if app is not None:
+        env["KMEANS_APP"] = app
     with serve(name, dockerfile_command(port, workers), port, "/kmeans/ping", env, tmp / f"{name}.log") as server:
         server.data_dir = data_dir
         yield server
@@ -694,6 +701,37 @@ def item4(report: Report, tmp: Path, main: Server, model_id: str, centers: np.nd
                         "on the same machine (its CPU time is part of every figure)")
 
 
+# -- item 6: one-row JSON predict on both app classes ---------------------------------------------
+
+
+def item6(report: Report, tmp: Path, repeat: int, duration: float) -> None:
+    """Item 4's one-row predict rate, 1 worker, on AsyncApp and on FlaskApp (KMEANS_APP)."""
+    train_csv = csv_bytes(blobs(20_000, seed=1))
+    point = blobs(1, seed=4)[0].tolist()
+    body = json.dumps({"data": [point]}).encode()
+    rates: dict[str, list[float]] = {"async": [], "flask": []}
+    ratios: list[float] = []
+    with service(tmp, "async-app", workers=1, app="async") as on_async, \
+            service(tmp, "flask-app", workers=1, app="flask") as on_flask:
+        targets = {}
+        for name, server in (("async", on_async), ("flask", on_flask)):
+            model_id, centers = train_model(server.url, train_csv)
+            targets[name] = f"{server.url}/kmeans/models/{model_id}/predictions"
+            expected = int(((centers - np.asarray(point)) ** 2).sum(axis=1).argmin())
+            labels = expect(httpx.post(targets[name], content=body, headers={"Content-Type": "application/json"}),
+                            200).json()
+            if labels["labels"] != [expected]:
+                raise RuntimeError(f"KMEANS_APP={name} answered {labels}, expected label {expected}")
+        for _ in range(repeat):
+            for name, url in targets.items():
+                rates[name].append(request_rate(url, body, duration, max_requests=200_000))
+            ratios.append(rates["flask"][-1] / rates["async"][-1])
+    report.rows.append(Row("6  one-row JSON predict, --workers 1, KMEANS_APP=flask vs async",
+                           f"{median(rates['flask']):.0f} req/s", f"{median(rates['async']):.0f} req/s",
+                           f"{median(ratios):.2f}", "(info)", None))
+    report.notes.append(f"6: as 4, {duration:g} s per measurement; service column FlaskApp, reference AsyncApp")
+
+
 def train_model(url: str, train_csv: bytes) -> tuple[str, np.ndarray]:
     """Upload ``train_csv``, fit it with FIT_PARAMS, return (model id, centers)."""
     with client(120) as http:
@@ -1096,16 +1134,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and short durations")
     parser.add_argument("--mixed-rows", type=int, default=None,
                         help="rows of item 5's mixed table (default 1,000,000; 20,000 with --quick)")
-    parser.add_argument("--only", "--items", dest="only", default="1,2,3,4,5",
+    parser.add_argument("--only", "--items", dest="only", default="1,2,3,4,5,6",
                         help="items to run, e.g. 1,3 (default all)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs and print where they are")
     args = parser.parse_args(argv)
     try:
         args.items = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
-        parser.error("--only takes item numbers 1-5 separated by commas")
-    if not args.items or not set(args.items) <= {1, 2, 3, 4, 5}:
-        parser.error("--only takes item numbers 1-5 separated by commas")
+        parser.error("--only takes item numbers 1-6 separated by commas")
+    if not args.items or not set(args.items) <= {1, 2, 3, 4, 5, 6}:
+        parser.error("--only takes item numbers 1-6 separated by commas")
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.mixed_rows = args.mixed_rows or (20_000 if args.quick else 1_000_000)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -1181,11 +1219,14 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
 
             attempt(report, "2", run_item2)
-        main_items = [n for n in args.items if n not in (2, 5)]
+        main_items = [n for n in args.items if n not in (2, 5, 6)]
         if main_items:
             attempt(report, ",".join(map(str, main_items)), lambda: main_server_items(report, tmp, args, step))
         if 5 in args.items:
             attempt(report, "5", lambda: item5(report, tmp, args.mixed_rows, args.repeat, step))
+        if 6 in args.items:
+            step(f"item 6: {args.repeat} x {args.duration:g} s on each app class")
+            attempt(report, "6", lambda: item6(report, tmp, args.repeat, args.duration))
         report.rows.sort(key=lambda r: r.item[:2])
         print()
         print(table(report.rows))

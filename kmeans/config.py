@@ -32,6 +32,15 @@ def _choice(env: Mapping[str, str], name: str, values: dict[str, bool]) -> bool:
     return values[raw]
 
 
+def _name(env: Mapping[str, str], name: str, values: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in values:
+        raise ValueError(f"{name} must be one of {', '.join(values)}, not {raw!r}")
+    return raw
+
+
 DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -75,6 +84,9 @@ class Settings:
     # of its refresh token, in seconds.
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 86400
+    # The connexion app class that serves the API (KMEANS_APP): "async" (AsyncApp, the default) or
+    # "flask" (FlaskApp, whose Flask app can take routes of its own beside the API).
+    app: str = "async"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -92,6 +104,7 @@ class Settings:
             webhook_allow=tuple(h.strip() for h in env.get("KMEANS_WEBHOOK_ALLOW", "").split(",") if h.strip()),
             webhook_attempts=_int(env, "KMEANS_WEBHOOK_ATTEMPTS", cls.webhook_attempts),
             auth_required=_choice(env, "KMEANS_AUTH", {"auto": False, "required": True}),
+            app=_name(env, "KMEANS_APP", ("async", "flask"), cls.app),
             insecure=_choice(env, "KMEANS_INSECURE", {"0": False, "1": True, "false": False, "true": True}),
             access_token_ttl=_int(env, "KMEANS_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_int(env, "KMEANS_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),

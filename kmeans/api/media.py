@@ -1,8 +1,9 @@
 """Content negotiation, request bodies, and the shapes of CSV and JSON responses.
 
-Handlers are plain functions that connexion's AsyncApp runs in its thread pool; they see
-the request through connexion's context (its ASGI scope and receive channel) and answer
-Starlette responses (or connexion's ``(body, status, headers)`` tuples for JSON).
+Handlers are plain functions that connexion runs in a thread pool (AsyncApp's, or FlaskApp's
+WSGI threads); they see the request through connexion's context (its ASGI scope) and answer
+Starlette responses (or connexion's ``(body, status, headers)`` tuples for JSON), which
+:mod:`kmeans.api.adapter` serves as they are under AsyncApp and turns into Flask's under FlaskApp.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def inline_small_json(handler: Callable[..., Any]) -> Callable[..., Awaitable[An
             return handler(*args, **kwargs)
         return await run_in_threadpool(handler, *args, **kwargs)
 
+    run.thread_handler = handler  # type: ignore[attr-defined]  # what FlaskApp calls (kmeans.api.adapter)
     return run
 
 

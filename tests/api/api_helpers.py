@@ -93,14 +93,15 @@ def leftovers(data_dir: Path) -> list[str]:
 
 
 @contextmanager
-def app_client(data_dir: Path) -> Iterator[TestClient]:
-    """A test client over an app on ``data_dir``, with the settings of the ``settings`` fixture.
+def app_client(data_dir: Path, app_class: type | None = None) -> Iterator[TestClient]:
+    """A test client over an app (of ``app_class``, AsyncApp by default) on ``data_dir``, with the
+    settings of the ``settings`` fixture.
 
     For module-scoped apps: tests that only add to the app, or must leave it unchanged,
     share one app instead of building their own.
     """
     settings = Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2)
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield client
 
 

@@ -828,7 +828,9 @@ def make_users(access: Access, secrets: dict[str, str], token_ids: dict[str, str
 
 
 @pytest.fixture(scope="module", params=["token-before-start", "token-after-start"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, app_class: type
+) -> Iterator[World]:
     """One app for the whole matrix, with its projects, tokens and team-a's resources."""
     data_dir = tmp_path_factory.mktemp("access") / "data"
     # Access tokens that outlive the matrix, however long a busy machine takes over it.
@@ -838,7 +840,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if request.param == "token-before-start":  # as `server.py create-token` before the server starts
         record, secrets["admin"] = Access(Store(data_dir)).create_token("admin")
         token_ids["admin"] = record["id"]
-    app = build_app(settings)
+    app = build_app(settings, app_class)
     service = app.service
     if request.param == "token-after-start":  # the server started open, the first token came later
         record, secrets["admin"] = service.access.create_token("admin")
@@ -1128,10 +1130,11 @@ def test_secrets_never_appear_after_creation(world: World, caplog: pytest.LogCap
 # -- a server that starts without tokens ----------------------------------------------------------
 
 
-def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_path: Path) -> None:
+@pytest.mark.both_apps
+def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_path: Path, app_class: type) -> None:
     """Started without tokens: only local clients, no token needed; after POST /tokens, 401 at once."""
     settings = Settings(data_dir=tmp_path / "data", max_upload_bytes=1_000_000, max_concurrent_fits=1)
-    app = build_app(settings)
+    app = build_app(settings, app_class)
     with local_client(app) as local, app.test_client() as remote:
         me = local.get(f"{BASE}/me")
         assert me.status_code == 200 and me.json()["open"] is True and me.json()["role"] == "admin"
@@ -1154,10 +1157,13 @@ def test_open_server_requires_tokens_from_the_first_one_created_over_http(tmp_pa
         assert secret not in local.get(f"{BASE}/tokens", headers=auth).text
 
 
-def test_settings_auth_required_refuses_anonymous_local_clients_without_any_token(tmp_path: Path) -> None:
+@pytest.mark.both_apps
+def test_settings_auth_required_refuses_anonymous_local_clients_without_any_token(
+    tmp_path: Path, app_class: type
+) -> None:
     """With auth_required, a server without tokens still answers 401 to a local client."""
     settings = replace(Settings(data_dir=tmp_path / "data"), auth_required=True, max_concurrent_fits=1)
-    with local_client(build_app(settings)) as local:
+    with local_client(build_app(settings, app_class)) as local:
         refused = local.get(f"{BASE}/datasets")
         assert_problem(refused, 401)
         assert refused.headers["www-authenticate"].startswith("Bearer")

@@ -17,12 +17,12 @@ from tests.conftest import local_client
 
 
 @pytest.fixture(params=["token before start", "first token after start"])
-def secured(request, tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
+def secured(request, tmp_path: Path, app_class: type) -> Iterator[tuple[TestClient, dict[str, str]]]:
     """A client of a server that requires tokens, and an admin's Authorization header."""
     data_dir = tmp_path / "data"
     if request.param == "token before start":
         _, secret = Access(Store(data_dir)).create_token("admin")
-    with local_client(build_app(Settings(data_dir=data_dir))) as client:
+    with local_client(build_app(Settings(data_dir=data_dir), app_class)) as client:
         if request.param == "first token after start":
             secret = client.post("/kmeans/tokens", json={"role": "admin"}).json()["token"]
         yield client, {"Authorization": f"Bearer {secret}"}
@@ -49,6 +49,7 @@ def test_refusals_name_what_is_wrong_with_the_header(secured, header: str | None
     assert ('error="invalid_token"' in challenge) == (header is not None)
 
 
+@pytest.mark.both_apps
 def test_the_scheme_name_is_case_insensitive(secured):
     client, admin = secured
     shouted = {"Authorization": "BEARER " + admin["Authorization"].split(" ", 1)[1]}
@@ -66,9 +67,10 @@ def test_admins_create_only_in_projects_that_exist(secured):
     assert client.get("/kmeans/datasets?project=default", headers=admin).json()["total"] == 0
 
 
-def test_an_open_server_says_so_in_its_log_and_serves_local_clients_only(tmp_path: Path, caplog):
+@pytest.mark.both_apps
+def test_an_open_server_says_so_in_its_log_and_serves_local_clients_only(tmp_path: Path, caplog, app_class: type):
     with caplog.at_level(logging.WARNING, logger="kmeans"):
-        app = build_app(Settings(data_dir=tmp_path / "data"))
+        app = build_app(Settings(data_dir=tmp_path / "data"), app_class)
     assert "no tokens exist" in caplog.text and "this machine only" in caplog.text
     with local_client(app) as client:
         assert client.get("/kmeans/me").json()["open"] is True

@@ -40,12 +40,12 @@ class Stored:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory) -> Iterator[Stored]:
+def stored(tmp_path_factory, app_class: type) -> Iterator[Stored]:
     """One app for the whole module (bad requests must not change it): an upload with a fitted model."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("bad_input") / "data", max_upload_bytes=LIMIT, max_concurrent_fits=2
     )
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         job = upload(client)
         assert job.status_code == 200, job.text
         fitted = client.post(
@@ -114,6 +114,7 @@ def test_file_of_blank_lines_is_422(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_non_numeric_cell_is_422_naming_row_and_column(api, unharmed):
     for content in (b"1,2\n3,4\n5,abc\n", b"x,y\n1,2\n3,abc\n"):
         for response in post_csv_both_ways(api, content):
@@ -201,6 +202,7 @@ def test_csv_with_cr_only_line_ends_names_row_and_column(api, unharmed):
 # -- model parameters ----------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_unknown_model_param_is_400_naming_it(api, stored, unharmed):
     dataset_id = stored.dataset_id
     responses = [
@@ -262,6 +264,7 @@ def test_classic_predict_with_wrong_width_is_422(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_predictions_with_wrong_width_are_422(api, stored, unharmed):
     url = f"/kmeans/models/{stored.model_id}/predictions"
     responses = [
@@ -296,6 +299,7 @@ def test_unknown_dataset_id_is_404(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_unknown_model_id_is_404(api, unharmed):
     responses = [
         api.get(f"/kmeans/models/{UNKNOWN_MODEL}"),
@@ -313,6 +317,7 @@ def test_unknown_model_id_is_404(api, unharmed):
 # -- size limit ----------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_upload_over_the_size_limit_is_413(api, unharmed):
     assert len(TOO_LARGE) > LIMIT
     assert_problem(upload(api, TOO_LARGE, "big.csv"), 413, str(LIMIT))
@@ -331,6 +336,7 @@ def test_multipart_dataset_over_the_size_limit_is_413(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_chunked_body_without_content_length_over_the_size_limit_is_413(api, unharmed):
     def chunks():
         for _ in range(12):
@@ -352,6 +358,7 @@ def test_predictions_over_the_size_limit_are_413(api, stored, unharmed):
 # -- content types -------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_text_plain_body_is_415(api, stored, unharmed):
     urls = [
         "/kmeans/datasets",
@@ -370,6 +377,7 @@ def test_text_plain_body_is_415(api, stored, unharmed):
 # -- file names ----------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_file_part_without_a_file_name_is_400(api, stored, unharmed):
     predictions = f"/kmeans/models/{stored.model_id}/predictions"
     for part in ((None, b"1,2\n3,4\n"), ("", b"1,2\n3,4\n")):
@@ -475,6 +483,7 @@ def test_json_dataset_with_integer_too_large_for_a_float_is_422(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_invalid_json_body_is_400(api, stored, unharmed):
     model_id = stored.model_id
     for url in ("/kmeans/fit", "/kmeans/models", "/kmeans/datasets", f"/kmeans/models/{model_id}/predictions"):
@@ -558,6 +567,7 @@ def test_list_offset_beyond_64_bits_is_a_client_error(api, unharmed):
     unharmed()
 
 
+@pytest.mark.both_apps
 def test_unknown_query_parameter_is_400_naming_it(api, unharmed):
     assert_problem(api.get("/kmeans/datasets?colour=blue"), 400, "colour")
     unharmed()

@@ -33,8 +33,8 @@ INTEGER = re.compile(r"\d+")
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
-    with app_client(tmp_path_factory.mktemp("classic") / "data") as client:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
+    with app_client(tmp_path_factory.mktemp("classic") / "data", app_class) as client:
         assert upload(client).json()["job_id"] == 0
         yield client
 
@@ -137,13 +137,14 @@ def test_concurrent_uploads_of_the_same_file_get_one_job_id(client):
     assert client.get("/kmeans/datasets").json()["total"] == 3
 
 
-def test_job_ids_survive_a_new_app_on_the_same_data_dir(client, settings):
+@pytest.mark.both_apps
+def test_job_ids_survive_a_new_app_on_the_same_data_dir(client, settings, app_class):
     upload(client)
     upload(client, b"1,1\n2,2\n", "other.csv")
     model_id = classic_fit(client, n_clusters=2, random_state=0).headers["x-model-id"]
     expected = integer_labels(classic_predict(client))
 
-    with local_client(build_app(settings)) as restarted:
+    with local_client(build_app(settings, app_class)) as restarted:
         assert upload(restarted).json()["job_id"] == 0
         assert upload(restarted, b"3,3\n4,4\n", "third.csv").json()["job_id"] == 2
         # The fit made before the restart still serves /predict for job 0.
@@ -151,6 +152,7 @@ def test_job_ids_survive_a_new_app_on_the_same_data_dir(client, settings):
         assert restarted.get(f"/kmeans/models/{model_id}").json()["status"] == "succeeded"
 
 
+@pytest.mark.both_apps
 def test_predict_before_fit_is_409(client):
     upload(client)
     assert_problem(classic_predict(client), 409, "job_id 0", "fit")
@@ -165,6 +167,7 @@ def test_fit_after_the_dataset_was_deleted_is_404(client):
 # -- fit and predict (one shared app) ------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_fit_answers_one_integer_label_per_row_as_csv(api):
     response = classic_fit(api, n_clusters=3)
     labels = integer_labels(response)
@@ -179,6 +182,7 @@ def test_fit_groups_the_example_points_by_x(api):
     assert left[0] not in right
 
 
+@pytest.mark.both_apps
 def test_predict_labels_agree_with_fit_and_centers(api):
     fitted = classic_fit(api, n_clusters=3, random_state=0)
     train_labels = integer_labels(fitted)
@@ -194,6 +198,7 @@ def test_predict_labels_agree_with_fit_and_centers(api):
     assert labels[1] in train_labels[3:]
 
 
+@pytest.mark.both_apps
 def test_predict_with_json_accept_returns_labels_object(api):
     model_id = classic_fit(api, n_clusters=2, random_state=0).headers["x-model-id"]
     response = classic_predict(api, accept=JSON)

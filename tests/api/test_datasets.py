@@ -15,9 +15,9 @@ DATASET_ID = re.compile(r"ds_[0-9a-f]{16}")
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     """One app for the tests that only add datasets and look at what they added."""
-    with app_client(tmp_path_factory.mktemp("datasets") / "data") as client:
+    with app_client(tmp_path_factory.mktemp("datasets") / "data", app_class) as client:
         yield client
 
 
@@ -128,6 +128,7 @@ def test_csv_with_scientific_and_signed_numbers(api):
 # -- the three ways to create --------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_create_from_multipart_file(api):
     response = api.post("/kmeans/datasets", files={"file": ("model.csv", MODEL_CSV, CSV)})
     assert response.status_code == 201, response.text
@@ -145,6 +146,7 @@ def test_create_from_multipart_file_with_name_query(api):
     assert response.json()["name"] == "training"
 
 
+@pytest.mark.both_apps
 def test_create_from_raw_csv_with_name(api):
     response = api.post("/kmeans/datasets?name=points", content=MODEL_CSV, headers={"Content-Type": CSV})
     assert response.status_code == 201, response.text
@@ -168,6 +170,7 @@ def test_create_from_raw_csv_with_charset_parameter(api):
     assert rows_of(api, response.json()["id"]) == [[1, 2], [3, 4]]
 
 
+@pytest.mark.both_apps
 def test_create_from_json(api):
     body = {"name": "points", "columns": ["x", "y"], "data": MODEL_POINTS}
     response = api.post("/kmeans/datasets", json=body)
@@ -265,6 +268,7 @@ def test_rows_json_default_page_is_everything_up_to_100(api, ten_rows):
     assert page["items"] == [[i, i * 10] for i in range(10)]
 
 
+@pytest.mark.both_apps
 def test_rows_csv_has_header_then_rows(api, ten_rows):
     response = api.get(f"/kmeans/datasets/{ten_rows['id']}/rows?offset=8&limit=5", headers={"accept": CSV})
     lines = csv_lines(response)
@@ -288,6 +292,7 @@ def test_rows_limit_caps_a_long_dataset(api):
 # -- deletion ------------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_delete_then_404(client, settings):
     dataset = post_raw(client, b"1,2\n3,4\n")
     other = post_raw(client, b"5,6\n")
@@ -303,6 +308,7 @@ def test_delete_then_404(client, settings):
     assert leftovers(settings.data_dir) == []
 
 
+@pytest.mark.both_apps
 def test_delete_answers_204_without_a_problem_content_type(api):
     dataset = post_raw(api, b"1,2\n")
     response = api.delete(f"/kmeans/datasets/{dataset['id']}")

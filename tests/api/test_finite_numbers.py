@@ -150,9 +150,9 @@ NUMBER_PARAMETERS = number_parameters()
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings_ = Settings(data_dir=tmp_path_factory.mktemp("finite") / "data", max_concurrent_fits=2)
-    with local_client(build_app(settings_)) as client:
+    with local_client(build_app(settings_, app_class)) as client:
         yield client
 
 
@@ -175,6 +175,7 @@ def test_a_non_finite_number_parameter_is_400_naming_it(api, fitted, method, spe
     assert_problem(response, 400, f"query parameter '{name}'", "not a finite number")
 
 
+@pytest.mark.both_apps
 def test_a_non_finite_number_in_a_json_body_is_400_through_http(api, fitted):
     for body in (b'{"data": [[1, 2]], "threshold": NaN}', b'{"params": {"tol": 1e999}}'):
         path = f"{BASE}/models/{fitted['id']}/" + ("predictions" if b"data" in body else "copy")

@@ -59,9 +59,9 @@ BODY_OPERATIONS = [(m, p) for m, p in operations() if SPEC["paths"][p][m.lower()
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings_ = Settings(data_dir=tmp_path_factory.mktemp("hardening") / "data", max_upload_bytes=1_000_000)
-    with local_client(build_app(settings_)) as client:
+    with local_client(build_app(settings_, app_class)) as client:
         # A classic upload (job_id 0) with a fitted model, for the fuzz to reach the handlers.
         uploaded = client.post(f"{BASE}/upload", files={"file": ("model.csv", MODEL_CSV, CSV)})
         assert uploaded.status_code == 200, uploaded.text
@@ -198,6 +198,7 @@ def test_an_integer_parameter_beyond_the_int_string_limit_is_400_naming_it(
     assert len(problem["detail"]) < 300  # the value is not echoed
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize("length", ["9" * 5000, "1" + "0" * 30, "0" * 5000 + "2000000"])
 def test_a_content_length_of_thousands_of_digits_is_413(api, length):
     response = api.post(f"{BASE}/datasets", content=MODEL_CSV, headers={"content-type": CSV, "content-length": length})
@@ -220,6 +221,7 @@ codings = st.one_of(
 )
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(("method", "path"), BODY_OPERATIONS)
 @HYPOTHESIS
 @given(coding=codings, media_type=st.sampled_from([CSV, JSON]))
@@ -262,6 +264,7 @@ def test_options_allows_exactly_the_methods_of_the_path(api, path):
     assert allowed(response) == PATHS[path]
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_every_undeclared_method_is_405_with_the_path_s_methods(api, path):
     for method in sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - set(PATHS[path])):
@@ -282,6 +285,7 @@ def test_the_spec_has_concrete_paths_beside_templated_ones():
     assert ("/models/import", "/models/{model_id}") in concrete_template_pairs()
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(("concrete_path", "template"), concrete_template_pairs())
 def test_a_concrete_path_answers_as_itself_not_as_the_template(api, concrete_path, template):
     for method in sorted(set(PATHS[template]) - set(PATHS[concrete_path])):

@@ -47,10 +47,10 @@ VOLATILE = {"date", "content-length"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, app_class: type) -> Iterator[World]:
     """team-a (contributor "contributor") and team-b (contributor "other"), and team-a's keys in every state."""
     data_dir = tmp_path_factory.mktemp("isolation") / "data"
-    app = build_app(Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2))
+    app = build_app(Settings(data_dir=data_dir, max_upload_bytes=1_000_000, max_concurrent_fits=2), app_class)
     service = app.service
     secrets: dict[str, str] = {}
     token_ids: dict[str, str] = {}
@@ -305,6 +305,7 @@ def test_every_state_of_a_job_id_is_real_to_its_own_project(world: World) -> Non
     assert set(jobs) == set(STATES)
 
 
+@pytest.mark.both_apps
 def test_idempotency_keys_are_per_project(world: World) -> None:
     """team-b reusing team-a's Idempotency-Key gets a fit of its own, as with a fresh key: never
     team-a's model, nor a 422 naming it; a repeat within team-b replays team-b's model."""

@@ -31,21 +31,22 @@ def sweep(client: TestClient, dataset_id: str, k_min: int = 2, k_max: int = 4, p
 
 
 @pytest.fixture
-def roomy(settings: Settings):
+def roomy(settings: Settings, app_class: type):
     """A client of an app that takes uploads of up to 64 MB."""
-    with local_client(build_app(replace(settings, max_upload_bytes=64_000_000))) as client:
+    with local_client(build_app(replace(settings, max_upload_bytes=64_000_000), app_class)) as client:
         yield client
 
 
 @pytest.fixture
-def one_slot(settings: Settings):
-    with local_client(build_app(replace(settings, max_concurrent_fits=1))) as client:
+def one_slot(settings: Settings, app_class: type):
+    with local_client(build_app(replace(settings, max_concurrent_fits=1), app_class)) as client:
         yield client
 
 
 # -- sweeps are jobs --------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_a_sweep_is_queued_at_once_streams_its_progress_and_succeeds(client: TestClient):
     ds = dataset(client, 2000)
     started = time.monotonic()
@@ -347,6 +348,7 @@ def test_a_non_finite_bounded_number_is_refused_by_the_spec_naming_it(client: Te
     assert field in response.json()["detail"] and ("finite" in response.json()["detail"] or "imum" in response.text)
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize("last", ["\u00b2", "99999999999999999999", "-1", "1e3"])
 def test_a_bad_last_event_id_is_400_naming_it(client: TestClient, last: str):
     ds = dataset(client, 50)
@@ -367,9 +369,9 @@ def test_a_copy_can_leave_options_out(client: TestClient):
     assert bad.status_code == 422 and bad.json()["parameter"] == "unset" and "'tol'" in bad.json()["detail"]
 
 
-def test_the_webhook_of_a_deleted_model_is_cancelled_not_sent_unsigned(settings: Settings):
+def test_the_webhook_of_a_deleted_model_is_cancelled_not_sent_unsigned(settings: Settings, app_class: type):
     received = []
-    with local_client(build_app(replace(settings, webhook_allow=("127.0.0.1",)))) as client:
+    with local_client(build_app(replace(settings, webhook_allow=("127.0.0.1",)), app_class)) as client:
         from tests.api.test_jobs import Receiver
 
         hook = Receiver()
@@ -417,6 +419,7 @@ def test_a_delivery_given_up_after_a_crash_shows_failed_on_its_model(tmp_path):
     assert "stopped answering" in callback["error"]
 
 
+@pytest.mark.both_apps
 def test_an_event_stream_ends_soon_after_its_token_is_revoked(client: TestClient, monkeypatch):
     import threading
 

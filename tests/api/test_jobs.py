@@ -27,12 +27,12 @@ LONG_FIT = {"n_clusters": 20, "init": "random", "n_init": 1000, "random_state": 
 
 
 @pytest.fixture
-def app_client(settings: Settings):
+def app_client(settings: Settings, app_class: type):
     """A factory for clients over apps with changed settings (lifespan runs: fits are dispatched)."""
     clients = []
 
     def make(**changes) -> TestClient:
-        client = local_client(build_app(replace(settings, **changes)))
+        client = local_client(build_app(replace(settings, **changes), app_class))
         client.__enter__()
         clients.append(client)
         return client
@@ -166,6 +166,7 @@ def test_fifo_queue_is_bounded_and_a_queued_fit_can_be_cancelled(app_client):
     assert wait_for_model(client, third["id"])["status"] == "succeeded"
 
 
+@pytest.mark.both_apps
 def test_cancel_of_a_finished_fit_is_409_and_of_an_unknown_one_404(client: TestClient):
     ds = dataset(client, 100)
     model = wait_for_model(client, fit(client, ds, {"n_clusters": 2})["id"])
@@ -201,6 +202,7 @@ def test_deleting_a_running_fit_cancels_it_first(client: TestClient):
     assert client.get(f"/kmeans/models/{model['id']}").status_code == 404
 
 
+@pytest.mark.both_apps
 def test_idempotency_key_returns_the_same_model_and_refuses_another_body(client: TestClient):
     ds = dataset(client, 100)
     headers = {"Idempotency-Key": "fit-once-42"}
@@ -222,6 +224,7 @@ def sse_events(text: str) -> list[dict]:
     return sse(text, "model")
 
 
+@pytest.mark.both_apps
 def test_events_stream_changes_until_the_fit_ends_and_honour_last_event_id(client: TestClient):
     model = fit(client, dataset(client, 5000), {"n_clusters": 5, "n_init": 20, "random_state": 0})
     response = client.get(f"/kmeans/models/{model['id']}/events")

@@ -44,12 +44,12 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[Shared]:
+def shared(tmp_path_factory, app_class: type) -> Iterator[Shared]:
     """One app for the tests that fit their own models and only look at those."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("models") / "data", max_upload_bytes=1_000_000, max_concurrent_fits=2
     )
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield Shared(client, settings)
 
 
@@ -113,8 +113,8 @@ class Blocked:
 
 
 @pytest.fixture
-def blocked(settings) -> Iterator[Blocked]:
-    with local_client(build_app(Settings(data_dir=settings.data_dir, max_concurrent_fits=1))) as client:
+def blocked(settings, app_class: type) -> Iterator[Blocked]:
+    with local_client(build_app(Settings(data_dir=settings.data_dir, max_concurrent_fits=1), app_class)) as client:
         rows = np.random.default_rng(0).normal(size=(5000, 2)).round(4)
         dataset = client.post("/kmeans/datasets", json={"data": rows.tolist()}).json()
         blocker = client.post("/kmeans/models", json={"dataset_id": dataset["id"], "params": LONG_FIT}).json()
@@ -241,6 +241,7 @@ def test_labels_json_one_per_row(api, example_model):
     assert set(body["labels"]) == {0, 1, 2}
 
 
+@pytest.mark.both_apps
 def test_labels_csv_one_integer_per_line(api, example_model):
     json_labels = api.get(f"/kmeans/models/{example_model['id']}/labels").json()["labels"]
     lines = csv_lines(api.get(f"/kmeans/models/{example_model['id']}/labels", headers={"accept": CSV}))
@@ -257,6 +258,7 @@ def test_centers_json_shape_and_columns(api, blob_model, sklearn_model):
     np.testing.assert_allclose(centers, sklearn_model.cluster_centers_, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.both_apps
 def test_centers_csv_header_and_rows(api, blob_model):
     json_centers = api.get(f"/kmeans/models/{blob_model['id']}/centers").json()["centers"]
     lines = csv_lines(api.get(f"/kmeans/models/{blob_model['id']}/centers", headers={"accept": CSV}))
@@ -274,6 +276,7 @@ def test_labels_equal_scikit_learn(api, blob_model, sklearn_model):
 # -- predictions ---------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_predictions_equal_scikit_learn(api, blobs, blob_model, sklearn_model):
     _, new = blobs
     response = api.post(f"/kmeans/models/{blob_model['id']}/predictions", json={"data": new.tolist()})
@@ -281,6 +284,7 @@ def test_predictions_equal_scikit_learn(api, blobs, blob_model, sklearn_model):
     assert response.json()["labels"] == sklearn_model.predict(new).tolist()
 
 
+@pytest.mark.both_apps
 def test_predictions_from_multipart_file(api, blobs, blob_model, sklearn_model):
     _, new = blobs
     content = "".join(",".join(repr(v) for v in row) + "\n" for row in new.tolist()).encode()
@@ -290,6 +294,7 @@ def test_predictions_from_multipart_file(api, blobs, blob_model, sklearn_model):
     assert response.json() == {"model_id": blob_model["id"], "labels": sklearn_model.predict(new).tolist()}
 
 
+@pytest.mark.both_apps
 def test_predictions_from_raw_csv(api, blobs, blob_model, sklearn_model):
     _, new = blobs
     content = b"a,b,c\r\n" + "".join(", ".join(repr(v) for v in row) + "\r\n" for row in new.tolist()).encode()
@@ -300,6 +305,7 @@ def test_predictions_from_raw_csv(api, blobs, blob_model, sklearn_model):
     assert response.json()["labels"] == sklearn_model.predict(new).tolist()
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize("rows", [1, 6000])
 def test_json_predictions_small_and_large_equal_csv_predictions(api, blob_model, rows):
     # A small JSON body is handled on the event loop, one over 64 KiB in a worker thread.
@@ -344,7 +350,8 @@ def test_predictions_of_training_points_equal_their_labels(api, blobs, blob_mode
     assert predicted.json()["labels"] == labels
 
 
-def test_model_fitted_through_one_app_predicts_through_another(shared):
+@pytest.mark.both_apps
+def test_model_fitted_through_one_app_predicts_through_another(app_class, shared):
     api = shared.client
     dataset = create_csv_dataset(api, MODEL_CSV)
     model = fit(api, dataset["id"], n_clusters=2, random_state=0)
@@ -353,7 +360,7 @@ def test_model_fitted_through_one_app_predicts_through_another(shared):
     labels = api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"]
 
     # Another worker process, or the service after a restart: a new app on the same data dir.
-    with local_client(build_app(shared.settings)) as other:
+    with local_client(build_app(shared.settings, app_class)) as other:
         assert other.get(f"/kmeans/models/{model['id']}").json()["status"] == "succeeded"
         assert other.post(url, json={"data": [[0, 0], [12, 3]]}).json()["labels"] == expected
         assert other.get(f"/kmeans/models/{model['id']}/labels").json()["labels"] == labels
@@ -362,6 +369,7 @@ def test_model_fitted_through_one_app_predicts_through_another(shared):
     assert api.get(f"/kmeans/models/{second['id']}").json()["status"] == "succeeded"
 
 
+@pytest.mark.both_apps
 def test_labels_of_more_rows_than_one_response_piece(api):
     # Label responses above 262144 labels are streamed in pieces; both formats must stay whole.
     n = 262_144 + 5
@@ -513,6 +521,7 @@ def test_classic_fit_that_fails_is_a_problem_naming_the_model(shared):
 # -- health, spec, UI ----------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_ping(api):
     response = api.get("/kmeans/ping")
     assert response.status_code == 200
@@ -521,6 +530,7 @@ def test_ping(api):
     assert isinstance(response.json()["version"], str)
 
 
+@pytest.mark.both_apps
 def test_openapi_json_has_every_path(api):
     response = api.get("/kmeans/openapi.json")
     assert response.status_code == 200
@@ -533,6 +543,7 @@ def test_openapi_json_has_every_path(api):
                 assert spec["paths"][path][method]["operationId"] == operation["operationId"]
 
 
+@pytest.mark.both_apps
 def test_swagger_ui_is_html(api):
     response = api.get("/kmeans/ui/")
     assert response.status_code == 200
@@ -540,10 +551,12 @@ def test_swagger_ui_is_html(api):
     assert "swagger" in response.text.lower()
 
 
+@pytest.mark.both_apps
 def test_unknown_path_is_404_problem(api):
     assert_problem(api.get("/kmeans/nothing-here"), 404)
 
 
+@pytest.mark.both_apps
 def test_delete_model_answers_204_without_a_problem_content_type(api):
     dataset = create_csv_dataset(api, MODEL_CSV)
     model = fit(api, dataset["id"], n_clusters=2)

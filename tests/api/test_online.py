@@ -19,9 +19,9 @@ TRAIN = [[0, 0], [0, 2], [10, 0], [10, 2]]
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("online") / "data", max_concurrent_fits=2)
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield client
 
 
@@ -32,6 +32,7 @@ def minibatch(api: TestClient, data=TRAIN, **params) -> dict:
     return model
 
 
+@pytest.mark.both_apps
 def test_push_moves_centers_by_the_minibatch_rule_and_makes_versions(api):
     model = minibatch(api)
     mid = model["id"]
@@ -137,6 +138,7 @@ def test_an_imported_minibatch_model_continues_from_the_exported_counts(api):
     assert_problem(api.post("/kmeans/models/import", json=bad), 422, "counts")
 
 
+@pytest.mark.both_apps
 def test_pushes_and_restores_are_in_the_project_event_stream(api, monkeypatch):
     from kmeans.api import jobs
 

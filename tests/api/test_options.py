@@ -20,9 +20,9 @@ from tests.conftest import ROOT, local_client
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("options") / "data", max_concurrent_fits=2)
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield client
 
 
@@ -144,6 +144,7 @@ def test_explicit_init_centers(api):
     assert labels == [1, 1, 1, 0, 0, 0]
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(
     "params,fragments",
     [
@@ -228,6 +229,7 @@ def test_distances_and_all_distances_json(api, square):
     assert np.allclose(body["all_distances"], [[3.0, np.hypot(10, 3)], [np.hypot(13, 4), 5.0]])
 
 
+@pytest.mark.both_apps
 def test_distances_csv_has_a_header_and_a_second_column(api, square):
     url = f"/kmeans/models/{square['id']}/predictions?distances=true"
     response = api.post(url, content=b"0,4\n13,5\n", headers={"Content-Type": CSV, "Accept": CSV})
@@ -235,6 +237,7 @@ def test_distances_csv_has_a_header_and_a_second_column(api, square):
     assert response.text.splitlines() == ["label,distance", "0,3.0", "1,5.0"]
 
 
+@pytest.mark.both_apps
 def test_threshold_flags_anomalies(api, square):
     url = f"/kmeans/models/{square['id']}/predictions?threshold=2"
     body = api.post(url, json={"data": [[0, 2], [0, 5], [10, 1]]}).json()

@@ -95,10 +95,11 @@ async def quick_ping(app: Any) -> float:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Any:
-    return build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, max_concurrent_fits=1))
+def app(tmp_path: Path, app_class: type) -> Any:
+    return build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, max_concurrent_fits=1), app_class)
 
 
+@pytest.mark.both_apps
 def test_stalled_bodies_hold_no_thread_and_get_408_after_the_idle_timeout(app: Any, tmp_path: Path) -> None:
     async def main() -> None:
         await ping(app)  # the middleware stack is built
@@ -131,6 +132,7 @@ def test_stalled_bodies_hold_no_thread_and_get_408_after_the_idle_timeout(app: A
     assert sorted((tmp_path / "data" / "tmp").iterdir()) == []
 
 
+@pytest.mark.both_apps
 def test_open_event_streams_hold_no_thread_and_end_when_their_clients_go(app: Any) -> None:
     async def main() -> None:
         await ping(app)
@@ -188,8 +190,9 @@ def test_a_body_stays_in_memory_up_to_a_mib_then_goes_to_one_file_hashed(tmp_pat
     assert sorted(tmp_path.iterdir()) == []
 
 
-def test_a_body_is_read_only_after_the_token_check(tmp_path: Path) -> None:
-    app = build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, auth_required=True))
+@pytest.mark.both_apps
+def test_a_body_is_read_only_after_the_token_check(tmp_path: Path, app_class: type) -> None:
+    app = build_app(Settings(data_dir=tmp_path / "data", body_idle_timeout=IDLE, auth_required=True), app_class)
 
     async def main() -> None:
         stalled = stalled_calls()[0]  # a raw CSV body that stops after 8 bytes, without a token

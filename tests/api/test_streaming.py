@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -25,6 +26,7 @@ def leftovers(settings: Settings) -> list[str]:
     return sorted(p.name for p in (settings.data_dir / "tmp").iterdir())
 
 
+@pytest.mark.both_apps
 def test_multipart_upload_of_many_chunks_is_stored_exactly(client: TestClient, settings: Settings):
     body = blob_csv(20_000)  # ~0.8 MB: many receive() messages, several parser chunks
     assert len(body) < settings.max_upload_bytes
@@ -40,6 +42,7 @@ def test_multipart_upload_of_many_chunks_is_stored_exactly(client: TestClient, s
     assert leftovers(settings) == []
 
 
+@pytest.mark.both_apps
 def test_multipart_over_the_limit_is_413_and_leaves_nothing(client: TestClient, settings: Settings):
     body = blob_csv(30_000)  # ~1.2 MB, over the 1 MB limit of the test settings
     assert len(body) > settings.max_upload_bytes
@@ -57,6 +60,7 @@ def chunks(body: bytes, size: int = 65536) -> Iterator[bytes]:
         yield body[i : i + size]
 
 
+@pytest.mark.both_apps
 def test_raw_csv_without_content_length_streams_in(client: TestClient, settings: Settings):
     body = blob_csv(5_000)
     response = client.post("/kmeans/datasets", content=chunks(body), headers={"Content-Type": "text/csv"})
@@ -65,6 +69,7 @@ def test_raw_csv_without_content_length_streams_in(client: TestClient, settings:
     assert leftovers(settings) == []
 
 
+@pytest.mark.both_apps
 def test_raw_csv_without_content_length_over_the_limit_is_413(client: TestClient, settings: Settings):
     body = blob_csv(30_000)
     response = client.post("/kmeans/datasets", content=chunks(body), headers={"Content-Type": "text/csv"})
@@ -88,6 +93,7 @@ def test_invalid_form_field_is_400_naming_it_and_leaves_nothing(client: TestClie
     assert leftovers(settings) == []
 
 
+@pytest.mark.both_apps
 def test_malformed_multipart_body_is_400(client: TestClient):
     headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
     response = client.post("/kmeans/upload", content=b"--xyz\r\nno headers end", headers=headers)
@@ -101,6 +107,7 @@ def test_multipart_without_boundary_is_400(client: TestClient):
     assert "boundary" in response.json()["detail"]
 
 
+@pytest.mark.both_apps
 def test_large_label_sets_stream_in_pieces_and_match(client: TestClient, monkeypatch):
     from kmeans.api import media
 

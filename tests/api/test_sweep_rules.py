@@ -28,9 +28,9 @@ PAIRS, TRUTH = make_blobs(600, centers=[(0, 0), (8, 0), (30, 0), (38, 0)], clust
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("rules") / "data", max_concurrent_fits=2)
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield client
 
 
@@ -125,6 +125,7 @@ def test_max_stability_needs_stability_runs(api, pairs):
     assert api.get(f"/kmeans/sweeps/{pairs['id']}", params={"rule": "best"}).status_code == 400
 
 
+@pytest.mark.both_apps
 def test_a_rule_asked_at_creation_is_the_answer(api):
     done = swept(api, PAIRS, rule="max_silhouette")
     assert (done["recommended_k"], done["rule"], done["rule_requested"]) == (2, "max_silhouette", "max_silhouette")

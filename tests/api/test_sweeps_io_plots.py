@@ -18,9 +18,9 @@ from tests.conftest import local_client, wait_until_done
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("sweeps") / "data", max_concurrent_fits=2)
-    with local_client(build_app(settings)) as client:
+    with local_client(build_app(settings, app_class)) as client:
         yield client
 
 
@@ -128,6 +128,7 @@ def test_sweep_larger_than_the_data_or_unknown_is_an_error(api):
 # -- export / import ------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(
     "params",
     [
@@ -164,6 +165,7 @@ def test_import_of_an_export_predicts_identically(api, params):
     assert_problem(api.get(f"/kmeans/models/{imported['id']}/labels"), 409, "imported")
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(
     "change,status,fragment",
     [
@@ -193,6 +195,7 @@ def test_export_of_an_unknown_model_is_404(api):
 # -- pictures -------------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_model_plot_of_two_features(api, five):
     model = fit(api, five[0], n_clusters=5, random_state=0)
     response = api.get(f"/kmeans/models/{model['id']}/plot.png")
@@ -216,6 +219,7 @@ def test_sweep_plot(api, sweep):
     assert saturated(response.content) >= 3
 
 
+@pytest.mark.both_apps
 def test_plots_of_unknown_things_are_404(api):
     assert_problem(api.get("/kmeans/models/m_0000000000000000/plot.png"), 404)
     assert_problem(api.get("/kmeans/sweeps/sw_0000000000000000/plot.png"), 404)

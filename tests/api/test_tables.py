@@ -39,8 +39,8 @@ MIXED = (
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[TestClient]:
-    with app_client(tmp_path_factory.mktemp("tables") / "data") as client:
+def api(tmp_path_factory, app_class: type) -> Iterator[TestClient]:
+    with app_client(tmp_path_factory.mktemp("tables") / "data", app_class) as client:
         yield client
 
 
@@ -83,6 +83,7 @@ def test_a_mixed_csv_gets_a_type_per_column(mixed):
     assert [c["distinct"] for c in dataset["schema"]] == [6, 2, 5, 5]
 
 
+@pytest.mark.both_apps
 def test_rows_come_back_as_written_with_null_for_missing(api, mixed):
     rows = api.get(f"/kmeans/datasets/{mixed['dataset']['id']}/rows").json()
     assert rows["columns"] == ["id", "segment", "x", "y"]
@@ -178,6 +179,7 @@ def dataset_count(api) -> int:
     return api.get("/kmeans/datasets").json()["total"]
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize(
     ("content", "params", "fragments"),
     [
@@ -269,6 +271,7 @@ def test_features_choose_the_columns(api, mixed):
 # -- predict by name -------------------------------------------------------------------------
 
 
+@pytest.mark.both_apps
 def test_a_prediction_matches_columns_by_name_and_echoes_ids(api, mixed):
     model_id = mixed["model"]["id"]
     in_order = predictions(api, model_id, b"segment,x,y\ngold,1.5,2\ngold,10,11\n")
@@ -464,6 +467,7 @@ def post_columnar(client: TestClient, path: str, body: bytes, kind: str, how: st
     return client.post(path, files={"file": (name, body, "application/octet-stream")})
 
 
+@pytest.mark.both_apps
 @pytest.mark.parametrize("kind", [PARQUET, ARROW_FILE, ARROW_STREAM])
 @pytest.mark.parametrize("how", ["raw", "part type", "part name"])
 def test_parquet_and_arrow_tables_keep_their_types(api, kind, how):

@@ -17,7 +17,7 @@ from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
-ROWS = ["1 ", "1b", "2 ", "3 ", "4 ", "4 ", "5 ", "5a", "5b", "5c", "5m", "5n", "5p"]
+ROWS = ["1 ", "1b", "2 ", "3 ", "4 ", "4 ", "5 ", "5a", "5b", "5c", "5m", "5n", "5p", "6 "]
 
 
 def test_the_benchmark_runs_every_item_and_its_results_agree_with_in_process_ones():

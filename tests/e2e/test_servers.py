@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, dockerfile_command, free_port, running
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "examples"
@@ -70,6 +70,50 @@ def test_gunicorn_runs_examples_shares_state_across_workers_and_restarts(gunicor
         assert again.json()["job_id"] == 1
         models = httpx.get(f"{url}/kmeans/models").json()
         assert models["total"] == 2 and {m["status"] for m in models["items"]} == {"succeeded"}
+
+
+def test_gunicorn_serves_the_api_on_flaskapp_with_kmeans_app_flask(gunicorn_server, tmp_path: Path):
+    """The Dockerfile's gunicorn command with KMEANS_APP=flask: the examples, an event stream,
+    streamed CSV labels, problems, the served spec and Swagger UI, across its two workers."""
+    with gunicorn_server(tmp_path / "data", KMEANS_APP="flask") as url:
+        upload, fit_labels, predicted = sections(run_example(["bash", "examples/classic.sh"], url))
+        assert json.loads(upload[0])["job_id"] == 0
+        assert len(fit_labels) == 6 and all(label.isdigit() for label in fit_labels)
+        assert predicted[0] == fit_labels[2]  # (0, 0) is nearest to the training point (1, 0)
+        run_example([sys.executable, "examples/resource_api.py"], url)
+        for _ in range(10):  # fresh connections land on either worker
+            assert classic_predict(url, 0) == predicted
+        model = httpx.get(f"{url}/kmeans/models?status=succeeded").json()["items"][0]
+        with httpx.stream("GET", f"{url}/kmeans/models/{model['id']}/events", timeout=30) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            stream = events.read().decode()
+        assert "event: model" in stream and '"status":"succeeded"' in stream
+        labels = httpx.get(f"{url}/kmeans/models/{model['id']}/labels", headers={"accept": "text/csv"})
+        assert labels.headers["content-type"].startswith("text/csv") and len(labels.text.split()) == model["rows"]
+        refused = httpx.post(f"{url}/kmeans/datasets", content=b"1\n", headers={"content-type": "text/plain"})
+        assert refused.status_code == 415 and refused.headers["content-type"] == "application/problem+json"
+        assert httpx.put(f"{url}/kmeans/ping").headers["allow"] == "GET"
+        assert httpx.get(f"{url}/kmeans/ui/").status_code == 200
+        assert "/datasets/{dataset_id}/rows" in httpx.get(f"{url}/kmeans/openapi.json").json()["paths"]
+
+
+def test_gunicorn_serves_the_flask_mount_example_with_its_own_route(tmp_path: Path):
+    """examples/flask_mount.py's app factory under the Dockerfile's gunicorn: the Flask
+    application's route (which only a FlaskApp has) beside the API."""
+    port = free_port()
+    cmd = [*dockerfile_command(port)[:-1], "--chdir", str(EXAMPLES), "flask_mount:create_app()"]
+    with running(cmd, tmp_path / "data", port, tmp_path / "gunicorn.log") as url:
+        own = httpx.get(f"{url}/shop/status")
+        assert own.status_code == 200 and own.json()["served_by"] == "flask"
+        dataset = httpx.post(f"{url}/kmeans/datasets", json={"data": [[0.0], [0.5], [10.0], [10.5]]}).json()
+        fit = httpx.post(f"{url}/kmeans/models", json={"dataset_id": dataset["id"], "params": {"n_clusters": 2}})
+        assert fit.status_code == 202, fit.text
+        deadline = time.monotonic() + 60
+        while (model := httpx.get(f"{url}/kmeans/models/{fit.json()['id']}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, model
+            time.sleep(0.1)
+        labels = httpx.get(f"{url}/kmeans/models/{model['id']}/labels").json()["labels"]
+        assert model["status"] == "succeeded" and labels[0] == labels[1] != labels[2] == labels[3]
 
 
 def test_embedded_server_serves_the_classic_flow(embedded_server, tmp_path: Path):
