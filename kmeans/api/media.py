@@ -28,6 +28,8 @@ from kmeans.service import Upload
 
 CSV = "text/csv"
 JSON = "application/json"
+PNG = "image/png"
+OCTET_STREAM = "application/octet-stream"
 # Label responses longer than this are streamed in pieces of this many labels.
 STREAM_LABELS = 262144
 # JSON bodies up to this size are handled on the event loop (see inline_small_json).
@@ -89,8 +91,12 @@ def csv_response(text: str | bytes, **headers: str) -> Response:
 
 
 def png_response(png: bytes) -> Response:
-    """A PNG picture."""
-    return Response(png, media_type="image/png")
+    """A PNG picture, labelled ``application/octet-stream`` for a client that asks for that rather than image/png."""
+    # Generators that read only JSON, text and octet-stream answers (openapi-python-client) get the
+    # picture as bytes through the spec's octet-stream alternative; the bytes are the same PNG.
+    accept = header("accept")
+    best = parse_accept_header(accept, MIMEAccept).best_match([PNG, OCTET_STREAM]) if accept else None
+    return Response(png, media_type=OCTET_STREAM if best == OCTET_STREAM else PNG)
 
 
 def csv_options(

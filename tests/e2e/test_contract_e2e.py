@@ -132,7 +132,8 @@ def test_generated_client_csv_bodies_classic_endpoints_and_problems(generated, s
         job = upload.sync(client=client, body=UploadBody(file=File(payload=handle, file_name="model.csv")))
     request = FitRequest(job_id=job.job_id, model_params=ModelParams(n_clusters=3))
     labels = fit.sync(client=client, body=request)  # text/csv, as in the original example
-    assert len(labels.payload.read().split()) == 6
+    # The spec types CSV answers as text; the config's text/csv override makes them the bytes of that text.
+    assert isinstance(labels, bytes) and len(labels.split()) == 6 and all(v.isdigit() for v in labels.split())
 
     missing = get_dataset.sync("ds_0000000000000000", client=client)
     assert isinstance(missing, Problem) and missing.status == 404
