@@ -817,11 +817,51 @@ class KMeansService:
     def model_labels(self, model_id: str) -> tuple[np.ndarray, list[str] | None]:
         """The training rows' labels (-1: a row left out for a missing value), and the
         dataset's ids when it has an id column."""
+        labels, ids, _ = self.named_labels(model_id)
+        return labels, ids
+
+    def named_labels(self, model_id: str) -> tuple[np.ndarray, list[str] | None, list[str | None] | None]:
+        """:meth:`model_labels` and each label's cluster name (None when the model names none)."""
         model = self._fitted(model_id)
         path = self.store.labels_path(model_id)
         if not path.exists():
             raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
-        return self.store.load_array(path), self.store.load_ids(model["dataset_id"])
+        labels = self.store.load_array(path)
+        return labels, self.store.load_ids(model["dataset_id"]), self.label_names(model, labels)
+
+    def name_clusters(self, model_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``patch`` (cluster number -> name, null removes one; JSON merge patch) to a fitted
+        model's cluster names; 422 naming clusters the model does not have, and nothing changes."""
+        from kmeans import insight
+
+        self._fitted(model_id)
+
+        def change(record: dict[str, Any]) -> dict[str, str]:
+            return insight.merge_names(record.get("cluster_names"), patch, len(self.fitted_centers(record)))
+
+        model = self.store.change_cluster_names(model_id, change)
+        if model is None:
+            raise NotFound(f"no model with id {model_id}")
+        return _public(model)
+
+    def training_data(self, model_id: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None, np.ndarray]:
+        """A fitted model, its dataset's numeric values and category codes (memory-mapped) and its
+        training labels; 409 when the model was imported or its dataset deleted."""
+        model = self._fitted(model_id)
+        if not self.store.labels_path(model_id).exists():
+            raise Conflict(f"model {model_id} was imported: it has no training rows to describe")
+        if self.store.get_dataset(model["dataset_id"]) is None:
+            raise Conflict(
+                f"the dataset of model {model_id} ({model['dataset_id']}) was deleted, so its training rows are gone"
+            )
+        values, codes = self.store.dataset_arrays(model["dataset_id"])
+        return model, values, codes, self.store.load_array(self.store.labels_path(model_id), mmap=True)
+
+    def model_profile(self, model_id: str) -> dict[str, Any]:
+        """What sets each cluster apart, in the dataset's units (see kmeans.insight.profile)."""
+        from kmeans import insight
+
+        return insight.profile(*self.training_data(model_id))
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers in original units (category columns as shares) and the columns they are in."""
@@ -857,7 +897,15 @@ class KMeansService:
         model = self._fitted(model_id)  # a 404/409 before reading a possibly large body
         table = self.points(model, data, source, options)
         labels, _, unknown = self._predict(model, table)
-        return {"labels": labels, "ids": prep.ids_of(table, model["preprocessing"]), "unknown_categories": unknown}
+        return {"labels": labels, "ids": prep.ids_of(table, model["preprocessing"]), "unknown_categories": unknown,
+                "label_names": self.label_names(model, labels)}
+
+    @staticmethod
+    def label_names(model: dict[str, Any], labels: np.ndarray) -> list[str | None] | None:
+        """Each label's cluster name (None: unnamed), or None when the model names no cluster."""
+        from kmeans import insight
+
+        return insight.label_names(labels, model.get("cluster_names"))
 
     def _predict(
         self, model: dict[str, Any], table: csvio.Table, version: int | None = None
@@ -889,6 +937,9 @@ class KMeansService:
         table = self.points(model, data, source, options)
         labels, space, unknown = self._predict(model, table, version)
         result: dict[str, Any] = scoring.score(model, centers, space, labels, **scoring_options)
+        names = self.label_names(model, labels)
+        if names is not None:
+            result["label_names"] = names
         result["ids"] = prep.ids_of(table, model["preprocessing"])
         result["unknown_categories"] = unknown
         return result

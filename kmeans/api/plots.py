@@ -35,3 +35,8 @@ def get_model_plot(model_id: str) -> Any:
         columns = [f"{c} (normalised)" for c in columns]
     png = plots.model_png(model, features, labels[rows], centers, columns)
     return media.png_response(png)
+
+
+def get_model_profile_plot(model_id: str) -> Any:
+    """The profile's standardized differences as a heatmap, clusters x features (PNG)."""
+    return media.png_response(plots.profile_png(service().model_profile(model_id)))
