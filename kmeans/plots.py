@@ -154,18 +154,27 @@ def sweep_png(sweep: dict[str, Any]) -> bytes:
     ]
     figure = _figure(figsize=(9, 6.5))
     axes_grid = figure.subplots(2, 2, sharex=True)
-    best = sweep.get("recommended_k")
+    best, runner_up = sweep.get("recommended_k"), sweep.get("runner_up")
+    rule = sweep.get("rule") or "the rule"
+    marks = []
+    if best is not None:
+        marks.append((best, f"{rule}'s choice k={best}", "red", "--", "*", 16))
+    if best is not None and runner_up is not None:
+        marks.append((runner_up, f"runner-up k={runner_up}", "dimgrey", ":", "D", 8))
     for axes, (key, title), colour in zip(axes_grid.flat, metrics, ("C0", "C1", "C2", "C3"), strict=True):
         values = [np.nan if r.get(key) is None else r[key] for r in results]
         axes.plot(ks, values, marker="o", color=colour)
         axes.set_title(title)
-        if best is not None:
-            axes.axvline(best, color="red", linestyle="--", label=f"recommended k={best}")
-            if sweep.get("runner_up") is not None:
-                axes.axvline(sweep["runner_up"], color="grey", linestyle=":", label=f"runner-up k={sweep['runner_up']}")
-            axes.legend(loc="best")
+        for k, label, mark_colour, style, marker, size in marks:
+            axes.axvline(k, color=mark_colour, linestyle=style, label=label, zorder=1)
+            # The chosen k's own value, ringed on the curve: which point the choice is.
+            if k in ks and np.isfinite(values[ks.index(k)]):
+                axes.plot([k], [values[ks.index(k)]], linestyle="", marker=marker, markersize=size, color=mark_colour,
+                          markeredgecolor="white", zorder=3)
+        if marks:
+            axes.legend(loc="best", fontsize="small")
         axes.set_xlabel("k")
-    figure.suptitle(
-        f"sweep {sweep['id']}: k {sweep['k_min']}..{sweep['k_max']} ({sweep.get('rule') or sweep['status']})"
-    )
-    return _png(figure)
+    title = f"sweep {sweep['id']}: k {sweep['k_min']}..{sweep['k_max']} ({sweep.get('rule') or sweep['status']})"
+    figure.suptitle(title)
+    description = title + "".join(f"; {label}" for _, label, *_ in marks)
+    return _png(figure, description)

@@ -332,3 +332,19 @@ def test_model_plot_draws_centers_white_edged_over_translucent_points(api):
     assert near.sum() > 20
     # Points are semi-transparent: some of their pixels are lighter than the pure cluster colour.
     assert len(np.unique(image[coloured] // 16, axis=0)) > 4
+
+
+def test_sweep_plot_marks_the_rules_choice_and_the_runner_up(api):
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [30, 0], [0, 30], [30, 30]], dtype=float)
+    data = np.concatenate([c + rng.normal(0, 1, (40, 2)) for c in centers])
+    created = api.post("/kmeans/sweeps", json={"dataset_id": dataset(api, data, ["a", "b"]), "k_min": 2, "k_max": 6,
+                                               "params": {"random_state": 0}})
+    assert created.status_code == 202, created.text
+    from tests.conftest import wait_until_done
+
+    sweep = wait_until_done(api, f"/kmeans/sweeps/{created.json()['id']}", 120)
+    assert sweep["status"] == "succeeded" and sweep["recommended_k"] == 4, sweep
+    text = description(api.get(f"/kmeans/sweeps/{sweep['id']}/plot.png").content)
+    assert f"{sweep['rule']}'s choice k=4" in text
+    assert f"runner-up k={sweep['runner_up']}" in text and sweep["runner_up"] != 4
