@@ -348,3 +348,36 @@ def test_sweep_plot_marks_the_rules_choice_and_the_runner_up(api):
     text = description(api.get(f"/kmeans/sweeps/{sweep['id']}/plot.png").content)
     assert f"{sweep['rule']}'s choice k=4" in text
     assert f"runner-up k={sweep['runner_up']}" in text and sweep["runner_up"] != 4
+
+
+def test_profile_of_values_near_float64s_largest_is_finite_json(api):
+    data = np.array([[1.7e308, 1.0], [1.6e308, 1.1], [-1.7e308, 5.0], [-1.6e308, 5.2], [0.0, 3.0], [1e307, 3.1]])
+    model = fit(api, dataset(api, data, ["huge", "small"]), n_clusters=2, random_state=0, standardize=True)
+    assert model["status"] == "succeeded", model
+    response = api.get(f"/kmeans/models/{model['id']}/profile")
+    assert response.status_code == 200, response.text
+    assert "Infinity" not in response.text and "NaN" not in response.text
+    doc = response.json()
+    labels = np.asarray(api.get(f"/kmeans/models/{model['id']}/labels").json()["labels"])
+    for cluster in doc["clusters"]:
+        small = next(f for f in cluster["features"] if f["name"] == "small")
+        assert small["mean"] == pytest.approx(data[labels == cluster["cluster"], 1].mean())
+        huge = next(f for f in cluster["features"] if f["name"] == "huge")
+        assert huge["mean"] is None or np.isfinite(huge["mean"])
+    assert api.get(f"/kmeans/models/{model['id']}/profile.png").status_code == 200
+    assert api.get(f"/kmeans/models/{model['id']}/profile", headers={"Accept": CSV}).status_code == 200
+
+
+def test_profile_after_the_dataset_is_deleted_is_409_naming_it(api):
+    ds = dataset(api, np.array([[0.0], [0.1], [5.0], [5.1]]), ["v"])
+    model = fit(api, ds, n_clusters=2, random_state=0)
+    assert api.delete(f"/kmeans/datasets/{ds}").status_code == 204
+    assert_problem(api.get(f"/kmeans/models/{model['id']}/profile"), 409, ds, "deleted")
+    assert_problem(api.get(f"/kmeans/models/{model['id']}/profile.png"), 409, ds)
+    # Names need no training rows: they still work, and show in predictions.
+    assert api.patch(f"/kmeans/models/{model['id']}", json={"cluster_names": {"0": "zero"}}).status_code == 200
+
+
+def test_a_patch_that_is_not_json_is_415(api, named):
+    response = api.patch(f"/kmeans/models/{named['id']}", content=b"0=x", headers={"Content-Type": CSV})
+    assert_problem(response, 415)
