@@ -55,15 +55,18 @@ def cluster_label(cluster: int, names: dict[str, str] | None, size: int | None =
 
 
 def model_png(
-    model: dict[str, Any], features: np.ndarray, labels: np.ndarray, centers: np.ndarray, columns: list[str]
+    model: dict[str, Any], features: np.ndarray, labels: np.ndarray, centers: np.ndarray, columns: list[str],
+    space: str | None = None,
 ) -> bytes:
-    """Training rows (already sampled, in original units) coloured by cluster and semi-transparent,
-    the centers on top as white-edged markers of their cluster's colour, a legend of each cluster's
-    number, name and size; the first two principal components (with the share of variance each
-    explains) when there are more than two features."""
+    """Training rows (already sampled; in original units, or in the model's ``space``, e.g.
+    "standardized") coloured by cluster and semi-transparent, the centers on top as white-edged
+    markers of their cluster's colour, a legend of each cluster's number, name and size; the first
+    two principal components (with the share of variance each explains) when there are more than
+    two features."""
     if features.shape[1] > 2:
         points, marks, explained = engine.project_2d(features, centers)
-        xlabel, ylabel = (f"PC{i + 1} ({explained[i]:.0%} of variance)" for i in range(2))
+        of = f" of {space} features" if space and space != "normalised" else ""
+        xlabel, ylabel = (f"PC{i + 1} ({explained[i]:.0%} of variance{of})" for i in range(2))
     elif features.shape[1] == 2:
         points, marks = features, centers
         xlabel, ylabel = columns[0], columns[1]

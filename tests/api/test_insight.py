@@ -13,6 +13,7 @@ from api_helpers import json_dataset as dataset
 from PIL import Image
 from sklearn.datasets import load_wine
 from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
 from starlette.testclient import TestClient
 
 from kmeans.config import Settings
@@ -312,12 +313,27 @@ def test_unnamed_models_answer_as_before(api):
 def test_model_plot_names_the_principal_components_variance(api, wine):
     model, frame, _ = wine
     text = description(api.get(f"/kmeans/models/{model['id']}/plot.png").content)
-    # The picture draws the original units; its PCA is of those (178 rows: no sampling).
-    explained = PCA(n_components=2, random_state=0).fit(frame.to_numpy()).explained_variance_ratio_
-    assert f"x: PC1 ({explained[0]:.0%} of variance)" in text
-    assert f"y: PC2 ({explained[1]:.0%} of variance)" in text
+    # A standardized model is drawn in its own space: PCA of the z-scored rows (178: no sampling),
+    # the textbook 36% and 19% of the wine data, where the original units' PCA is proline alone.
+    explained = PCA(n_components=2, random_state=0).fit(StandardScaler().fit_transform(frame)).explained_variance_ratio_
+    assert f"x: PC1 ({explained[0]:.0%} of variance of standardized features)" in text
+    assert f"y: PC2 ({explained[1]:.0%} of variance of standardized features)" in text
+    assert round(explained[0], 2) == 0.36
     for c, size in enumerate(model["cluster_sizes"]):
         assert f"{c} (n={size})" in text
+
+
+def test_model_plot_of_an_unscaled_model_names_the_variance_of_its_own_units(api):
+    data = blobs_3d()
+    model = fit(api, dataset(api, data, ["a", "b", "c"]), n_clusters=3, random_state=0)
+    text = description(api.get(f"/kmeans/models/{model['id']}/plot.png").content)
+    explained = PCA(n_components=2, random_state=0).fit(data).explained_variance_ratio_
+    assert f"x: PC1 ({explained[0]:.0%} of variance); y: PC2 ({explained[1]:.0%} of variance)" in text
+
+
+def blobs_3d() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return np.concatenate([c + rng.normal(0, [1, 2, 0.5], (30, 3)) for c in ([0, 0, 0], [12, 0, 3], [0, 15, -4])])
 
 
 def test_model_plot_draws_centers_white_edged_over_translucent_points(api):
