@@ -112,6 +112,26 @@ def _numeric_stats(column: pd.Series) -> dict[str, float | None]:
         }
 
 
+def _grouped_stats(column: pd.Series, groups: np.ndarray, k: int) -> list[dict[str, float | None]]:
+    """:func:`_numeric_stats` of each of the ``k`` groups, in one vectorized pass; a group whose
+    statistics overflow float64 (values near 1.8e308) is computed again, scaled."""
+    table = column.groupby(groups).agg(["mean", "median", "std", "count"])
+    out: list[dict[str, float | None]] = []
+    for c in range(k):
+        if c not in table.index or table.at[c, "count"] == 0:
+            out.append({"mean": None, "median": None, "std": None})
+            continue
+        row = table.loc[c]
+        count = int(row["count"])
+        if not (math.isfinite(row["mean"]) and math.isfinite(row["median"])
+                and (count < 2 or math.isfinite(row["std"]))):
+            out.append(_numeric_stats(column[groups == c]))
+            continue
+        out.append({"mean": float(row["mean"]), "median": float(row["median"]),
+                    "std": float(row["std"]) if count > 1 else None})
+    return out
+
+
 def _share_sd(share: float) -> float:
     return math.sqrt(share * (1.0 - share))
 
@@ -121,10 +141,27 @@ def profile(
 ) -> dict[str, Any]:
     """The profile of a fitted model (see the module's docstring) from its dataset's stored
     columns (``values`` numeric, ``codes`` categorical) and its training ``labels``."""
+    return named(statistics(model, values, codes, labels), model.get("cluster_names"))
+
+
+def named(doc: dict[str, Any], names: Mapping[str, str] | None) -> dict[str, Any]:
+    """A profile's statistics with the clusters' names and the summary lines built from them."""
+    names = names or {}
+    clusters = []
+    for cluster in doc["clusters"]:
+        name = names.get(str(cluster["cluster"]))
+        clusters.append({**cluster, "name": name,
+                         "summary": _summary(cluster["cluster"], name, cluster["share"], cluster["features"])})
+    return {**doc, "clusters": clusters}
+
+
+def statistics(
+    model: dict[str, Any], values: np.ndarray, codes: np.ndarray | None, labels: np.ndarray
+) -> dict[str, Any]:
+    """:func:`profile` without names (what never changes for a model: it may be kept)."""
     pre = model.get("preprocessing") or {"feature_columns": model["columns"]}
     features = prep.features_of(pre)
     k = len(model.get("cluster_sizes") or []) or int(labels.max()) + 1
-    names = model.get("cluster_names") or {}
     labels = np.asarray(labels, dtype=np.int64)
     clustered = labels >= 0
     kept = labels[clustered]
@@ -137,9 +174,9 @@ def profile(
             column = pd.Series(np.asarray(values[:, feature["index"]], dtype=np.float64)[clustered])
             whole = _numeric_stats(column)
             overall.append({"name": feature["name"], "type": "numeric", **whole})
-            groups = dict(iter(column.groupby(kept)))
+            stats_of = _grouped_stats(column, kept, k)
             for c in range(k):
-                stats = _numeric_stats(groups[c]) if c in groups else {"mean": None, "median": None, "std": None}
+                stats = stats_of[c]
                 per_cluster[c].append({
                     "name": feature["name"], "type": "numeric", **stats,
                     "difference": _difference(stats["mean"], whole["mean"], whole["std"]),
@@ -181,10 +218,8 @@ def profile(
         for rank, entry in enumerate(ranked, start=1):
             entry["rank"] = rank
         share = float(sizes[c] / n) if n else 0.0
-        clusters.append({
-            "cluster": c, "name": names.get(str(c)), "size": int(sizes[c]), "share": share,
-            "summary": _summary(c, names.get(str(c)), share, ranked), "features": ranked,
-        })
+        clusters.append({"cluster": c, "name": None, "size": int(sizes[c]), "share": share, "summary": "",
+                         "features": ranked})
     return {
         "model_id": model["id"], "dataset_id": model.get("dataset_id"), "rows": n,
         "rows_left_out": int(len(labels) - n), "n_clusters": k, "overall": overall, "clusters": clusters,

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,14 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(public.get("checkpoint"), dict):  # which run saved it is the store's business
         public["checkpoint"] = {k: v for k, v in public["checkpoint"].items() if k != "run"}
     return public
+
+
+# Profiles' statistics per (database, model): a model's labels and its dataset's rows never
+# change (ids are never reused), so a profile is computed once per process (a second of a
+# million rows), then named afresh at each request. The oldest goes past PROFILES_KEPT.
+_PROFILES: dict[tuple[str, str], dict[str, Any]] = {}
+PROFILES_KEPT = 32
+_PROFILES_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=256)
@@ -861,7 +870,17 @@ class KMeansService:
         """What sets each cluster apart, in the dataset's units (see kmeans.insight.profile)."""
         from kmeans import insight
 
-        return insight.profile(*self.training_data(model_id))
+        key = (str(self.store.db_path), model_id)
+        model = self._fitted(model_id)
+        doc = _PROFILES.get(key)
+        if doc is None or self.store.get_dataset(model["dataset_id"]) is None:
+            model, values, codes, labels = self.training_data(model_id)
+            doc = insight.statistics(model, values, codes, labels)
+            with _PROFILES_LOCK:  # handlers run in several threads
+                while len(_PROFILES) >= PROFILES_KEPT:
+                    _PROFILES.pop(next(iter(_PROFILES)))
+                _PROFILES[key] = doc
+        return insight.named(doc, model.get("cluster_names"))
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers in original units (category columns as shares) and the columns they are in."""

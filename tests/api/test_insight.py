@@ -273,7 +273,11 @@ def test_names_of_an_unfitted_or_unknown_model(api):
 
 def test_names_travel_in_exports_and_are_checked_on_import(api):
     model = fit(api, dataset(api, np.array([[0.0], [0.1], [5.0], [5.1]]), ["v"]), n_clusters=2, random_state=0)
+    assert [c["name"] for c in api.get(f"/kmeans/models/{model['id']}/profile").json()["clusters"]] == [None, None]
     api.patch(f"/kmeans/models/{model['id']}", json={"cluster_names": {"1": "second"}})
+    # The profile shows the names as they are now (its statistics are computed once).
+    clusters = api.get(f"/kmeans/models/{model['id']}/profile").json()["clusters"]
+    assert [c["name"] for c in clusters] == [None, "second"] and clusters[1]["summary"].startswith('cluster 1 "second"')
     doc = api.get(f"/kmeans/models/{model['id']}/export").json()
     assert doc["cluster_names"] == {"1": "second"}
     imported = api.post("/kmeans/models/import", json=doc)
