@@ -95,7 +95,9 @@ def model_png(
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], linestyle="", marker="o", markersize=7, color=palette(c % palette.N)) for c in range(k)]
-    handles.append(Line2D([], [], linestyle="", marker="X", markersize=11, color="grey", markeredgecolor="white"))
+    # The legend's center: hollow, so that it is no cluster's colour (tab10's 7th is grey).
+    handles.append(Line2D([], [], linestyle="", marker="X", markersize=11, markerfacecolor="white",
+                          markeredgecolor="black"))
     axes.legend(handles, [*entries, "centers"], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
                 title="cluster", ncol=1 if k <= 16 else 2, frameon=False)
     axes.set_xlabel(xlabel)
