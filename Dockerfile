@@ -9,11 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     KMEANS_AUTH=required
 
 WORKDIR /app
-COPY requirements.txt .
+# requirements.txt installs this project (editable, from pyproject.toml) with its dependencies.
+COPY requirements.txt pyproject.toml ./
+COPY kmeans ./kmeans
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY api.yaml server.py ./
-COPY kmeans ./kmeans
 
 RUN useradd --system --uid 10001 --no-create-home kmeans \
     && mkdir -p /data && chown kmeans /data

@@ -15,6 +15,7 @@ lists), the ``KMEANS_TOKEN`` environment variable; it is never printed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -549,6 +550,107 @@ def models_copy(state: State, model_id: str, params: tuple[str, ...], dataset_id
     emit(state, model, lambda m: out.print(f"model {m['id']} (a copy of {model_id}) is {m['status']}"))
 
 
+@models.command("export")
+@click.argument("model_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write the document here (default: stdout).")
+@click.pass_obj
+def models_export(state: State, model_id: str, output: Path | None) -> None:
+    """Export a fitted model as a portable JSON document (for `kmeans models import`)."""
+    document = json.dumps(state.client.export_model(model_id), indent=2)
+    if output is None:
+        click.echo(document)
+    else:
+        output.write_text(document + "\n")
+        err.print(f"wrote {output} ({output.stat().st_size} bytes)", markup=False)
+
+
+@models.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--project", help="The project to put it in (default: the token's own).")
+@json_option
+def models_import(state: State, file: Any, project: str | None) -> None:
+    """A new model from an exported JSON document FILE (- for stdin)."""
+    try:
+        document = json.loads(file.read())
+    except ValueError as exc:
+        raise click.BadParameter(f"not a JSON document: {exc}", param_hint="'FILE'") from None
+    if not isinstance(document, dict):
+        raise click.BadParameter("not an exported model (a JSON object)", param_hint="'FILE'")
+    model = state.client.import_model(document, project=project)
+    emit(state, model, lambda m: out.print(f"imported model {m['id']} ({m['status']})"))
+
+
+@models.command("push")
+@click.argument("model_id")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@json_option
+def models_push(state: State, model_id: str, file: Path) -> None:
+    """Move an online (minibatch) model's centers with the rows of a CSV FILE: a new version."""
+    version = state.client.push_data(model_id, file)
+    emit(state, version, lambda v: out.print(f"model {model_id} is at version {v['version']}"
+                                             f" ({v['rows_added']} rows added)"))
+
+
+VERSION_COLUMNS = ("version", "source", "rows_added", "created_at")
+
+
+@models.command("versions")
+@click.argument("model_id")
+@json_option
+def models_versions(state: State, model_id: str) -> None:
+    """List the versions of an online model's centers (the current one marked)."""
+    listing = state.client.list_versions(model_id)
+    emit(state, listing, lambda r: table(
+        ([*(v.get(c) for c in VERSION_COLUMNS), "current" if v["version"] == r["current"] else ""]
+         for v in r["items"]),
+        *VERSION_COLUMNS, "", title=f"versions of {model_id}",
+    ))
+
+
+@models.command("version")
+@click.argument("model_id")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def models_version(state: State, model_id: str, version: int) -> None:
+    """Show one version of a model's centers."""
+    emit(state, state.client.get_version(model_id, version),
+         lambda v: fields(v, title=f"model {model_id}, version {version}"))
+
+
+@models.command("restore")
+@click.argument("model_id")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def models_restore(state: State, model_id: str, version: int) -> None:
+    """Go back to VERSION of a model's centers (kept as a new version)."""
+    restored = state.client.restore_version(model_id, version)
+    emit(state, restored, lambda v: out.print(f"model {model_id} is at version {v['version']} ({v['source']})"))
+
+
+@models.command("watch")
+@click.argument("model_id")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Stop watching after this many seconds.")
+@json_option
+def models_watch(state: State, model_id: str, wait_timeout: float) -> None:
+    """Print each change of a fit (status, progress, phase) as it happens, until it ends."""
+    _watch(state, state.client.model_events(model_id, timeout=wait_timeout))
+
+
+def _watch(state: State, events: Iterable[Any]) -> None:
+    """One line per event (JSON lines with --json)."""
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        if state.as_json:
+            click.echo(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
+            continue
+        progress = data.get("progress")
+        shown = [data.get("kind") or event.event, data.get("id"), data.get("status"),
+                 f"{progress:.0%}" if isinstance(progress, (int, float)) else None, data.get("phase")]
+        out.print("  ".join(str(v) for v in shown if v not in (None, "")), markup=False)
+
+
 @models.command("delete")
 @click.argument("model_id")
 @json_option
@@ -577,28 +679,42 @@ def jobs(state: State, status: str | None, kind: str | None, project: str | None
 @cli.command()
 @click.argument("model_id")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--distances", is_flag=True, help="Also each row's distance to its center.")
+@click.option("--anomalies", is_flag=True,
+              help="Also flag rows farther from their center than the model's anomaly threshold (or --threshold).")
+@click.option("--threshold", type=float, help="The distance beyond which a row is an anomaly (implies --anomalies).")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Predict with this version of an online model.")
 @csv_options
 @json_option
 def predict(
-    state: State, model_id: str, file: Path, delimiter: str | None, decimal: str | None, na_values: str | None
+    state: State, model_id: str, file: Path, distances: bool, anomalies: bool, threshold: float | None,
+    version: int | None, delimiter: str | None, decimal: str | None, na_values: str | None,
 ) -> None:
     """Label the points of a CSV FILE with MODEL_ID, one label per line (``id<TAB>label``, or
     with --json ``{"id", "label"}`` objects, when the file has the model's id column; the
-    cluster's name after a tab, ``label_name`` in JSON, when the model names its clusters).
-    Columns are matched by name when the file has a header."""
-    result = state.client.predictions(model_id, file, **_csv_kwargs(delimiter, decimal, na_values))
+    cluster's name after the label, ``label_name`` in JSON, when the model names its clusters).
+    Columns are matched by name when the file has a header. With --distances or --anomalies each
+    line also has the distance and the anomaly flag (tab-separated)."""
+    anomalies = anomalies or threshold is not None
+    result = state.client.predictions(
+        model_id, file, distances=distances, anomalies=anomalies, threshold=threshold, version=version,
+        **_csv_kwargs(delimiter, decimal, na_values),
+    )
+    extra = [name for name, asked in (("distance", distances), ("anomaly", anomalies)) if asked]
     ids = result.get("ids")
     names = result.get("label_names")
-    if ids is None and names is None:
+    if ids is None and names is None and not extra:
         emit(state, result["labels"], lines)
     else:
-        pairs = [{"label": label} for label in result["labels"]]
-        for pair, i in zip(pairs, ids or [], strict=False):
-            pair["id"] = i
-        for pair, name in zip(pairs, names or [], strict=False):
-            pair["label_name"] = name
-        emit(state, pairs, lambda p: lines("\t".join(
-            "" if x[k] is None else str(x[k]) for k in ("id", "label", "label_name") if k in x) for x in p))
+        records = [{"id": i, "label": label} for i, label in zip(ids, result["labels"], strict=True)] if ids else [
+            {"label": label} for label in result["labels"]]
+        for record, name in zip(records, names or [], strict=False):
+            record["label_name"] = name
+        for name in extra:
+            for record, value in zip(records, result[f"{name}s" if name == "distance" else "anomalies"], strict=True):
+                record[name] = value
+        emit(state, records, lambda p: lines("\t".join(
+            str(v).lower() if isinstance(v, bool) else "" if v is None else str(v) for v in x.values()) for x in p))
     for column, count in (result.get("unknown_categories") or {}).items():
         err.print(f"{count} value(s) of {column!r} are categories the model has not seen")
 
@@ -777,6 +893,78 @@ def sweeps_run(
 def sweeps_show(state: State, sweep_id: str, rule: str | None) -> None:
     """A sweep's per-k table, its recommended k, the runner-up and each measure's pick."""
     emit(state, state.client.get_sweep(sweep_id, rule), _show_sweep)
+
+
+SWEEP_COLUMNS = ("id", "dataset_id", "status", "k_min", "k_max", "recommended_k", "created_at")
+
+
+@sweeps.command("list")
+@click.option("--dataset", "dataset_id", help="Only sweeps of this dataset.")
+@click.option("--project", help="Only sweeps of this project.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+def sweeps_list(state: State, dataset_id: str | None, project: str | None, offset: int, limit: int) -> None:
+    """List sweeps, newest first."""
+    page = state.client.list_sweeps(offset, limit, dataset_id=dataset_id, project=project)
+    emit(state, page, lambda p: table(
+        ([w.get(c) for c in SWEEP_COLUMNS] for w in p["items"]), *SWEEP_COLUMNS, title=_page_title("sweeps", p),
+    ))
+
+
+@sweeps.command("cancel")
+@click.argument("sweep_id")
+@json_option
+def sweeps_cancel(state: State, sweep_id: str) -> None:
+    """Cancel a queued or running sweep."""
+    emit(state, state.client.cancel_sweep(sweep_id), lambda w: out.print(f"sweep {w['id']} is {w['status']}"))
+
+
+@sweeps.command("delete")
+@click.argument("sweep_id")
+@json_option
+def sweeps_delete(state: State, sweep_id: str) -> None:
+    """Delete a sweep (a running one is cancelled first)."""
+    state.client.delete_sweep(sweep_id)
+    emit(state, {"deleted": sweep_id}, lambda r: out.print(f"deleted sweep {sweep_id}"))
+
+
+@sweeps.command("plot")
+@click.argument("sweep_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Where to write the PNG.")
+@json_option
+def sweeps_plot(state: State, sweep_id: str, output: Path) -> None:
+    """Save a PNG of each measure over k, the recommended k marked."""
+    png = state.client.sweep_plot(sweep_id)
+    output.write_bytes(png)
+    emit(state, {"sweep_id": sweep_id, "path": str(output), "bytes": len(png)},
+         lambda r: out.print(f"wrote {r['path']} ({r['bytes']} bytes)"))
+
+
+@sweeps.command("watch")
+@click.argument("sweep_id")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Stop watching after this many seconds.")
+@json_option
+def sweeps_watch(state: State, sweep_id: str, wait_timeout: float) -> None:
+    """Print each change of a sweep as it happens, until it ends."""
+    _watch(state, state.client.sweep_events(sweep_id, timeout=wait_timeout))
+
+
+@cli.command()
+@click.option("--project", help="Events of this project (admins; default: every project for an admin).")
+@click.option("--last-event-id", help="Start after this event (what happened since), not with what happens next.")
+@click.option("--max-events", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Stop watching after this many seconds.")
+@json_option
+def events(
+    state: State, project: str | None, last_event_id: str | None, max_events: int | None, wait_timeout: float
+) -> None:
+    """Print every job change of the project (fits, sweeps, deliveries, pushes) as it happens."""
+    stream = state.client.project_events(project=project, last_event_id=last_event_id, timeout=wait_timeout)
+    _watch(state, itertools.islice(stream, max_events))
 
 
 def _show_sweep(sweep: dict[str, Any]) -> None:

@@ -23,20 +23,31 @@ may not act ``Forbidden`` (403). The token is never part of a repr or an error m
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
+import httpx_sse
 
 CHUNK_BYTES = 256 * 1024
 DEFAULT_TIMEOUT = 30.0
 ACTIVE = ("queued", "running")
 TOKEN_ENV = "KMEANS_TOKEN"
 Progress = Callable[[int, "int | None"], None]
+
+
+class Event(NamedTuple):
+    """One Server-Sent Event: its ``event`` name (``model``, ``sweep``, ``job``), ``id`` (for
+    ``last_event_id``) and ``data`` (the JSON it carries)."""
+
+    event: str
+    id: str | None
+    data: Any
 
 
 class KMeansError(Exception):
@@ -227,9 +238,7 @@ class KMeansClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request to ``/kmeans{path}``; raise ApiError for 4xx/5xx, CannotConnect when unreachable."""
-        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
-        if self.__token is not None:
-            headers["Authorization"] = f"Bearer {self.__token}"
+        headers = {"Accept": "application/json", **kwargs.pop("headers", {}), **self._auth()}
         try:
             response = self.http.request(method, f"{self.api}{path}", headers=headers, **kwargs)
         except httpx.TransportError as exc:
@@ -237,6 +246,10 @@ class KMeansClient:
         if response.status_code >= 400:
             raise error_for(response)
         return response
+
+    def _auth(self) -> dict[str, str]:
+        """The Authorization header, when there is a token."""
+        return {} if self.__token is None else {"Authorization": f"Bearer {self.__token}"}
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
@@ -574,6 +587,46 @@ class KMeansClient:
     def restore_version(self, model_id: str, version: int) -> dict[str, Any]:
         """Go back to a version (as a new version)."""
         return self._json("POST", f"/models/{_quote(model_id)}/versions/{int(version)}/restore")
+
+    # -- live events ------------------------------------------------------------------------
+
+    def events(
+        self, path: str, *, last_event_id: str | None = None, timeout: float = 3600, params: Any = None
+    ) -> Iterator[Event]:
+        """Each Server-Sent Event of ``path`` (``/models/{id}/events``, ``/sweeps/{id}/events``,
+        ``/events``), until the server closes the stream or ``timeout`` seconds have passed."""
+        headers = {"Accept": "text/event-stream", **self._auth()}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        deadline = time.monotonic() + timeout
+        # The read timeout outlasts the server's keep-alive comments; the deadline bounds the whole stream.
+        limits = httpx.Timeout(self.timeout, read=max(self.timeout, 30.0))
+        try:
+            with httpx_sse.connect_sse(
+                self.http, "GET", f"{self.api}{path}", headers=headers, params=params, timeout=limits
+            ) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise error_for(source.response)
+                for sse in source.iter_sse():
+                    if sse.event != "message" or sse.data:  # comment-only keep-alives carry nothing
+                        yield Event(sse.event, sse.id or None, json.loads(sse.data) if sse.data else None)
+                    if time.monotonic() > deadline:
+                        return
+        except httpx.TransportError as exc:
+            raise CannotConnect(self.url, exc) from exc
+
+    def model_events(self, model_id: str, **options: Any) -> Iterator[Event]:
+        """The fit's changes of status, progress and phase, live, until it ends."""
+        return self.events(f"/models/{_quote(model_id)}/events", **options)
+
+    def sweep_events(self, sweep_id: str, **options: Any) -> Iterator[Event]:
+        """The sweep's changes (status, progress, per-k results), live, until it ends."""
+        return self.events(f"/sweeps/{_quote(sweep_id)}/events", **options)
+
+    def project_events(self, *, project: str | None = None, **options: Any) -> Iterator[Event]:
+        """Every job change (and online push or restore) of the project, live; the server closes after an hour."""
+        return self.events("/events", params=self._params(project=project), **options)
 
     # -- sweeps -----------------------------------------------------------------------------
 

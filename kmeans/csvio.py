@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -181,7 +181,11 @@ def _first_nonblank(head: bytes, cut: bool) -> tuple[str, int] | None:
             try:
                 return raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"), end
             except UnicodeDecodeError as exc:
-                raise Unprocessable(f"row {number} is not UTF-8 text (byte {exc.start})", row=number) from None
+                around = raw[max(0, exc.start - 20) : exc.end + 20]
+                raise Unprocessable(
+                    f"row {number} is not UTF-8 text (byte {exc.start + 1}: {around!r}); save the file as UTF-8",
+                    row=number,
+                ) from None
     return None
 
 
@@ -387,8 +391,7 @@ def _read_typed(
         except _BadCell as bad:
             handle.seek(0)
             if bad.reason.endswith("not UTF-8 text"):
-                _diagnose(handle, header is not None, delimiter, cells=False)  # names the row when it can
-                raise Unprocessable(bad.reason) from None
+                _not_utf8(handle, header is not None, delimiter)
             # A user counts the file's lines (the header and blank ones too), not data rows.
             line = _line_of(handle, header is not None, delimiter, bad.index)
             raise Unprocessable(f"row {line}, column {position}: {bad.reason}", row=line, column=position) from None
@@ -713,11 +716,46 @@ def _diagnose(handle: BinaryIO, has_header: bool, delimiter: str = ",", cells: b
             for col, cell in enumerate(values if cells else (), start=1):
                 _check_cell(cell, row, col)
     except UnicodeDecodeError:
-        raise Unprocessable("the CSV file is not UTF-8 text") from None
+        handle.seek(0)
+        _not_utf8(handle, has_header, delimiter)
     except csv.Error as exc:
         raise Unprocessable(f"row {reader.line_num}: {exc}", row=reader.line_num) from None
     finally:
         text.detach()
+
+
+def _not_utf8(handle: BinaryIO, has_header: bool, delimiter: str) -> NoReturn:
+    """Raise Unprocessable naming the row (the file line where its record starts, as
+    everywhere) and column of the first cell that is not UTF-8, with its byte offset."""
+    # Undecodable bytes become lone surrogates, so the csv module still splits the file as the
+    # parser did (quotes, delimiters and line breaks are ASCII) and the first cell holding one
+    # is the first bad one; only this error path pays for the second read.
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text, delimiter=delimiter, skipinitialspace=True)
+    start, first = 1, True
+    try:
+        for values in reader:
+            for col, cell in enumerate(values, start=1):
+                if _SURROGATE.search(cell) is None:
+                    continue
+                where = "the header row" if has_header and first else f"row {start}"
+                written = cell.strip().encode("utf-8", "surrogateescape")
+                raise Unprocessable(
+                    f"{where}, column {col}: {written[:40]!r} is not UTF-8 text; save the file as UTF-8",
+                    row=start,
+                    column=col,
+                )
+            if len(values) > 1 or values and values[0].strip():
+                first = False
+            start = reader.line_num + 1
+    except csv.Error:
+        pass
+    finally:
+        text.detach()
+    raise Unprocessable("the CSV file is not UTF-8 text; save it as UTF-8")
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _check_cell(cell: str, row: int, col: int) -> None:

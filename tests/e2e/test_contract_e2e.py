@@ -193,10 +193,10 @@ def test_generated_authenticated_client_sends_the_bearer_token(generated, closed
 
 
 def console_script() -> str:
-    """The installed ``kmeans`` script (``pip install -r requirements-dev.txt`` installs it)."""
+    """The installed ``kmeans`` script (``pip install -r requirements.txt`` installs it)."""
     beside = Path(sys.executable).with_name("kmeans")
     found = str(beside) if beside.exists() else shutil.which("kmeans")
-    assert found, "no kmeans console script: run `pip install -r requirements-dev.txt` (it installs -e .)"
+    assert found, "no kmeans console script: run `pip install -r requirements.txt` (it installs -e .)"
     return found
 
 
