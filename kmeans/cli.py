@@ -543,6 +543,77 @@ def models_plot(state: State, model_id: str, output: Path) -> None:
          lambda r: out.print(f"wrote {r['path']} ({r['bytes']} bytes)"))
 
 
+def parse_name(text: str) -> tuple[str, str | None]:
+    """``CLUSTER=NAME`` (``CLUSTER=`` removes the name)."""
+    cluster, sep, name = text.partition("=")
+    if not sep or not cluster.strip():
+        raise click.BadParameter(f"{text!r} is not CLUSTER=NAME (e.g. 0='bargain hunters')", param_hint="'NAMES'")
+    return cluster.strip(), name.strip() or None
+
+
+@models.command("name")
+@click.argument("model_id")
+@click.argument("names", nargs=-1, required=True, metavar="CLUSTER=NAME...")
+@json_option
+def models_name(state: State, model_id: str, names: tuple[str, ...]) -> None:
+    """Name clusters: 0="bargain hunters" 1="big spenders"; CLUSTER= removes a name, others keep theirs."""
+    model = state.client.name_clusters(model_id, dict(parse_name(n) for n in names))
+    given = model.get("cluster_names") or {}
+    sizes = model.get("cluster_sizes") or []
+    emit(state, model, lambda m: table(
+        ([c, given.get(str(c), ""), size] for c, size in enumerate(sizes)), "cluster", "name", "size",
+        title=f"cluster names of {model_id}",
+    ))
+
+
+def _difference(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+def _show_profile(doc: dict[str, Any], top: int) -> None:
+    table(([c["cluster"], c["name"], c["size"], f"{c['share']:.1%}", c["summary"]] for c in doc["clusters"]),
+          "cluster", "name", "size", "share", "summary", title=f"profile of {doc['model_id']} ({doc['rows']} rows)")
+    for cluster in doc["clusters"]:
+        rows = []
+        for entry in cluster["features"][:top]:
+            if entry["type"] == "numeric":
+                rows.append([entry["rank"], entry["name"], *(
+                    "" if entry[k] is None else f"{entry[k]:.6g}" for k in ("mean", "median", "std")
+                ), _difference(entry["difference"])])
+            else:
+                shares = {c["category"]: c for c in entry["categories"]}
+                chosen = shares.get(entry["category"]) or {}
+                share = chosen.get("share")
+                overall = chosen.get("overall_share")
+                rows.append([entry["rank"], f"{entry['name']}={entry['category']}",
+                             "" if share is None else f"{share:.1%} (all {overall:.1%})", "", "",
+                             _difference(entry["difference"])])
+        name = f" {cluster['name']}" if cluster["name"] else ""
+        table(rows, "rank", "feature", "mean / share", "median", "std", "difference (sd)",
+              title=f"cluster {cluster['cluster']}{name}")
+
+
+@models.command("profile")
+@click.argument("model_id")
+@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Features shown per cluster, the most telling first.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the profile as CSV (every feature of every cluster).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Also write the heatmap of the differences (PNG) here.")
+@json_option
+def models_profile(state: State, model_id: str, top: int, as_csv: bool, plot: Path | None) -> None:
+    """What sets each cluster apart: size, share, a summary line, and the features that differ most
+    from all rows (means, medians and std in the data's units; differences in standard deviations)."""
+    if plot is not None:
+        png = state.client.profile_plot(model_id)
+        plot.write_bytes(png)
+        err.print(f"wrote {plot} ({len(png)} bytes)")
+    if as_csv:
+        click.echo(state.client.profile_csv(model_id), nl=False)
+        return
+    emit(state, state.client.profile(model_id), lambda doc: _show_profile(doc, top))
+
+
 @models.command("cancel")
 @click.argument("model_id")
 @json_option
@@ -722,9 +793,10 @@ def predict(
     version: int | None, delimiter: str | None, decimal: str | None, na_values: str | None,
 ) -> None:
     """Label the points of a CSV FILE with MODEL_ID, one label per line (``id<TAB>label``, or
-    with --json ``{"id", "label"}`` objects, when the file has the model's id column). Columns
-    are matched by name when the file has a header. With --distances or --anomalies each line
-    also has the distance and the anomaly flag (tab-separated)."""
+    with --json ``{"id", "label"}`` objects, when the file has the model's id column; the
+    cluster's name after the label, ``label_name`` in JSON, when the model names its clusters).
+    Columns are matched by name when the file has a header. With --distances or --anomalies each
+    line also has the distance and the anomaly flag (tab-separated)."""
     anomalies = anomalies or threshold is not None
     result = state.client.predictions(
         model_id, file, distances=distances, anomalies=anomalies, threshold=threshold, version=version,
@@ -732,16 +804,19 @@ def predict(
     )
     extra = [name for name, asked in (("distance", distances), ("anomaly", anomalies)) if asked]
     ids = result.get("ids")
-    if ids is None and not extra:
+    names = result.get("label_names")
+    if ids is None and names is None and not extra:
         emit(state, result["labels"], lines)
     else:
         records = [{"id": i, "label": label} for i, label in zip(ids, result["labels"], strict=True)] if ids else [
             {"label": label} for label in result["labels"]]
+        for record, name in zip(records, names or [], strict=False):
+            record["label_name"] = name
         for name in extra:
             for record, value in zip(records, result[f"{name}s" if name == "distance" else "anomalies"], strict=True):
                 record[name] = value
-        emit(state, records, lambda p: lines("\t".join(str(v).lower() if isinstance(v, bool) else str(v)
-                                                       for v in x.values()) for x in p))
+        emit(state, records, lambda p: lines("\t".join(
+            str(v).lower() if isinstance(v, bool) else "" if v is None else str(v) for v in x.values()) for x in p))
     for column, count in (result.get("unknown_categories") or {}).items():
         err.print(f"{count} value(s) of {column!r} are categories the model has not seen")
 

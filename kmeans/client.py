@@ -670,6 +670,25 @@ class KMeansClient:
         """A PNG scatter plot of the model's clusters."""
         return self.request("GET", f"/models/{_quote(model_id)}/plot.png", headers={"Accept": "image/png"}).content
 
+    def name_clusters(self, model_id: str, names: Mapping[int | str, str | None]) -> dict[str, Any]:
+        """Name clusters (``{0: "bargain hunters"}``; None removes a name, others keep theirs); the model."""
+        body = {"cluster_names": {str(k): v for k, v in names.items()}}
+        return self._json("PATCH", f"/models/{_quote(model_id)}", json=body)
+
+    def profile(self, model_id: str) -> dict[str, Any]:
+        """What sets each cluster apart: per cluster its size, share, summary and ranked features."""
+        return self._json("GET", f"/models/{_quote(model_id)}/profile")
+
+    def profile_csv(self, model_id: str) -> str:
+        """The profile as CSV: one row per cluster and feature (and category)."""
+        return self.request("GET", f"/models/{_quote(model_id)}/profile", headers={"Accept": "text/csv"}).text
+
+    def profile_plot(self, model_id: str) -> bytes:
+        """A PNG heatmap of the profile's standardized differences, clusters x features."""
+        return self.request(
+            "GET", f"/models/{_quote(model_id)}/profile.png", headers={"Accept": "image/png"}
+        ).content
+
     def export_model(self, model_id: str) -> dict[str, Any]:
         """The model as a portable JSON document (for ``import_model``)."""
         return self._json("GET", f"/models/{_quote(model_id)}/export")

@@ -426,10 +426,12 @@ def _silhouette(values: np.ndarray, labels: np.ndarray) -> float:
     return float(np.nan_to_num(scores).mean())
 
 
-def project_2d(sample: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The first two principal components (fitted on ``sample``) of the sample and the centers."""
+def project_2d(sample: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first two principal components (fitted on ``sample``) of the sample and the centers,
+    and the share of the sample's variance each explains (0 for a sample with none)."""
     pca = PCA(n_components=2, random_state=0).fit(sample)
-    return pca.transform(sample), pca.transform(centers)
+    explained = np.nan_to_num(np.asarray(pca.explained_variance_ratio_, dtype=np.float64), nan=0.0)
+    return pca.transform(sample), pca.transform(centers), explained
 
 
 # Up to this many row-center pairs (one-row predictions) distances are computed exactly; above,

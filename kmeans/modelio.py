@@ -10,7 +10,8 @@ Format ``kmeans-service/model``, version 1::
                                     {"name", "type": "categorical", "categories", "missing_category"}]},
      "anomaly_threshold": 1.5 | null,
      "metrics": {"inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz",
-                 "cluster_sizes", "rows", "fit_seconds"}}
+                 "cluster_sizes", "rows", "fit_seconds"},
+     "cluster_names": {"0": "bargain hunters", …} | null}
 
 ``centers`` are in the fitted space (numeric features, then one column per category of each
 categorical one; after z-score and normalisation), exactly as stored, so
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kmeans import online, prep
+from kmeans import insight, online, prep
 from kmeans.csvio import check_names
 from kmeans.errors import Unprocessable
 from kmeans.store import Store, new_id, now
@@ -66,6 +67,7 @@ def export(model: dict[str, Any], centers: np.ndarray, counts: list[float] | Non
         "anomaly_threshold": model.get("anomaly_threshold"),
         "metrics": {k: model.get(k) for k in METRICS},
         "counts": counts if counts is not None else model.get("cluster_sizes"),
+        "cluster_names": model.get("cluster_names") or None,
     }
 
 
@@ -161,6 +163,7 @@ def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
         if (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v))
         or (k == "cluster_sizes" and isinstance(v, list) and all(isinstance(n, int) and n >= 0 for n in v))
     }
+    names = insight.names_in_document(doc.get("cluster_names"), len(centers))
     threshold = doc.get("anomaly_threshold")
     if threshold is not None and not (
         isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold >= 0
@@ -199,6 +202,7 @@ def import_document(store: Store, doc: dict[str, Any], project: str) -> str:
         },
         "anomaly_threshold": threshold,
         "cluster_sizes": sizes if isinstance(sizes, list) and len(sizes) == len(centers) else None,
+        "cluster_names": names,
         **{
             k: metrics.get(k)
             for k in ("inertia", "n_iter", "silhouette", "davies_bouldin", "calinski_harabasz", "fit_seconds")

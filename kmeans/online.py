@@ -97,7 +97,8 @@ def push(store: Store, model: dict[str, Any], values: np.ndarray, first_row: int
         return centers, total, len(values), "data"
 
     row = store.append_version(model["id"], _fit_version(store, model), update, event="push")
-    return {"model_id": model["id"], **_summary(row, True, model.get("preprocessing"))}
+    return {"model_id": model["id"], **_summary(row, True, model.get("preprocessing")),
+            "cluster_names": model.get("cluster_names") or None}
 
 
 def versions(store: Store, model: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +109,8 @@ def versions(store: Store, model: dict[str, Any]) -> dict[str, Any]:
 def version(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
     row = store.get_version(model["id"], number, _fit_version(store, model))
     columns = prep.encoded_columns(model.get("preprocessing") or {"feature_columns": model["columns"]})
-    return {"model_id": model["id"], "columns": columns, **_summary(row, True, model.get("preprocessing"))}
+    return {"model_id": model["id"], "columns": columns, **_summary(row, True, model.get("preprocessing")),
+            "cluster_names": model.get("cluster_names") or None}
 
 
 def restore(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
@@ -118,7 +120,8 @@ def restore(store: Store, model: dict[str, Any], number: int) -> dict[str, Any]:
         return (*_arrays(old), 0, f"restore of {number}")
 
     row = store.append_version(model["id"], _fit_version(store, model), same, base=number, event="restore")
-    return {"model_id": model["id"], **_summary(row, True, model.get("preprocessing"))}
+    return {"model_id": model["id"], **_summary(row, True, model.get("preprocessing")),
+            "cluster_names": model.get("cluster_names") or None}
 
 
 _CACHE: dict[tuple[str, str, int], np.ndarray] = {}

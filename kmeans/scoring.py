@@ -54,17 +54,23 @@ def score(
 
 
 def csv_bytes(result: dict[str, Any]) -> bytes:
-    """A CSV with a header: [id], label, [distance], [distance_0 … distance_{k-1}], [anomaly]."""
+    """A CSV with a header: [id], label, [label_name], [distance], [distance_0 … distance_{k-1}], [anomaly]."""
     header = ["label"]
     ids = result.get("ids")
-    if ids is not None and not result.keys() - {"labels", "ids", "unknown_categories"}:
+    given = {k for k, v in result.items() if v is not None}
+    if ids is not None and not given - {"labels", "ids", "unknown_categories"}:
         if not isinstance(ids, list):  # the stored Arrow column: Arrow kernels, no row at a time
             return id_label_csv(ids, np.asarray(result["labels"]))
         # id,label only (every labels answer of a dataset with ids): one join, not a row at a time.
         cells = ids if not _QUOTED.search("\x00".join(ids)) else [_csv_cell(v) for v in ids]
         labels = map(str, np.asarray(result["labels"]).astype(np.int64).tolist())
         return ("id,label\n" + "\n".join(map(",".join, zip(cells, labels, strict=True))) + "\n").encode()
+    if ids is not None and not isinstance(ids, list):  # the stored Arrow column, with other columns
+        ids = ["" if v is None else v for v in ids.to_pylist()]
     parts = [result["labels"].astype(np.int64)[:, None].astype(str)]
+    if result.get("label_names") is not None:
+        header.append("label_name")
+        parts.append(np.array([_csv_cell(v or "") for v in result["label_names"]], dtype=object)[:, None])
     if ids is not None:
         header.insert(0, "id")
         parts.insert(0, np.array([_csv_cell(v) for v in ids], dtype=object)[:, None])
@@ -116,7 +122,7 @@ def _csv_cell(value: str) -> str:
 def json_body(model_id: str, result: dict[str, Any]) -> dict[str, Any]:
     out = {"model_id": model_id}
     for key, value in result.items():
-        if key in ("ids", "unknown_categories"):
+        if key in ("ids", "unknown_categories", "label_names"):
             if value:
                 out[key] = value
         else:

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,14 @@ def _public_scoring(record: dict[str, Any]) -> dict[str, Any]:
     from kmeans import scorejob
 
     return scorejob.public(record)
+
+
+# Profiles' statistics per (database, model): a model's labels and its dataset's rows never
+# change (ids are never reused), so a profile is computed once per process (a second of a
+# million rows), then named afresh at each request. The oldest goes past PROFILES_KEPT.
+_PROFILES: dict[tuple[str, str], dict[str, Any]] = {}
+PROFILES_KEPT = 32
+_PROFILES_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=256)
@@ -1024,11 +1033,61 @@ class KMeansService:
     def model_labels(self, model_id: str) -> tuple[np.ndarray, Any]:
         """The training rows' labels (-1: a row left out for a missing value), and the
         dataset's ids (an Arrow text column) when it has an id column."""
+        labels, ids, _ = self.named_labels(model_id)
+        return labels, ids
+
+    def named_labels(self, model_id: str) -> tuple[np.ndarray, Any, list[str | None] | None]:
+        """:meth:`model_labels` and each label's cluster name (None when the model names none)."""
         model = self._fitted(model_id)
         path = self.store.labels_path(model_id)
         if not path.exists():
             raise Conflict(f"model {model_id} was imported: it has no training rows, so no labels")
-        return self.store.load_array(path), self.store.load_id_column(model["dataset_id"])
+        labels = self.store.load_array(path)
+        return labels, self.store.load_id_column(model["dataset_id"]), self.label_names(model, labels)
+
+    def name_clusters(self, model_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``patch`` (cluster number -> name, null removes one; JSON merge patch) to a fitted
+        model's cluster names; 422 naming clusters the model does not have, and nothing changes."""
+        from kmeans import insight
+
+        self._fitted(model_id)
+
+        def change(record: dict[str, Any]) -> dict[str, str]:
+            return insight.merge_names(record.get("cluster_names"), patch, len(self.fitted_centers(record)))
+
+        model = self.store.change_cluster_names(model_id, change)
+        if model is None:
+            raise NotFound(f"no model with id {model_id}")
+        return _public(model)
+
+    def training_data(self, model_id: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None, np.ndarray]:
+        """A fitted model, its dataset's numeric values and category codes (memory-mapped) and its
+        training labels; 409 when the model was imported or its dataset deleted."""
+        model = self._fitted(model_id)
+        if not self.store.labels_path(model_id).exists():
+            raise Conflict(f"model {model_id} was imported: it has no training rows to describe")
+        if self.store.get_dataset(model["dataset_id"]) is None:
+            raise Conflict(
+                f"the dataset of model {model_id} ({model['dataset_id']}) was deleted, so its training rows are gone"
+            )
+        values, codes = self.store.dataset_arrays(model["dataset_id"])
+        return model, values, codes, self.store.load_array(self.store.labels_path(model_id), mmap=True)
+
+    def model_profile(self, model_id: str) -> dict[str, Any]:
+        """What sets each cluster apart, in the dataset's units (see kmeans.insight.profile)."""
+        from kmeans import insight
+
+        key = (str(self.store.db_path), model_id)
+        model = self._fitted(model_id)
+        doc = _PROFILES.get(key)
+        if doc is None or self.store.get_dataset(model["dataset_id"]) is None:
+            model, values, codes, labels = self.training_data(model_id)
+            doc = insight.statistics(model, values, codes, labels)
+            with _PROFILES_LOCK:  # handlers run in several threads
+                while len(_PROFILES) >= PROFILES_KEPT:
+                    _PROFILES.pop(next(iter(_PROFILES)))
+                _PROFILES[key] = doc
+        return insight.named(doc, model.get("cluster_names"))
 
     def model_centers(self, model_id: str) -> tuple[np.ndarray, list[str]]:
         """The centers in original units (category columns as shares) and the columns they are in."""
@@ -1064,7 +1123,15 @@ class KMeansService:
         model = self._fitted(model_id)  # a 404/409 before reading a possibly large body
         table = self.points(model, data, source, options)
         labels, _, unknown = self._predict(model, table)
-        return {"labels": labels, "ids": prep.ids_of(table, model["preprocessing"]), "unknown_categories": unknown}
+        return {"labels": labels, "ids": prep.ids_of(table, model["preprocessing"]), "unknown_categories": unknown,
+                "label_names": self.label_names(model, labels)}
+
+    @staticmethod
+    def label_names(model: dict[str, Any], labels: np.ndarray) -> list[str | None] | None:
+        """Each label's cluster name (None: unnamed), or None when the model names no cluster."""
+        from kmeans import insight
+
+        return insight.label_names(labels, model.get("cluster_names"))
 
     def _predict(
         self, model: dict[str, Any], table: csvio.Table, version: int | None = None
@@ -1093,6 +1160,9 @@ class KMeansService:
         table = self.points(model, data, source, options)
         labels, space, unknown = self._predict(model, table, version)
         result: dict[str, Any] = scoring.score(model, centers, space, labels, **scoring_options)
+        names = self.label_names(model, labels)
+        if names is not None:
+            result["label_names"] = names
         result["ids"] = prep.ids_of(table, model["preprocessing"])
         result["unknown_categories"] = unknown
         return result

@@ -277,10 +277,10 @@ MIGRATIONS = {
     "datasets": {"project": "TEXT NOT NULL DEFAULT 'default'", "schema": "TEXT", "id_column": "TEXT", "stats": "TEXT"},
     # callback_secret: the key that signs a resource's webhook deliveries (never shown again).
     # checkpoint: a paused fit's checkpoint (JSON: when saved; resume starts from its centers);
-    # copied_from: the model a copy was made of.
+    # copied_from: the model a copy was made of; cluster_names: JSON {"0": "bargain hunters", …}.
     "models": {
         "project": "TEXT NOT NULL DEFAULT 'default'", "callback_secret": "TEXT", "checkpoint": "TEXT",
-        "copied_from": "TEXT",
+        "copied_from": "TEXT", "cluster_names": "TEXT",
     },
     # Sweeps became jobs of the one queue: the lifecycle columns models have.
     "sweeps": {
@@ -321,6 +321,7 @@ SAME_UPLOAD = (
 JSON_FIELDS = (
     "schema", "stats", "columns", "params", "error", "cluster_sizes", "callback", "preprocessing", "results",
     "payload", "last", "data", "checkpoint", "votes", "warnings", "result", "unknown_categories",
+    "cluster_names",
 )
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -725,6 +726,20 @@ class Store:
     ) -> bool:
         """:meth:`update_job` of a fit."""
         return self.update_job("fit", model_id, only_if_status, owner, **fields)
+
+    def change_cluster_names(
+        self, model_id: str, change: Callable[[dict[str, Any]], dict[str, str]]
+    ) -> dict[str, Any] | None:
+        """Set a model's cluster names to ``change(model)`` (which may raise: then nothing is
+        written), read and written in one transaction so that concurrent patches never lose one;
+        the model as it is now (None if it is gone)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+            if row is None:
+                return None
+            names = change(_decode(row))
+            self._update_job(db, "fit", model_id, cluster_names=names or None)
+        return self.get_model(model_id)
 
     def finish_model(
         self, model_id: str, run_token: str, centers: np.ndarray, labels: np.ndarray, **fields: Any

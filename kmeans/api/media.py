@@ -130,19 +130,26 @@ def labels(
     default: str = JSON,
     ids: list[str] | Any | None = None,
     unknown: dict[str, int] | None = None,
+    names: list[str | None] | None = None,
     **headers: str,
 ) -> Any:
     """Labels as one integer per line (CSV) or ``{"model_id", "labels"}`` (JSON); with ``ids``,
-    CSV ``id,label`` rows and JSON ``ids``; with ``unknown`` categories, JSON
+    CSV ``id,label`` rows and JSON ``ids``; with cluster ``names``, CSV with a header and a
+    ``label_name`` column, JSON ``label_names``; with ``unknown`` categories, JSON
     ``unknown_categories`` and the CSV header ``X-Unknown-Categories``.
 
     Large label sets are sent in pieces as they are formatted, never as one big string.
     """
-    if ids is not None or unknown:
+    if names is not None and wants_csv(default):
+        body = scoring.csv_bytes({"labels": np.asarray(values), "ids": ids, "label_names": names})
+        return csv_response(body, **headers, **unknown_header(unknown))
+    if ids is not None or unknown or names is not None:
         if wants_csv(default):
             body = scoring.csv_bytes({"labels": values, "ids": ids}) if ids is not None else csvio.format_labels(values)
             return csv_response(body, **headers, **unknown_header(unknown))
         doc: dict[str, Any] = {"model_id": model_id, "labels": np.asarray(values).tolist()}
+        if names is not None:
+            doc["label_names"] = names
         if ids is not None:
             doc["ids"] = ids if isinstance(ids, list) else ids.to_pylist()
         if unknown:

@@ -64,8 +64,23 @@ def delete_model(model_id: str) -> Any:
 
 def get_model_labels(model_id: str) -> Any:
     """Labels of the training rows (with the dataset's ids when it has an id column)."""
-    labels, ids = service().model_labels(model_id)
-    return media.labels(labels, model_id, ids=ids)
+    labels, ids, names = service().named_labels(model_id)
+    return media.labels(labels, model_id, ids=ids, names=names)
+
+
+def patch_model(model_id: str, body: dict) -> Any:
+    """Change what may change on a fitted model: its cluster names (a JSON merge patch)."""
+    return media.json(service().name_clusters(model_id, body.get("cluster_names") or {}))
+
+
+def get_model_profile(model_id: str) -> Any:
+    """What sets each cluster apart, in the dataset's units (JSON, or CSV with Accept: text/csv)."""
+    doc = service().model_profile(model_id)
+    if media.wants_csv():
+        from kmeans import insight
+
+        return media.csv_response(insight.profile_csv(doc))
+    return media.json(doc)
 
 
 def get_model_centers(model_id: str) -> Any:
@@ -104,10 +119,11 @@ def predict_with_model(
     }
     if not any(v not in (None, False) for v in scoring_options.values()):
         result = svc.predict(model_id, data, source, options)
-        return media.labels(result["labels"], model_id, ids=result["ids"], unknown=result["unknown_categories"])
+        return media.labels(result["labels"], model_id, ids=result["ids"], unknown=result["unknown_categories"],
+                            names=result["label_names"])
     result = svc.score(model_id, data, source, options, **scoring_options)
     unknown = result["unknown_categories"]
-    if set(result) == {"labels", "ids", "unknown_categories"}:
+    if set(result) == {"labels", "ids", "unknown_categories"}:  # label_names go by csv_bytes below
         return media.labels(result["labels"], model_id, ids=result["ids"], unknown=unknown)
     if media.wants_csv():
         return media.csv_response(scoring.csv_bytes(result), **media.unknown_header(unknown))

@@ -28,10 +28,23 @@ def get_model_plot(model_id: str) -> Any:
     # The picture fills a sample's missing values with its own means (drop_rows models drop none here).
     features, _, _ = prep.dataset_design(values[rows], codes[rows] if codes is not None else None,
                                          {**pre, "missing": "mean"})
+    space = None
     if pre.get("distance") == "cosine":
         # Directions: draw the rows as the model sees them (normalised) with its own centers.
         features = prep.transform(features, pre)
         centers = svc.fitted_centers(model)
         columns = [f"{c} (normalised)" for c in columns]
-    png = plots.model_png(model, features, labels[rows], centers, columns)
+        space = "normalised"
+    elif pre.get("scale") is not None and features.shape[1] > 2:
+        # Principal components of the original units follow the widest column alone (proline
+        # in the wine data: 100% of the variance); a standardized model's own space shows what it split.
+        features = prep.transform(features, pre)
+        centers = svc.fitted_centers(model)
+        space = "standardized"
+    png = plots.model_png(model, features, labels[rows], centers, columns, space)
     return media.png_response(png)
+
+
+def get_model_profile_plot(model_id: str) -> Any:
+    """The profile's standardized differences as a heatmap, clusters x features (PNG)."""
+    return media.png_response(plots.profile_png(service().model_profile(model_id)))

@@ -339,6 +339,18 @@ def b_copy_model(w: World, missing: bool) -> Call:
     return Call("POST", f"{BASE}/models/{model}/copy", {"json": {"params": {"n_clusters": 3}}}, ident=model)
 
 
+def b_patch_model(w: World, missing: bool) -> Call:
+    """PATCH /models/{id} naming cluster 0 of team-a's model; a refused one leaves its names alone."""
+    model = MISSING["model"] if missing else w.ids["model"]
+    before = None if missing else w.ok("GET", f"/models/{model}", 200).get("cluster_names")
+
+    def intact() -> None:
+        assert w.ok("GET", f"/models/{model}", 200).get("cluster_names") == before
+
+    return Call("PATCH", f"{BASE}/models/{model}", {"json": {"cluster_names": {"0": "matrix"}}}, ident=model,
+                intact=None if missing else intact)
+
+
 def b_predict_with_model(w: World, missing: bool) -> Call:
     """POST /models/{id}/predictions from JSON."""
     model = MISSING["model"] if missing else w.ids["model"]
@@ -725,6 +737,9 @@ BUILDERS: dict[str, tuple[str, Callable[[World, bool], Call]]] = {
     "get_model_centers": ("resource", _model_get("/centers")),
     "predict_with_model": ("resource", b_predict_with_model),
     "get_model_plot": ("resource", _model_get("/plot.png")),
+    "patch_model": ("resource", b_patch_model),
+    "get_model_profile": ("resource", _model_get("/profile")),
+    "get_model_profile_plot": ("resource", _model_get("/profile.png")),
     "export_model": ("resource", _model_get("/export")),
     "import_model": ("create", b_import_model),
     "push_model_data": ("resource", b_push_model_data),

@@ -146,6 +146,37 @@ def test_scorings_commands(run, points: Path, tmp_path: Path):
     assert missing.exit_code == 1 and "error 404" in missing.stderr
 
 
+def test_name_and_profile_commands(run, points: Path):
+    model_id = fit(run, upload(run, points))["id"]
+    labels = ok(run("models", "labels", model_id)).split()
+    low, high = labels[0], labels[3]  # x near 1, x near 10
+    shown = ok(run("models", "name", model_id, f"{low}=bargain hunters", f"{high}=big spenders"))
+    assert "bargain hunters" in shown and "big spenders" in shown
+    named = json.loads(ok(run("models", "name", model_id, f"{high}=", "--json")))
+    assert named["cluster_names"] == {low: "bargain hunters"}
+    ok(run("models", "name", model_id, f"{high}=big spenders"))
+    new = points.with_name("new.csv")
+    new.write_text("x,y\n0,0\n12,3\n")
+    assert ok(run("predict", model_id, str(new))).splitlines() == [f"{low}\tbargain hunters", f"{high}\tbig spenders"]
+    assert json.loads(ok(run("predict", model_id, str(new), "--json")))[0] == {"label": int(low),
+                                                                             "label_name": "bargain hunters"}
+    table = ok(run("models", "profile", model_id))
+    # x is 1 in one cluster and 10 in the other: each is 0.91 sd (4.5 / std 4.93) from the mean 5.5.
+    assert f'cluster {high} "big spenders" (50%): x +0.9 sd' in table
+    assert "bargain hunters" in table and "-0.91" in table and "+0.91" in table
+    doc = json.loads(ok(run("models", "profile", model_id, "--json")))
+    assert doc["clusters"][int(low)]["features"][0] == {
+        "name": "x", "type": "numeric", "mean": 1.0, "median": 1.0, "std": 0.0,
+        "difference": pytest.approx(-4.5 / 4.929503017546495), "rank": 1}
+    picture = points.with_name("profile.png")
+    csv_text = ok(run("models", "profile", model_id, "--csv", "--plot", str(picture)))
+    assert csv_text.startswith("cluster,name,size,share,feature,") and len(csv_text.splitlines()) == 5
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    wrong = run("models", "name", model_id, "5=nobody")
+    assert wrong.exit_code == 1 and "error 422" in wrong.stderr and "'5'" in wrong.stderr
+    assert run("models", "name", model_id, "no-equals-sign").exit_code == 2
+
+
 def test_fit_without_wait_answers_at_once_with_the_queued_model(run, points: Path):
     model = json.loads(ok(run("models", "fit", upload(run, points), "--k", "2", "--json")))
     assert model["status"] in ("queued", "running", "succeeded")

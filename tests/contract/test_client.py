@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -47,6 +48,9 @@ METHODS = {
     "get_model_centers": "centers",
     "predict_with_model": "predictions",
     "get_model_plot": "plot",
+    "patch_model": "name_clusters",
+    "get_model_profile": "profile",
+    "get_model_profile_plot": "profile_plot",
     "export_model": "export_model",
     "import_model": "import_model",
     "push_model_data": "push_data",
@@ -295,6 +299,25 @@ def test_predictions_plot_export_and_import(km):
     imported = km.import_model(document)
     assert imported["id"] != model["id"] and imported["status"] == "succeeded"
     assert km.predict(imported["id"], [[0, 0], [12, 3]]) == details["labels"]
+
+
+def test_names_and_profiles(km):
+    model = fitted(km)
+    low = km.predict(model["id"], [[0, 0]])[0]
+    named = km.name_clusters(model["id"], {low: "near zero", 1 - low: "far"})
+    assert named["cluster_names"] == {str(low): "near zero", str(1 - low): "far"}
+    assert km.name_clusters(model["id"], {1 - low: None})["cluster_names"] == {str(low): "near zero"}
+    assert km.predictions(model["id"], [[0, 0]])["label_names"] == ["near zero"]
+    profile = km.profile(model["id"])
+    cluster = profile["clusters"][low]
+    x_values = [p[0] for p in POINTS if km.predict(model["id"], [p])[0] == low]
+    assert cluster["name"] == "near zero" and cluster["size"] == len(x_values)
+    assert next(f for f in cluster["features"] if f["name"] == "x")["mean"] == pytest.approx(np.mean(x_values))
+    assert km.profile_csv(model["id"]).startswith("cluster,name,size,share,feature,")
+    assert km.profile_plot(model["id"]).startswith(b"\x89PNG")
+    with pytest.raises(sdk.Unprocessable) as caught:
+        km.name_clusters(model["id"], {5: "none"})
+    assert "'5'" in caught.value.detail
 
 
 def test_minibatch_versions(km):
