@@ -122,7 +122,7 @@ def test_the_password_is_stored_only_as_an_argon2_hash(world: World, caplog):
         ({"name": "bob", "password": PASSWORD, "memberships": [{"project": "nowhere", "role": "guest"}]},
          422, "memberships[0].project: no project with id nowhere"),
         ({"name": "bob", "password": PASSWORD, "memberships": [{"project": "team-a", "role": "owner"}]},
-         400, "owner"),
+         422, "memberships[0].role"),
         ({"name": "bob", "password": PASSWORD,
           "memberships": [{"project": "team-a", "role": "guest"}, {"project": "team-a", "role": "contributor"}]},
          422, "memberships[1].project: project 'team-a' is named twice"),
@@ -138,8 +138,11 @@ def test_bad_users_are_refused_naming_what_is_wrong(world: World, body: dict, st
 
 def test_an_admin_role_in_a_membership_is_refused_and_names_the_membership(world: World):
     body = {"name": "bob", "password": PASSWORD, "memberships": [{"project": "team-a", "role": "admin"}]}
-    answer = problem(world.client.post("/kmeans/users", json=body, headers=world.admin), 400)
-    assert "memberships" in answer["detail"] and "admin" in answer["detail"]
+    answer = problem(world.client.post("/kmeans/users", json=body, headers=world.admin), 422)
+    assert "memberships[0].role" in answer["detail"] and "'admin'" in answer["detail"]
+    body["memberships"][0]["role"] = "owner"
+    answer = problem(world.client.post("/kmeans/users", json=body, headers=world.admin), 422)
+    assert "memberships[0].role" in answer["detail"] and "'owner'" in answer["detail"]
 
 
 def test_a_taken_name_is_409(world: World):

@@ -91,3 +91,19 @@ def test_links_name_existing_operations():
         for status, response in operation["responses"].items():
             for name, link in response.get("links", {}).items():
                 assert link["operationId"] in ids, f"{method.upper()} {path} {status} link {name}"
+
+
+def test_api_yaml_has_no_duplicate_keys():
+    """PyYAML keeps the last of two equal keys silently; generators (ruamel) refuse the file."""
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        keys = [loader.construct_object(key) for key, _ in node.value]
+        duplicates = {k for k in keys if keys.count(k) > 1}
+        assert not duplicates, f"api.yaml line {node.start_mark.line + 1}: duplicate keys {sorted(map(str, duplicates))}"
+        return yaml.SafeLoader.construct_mapping(loader, node)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load((ROOT / "api.yaml").read_text(), Strict)  # a SafeLoader subclass: safe
