@@ -102,7 +102,8 @@ def test_api_yaml_has_no_duplicate_keys():
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
         keys = [loader.construct_object(key) for key, _ in node.value]
         duplicates = {k for k in keys if keys.count(k) > 1}
-        assert not duplicates, f"api.yaml line {node.start_mark.line + 1}: duplicate keys {sorted(map(str, duplicates))}"
+        where = f"api.yaml line {node.start_mark.line + 1}"
+        assert not duplicates, f"{where}: duplicate keys {sorted(map(str, duplicates))}"
         return yaml.SafeLoader.construct_mapping(loader, node)
 
     Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
